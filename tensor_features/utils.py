@@ -1,0 +1,99 @@
+"""Small helpers shared by the lessons and the trainer: feature maps, device and seed
+choice, and an argument parser whose errors are one line.
+
+Nothing here hides an autograd event; these are plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad value ends in one line on stderr and exit code 2.
+
+    The default prints the whole usage block first; for a learner the one line that
+    names the bad value and what is allowed is the useful part.
+    """
+
+    def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where tensors live: 'auto' picks CUDA when a GPU is visible, else the CPU "
+        "(default: %(default)s)",
+    )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """Turn 'auto' | 'cpu' | 'cuda' into a torch.device, or raise ValueError saying why not."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device cuda: no CUDA device is visible to torch {torch.__version__}; "
+                "use --device cpu or --device auto"
+            )
+        return torch.device("cuda")
+    raise ValueError(f"--device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+def device_or_exit(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """pick_device for a command line: an unavailable device is a usage error (exit 2)."""
+    try:
+        return pick_device(name)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits; keeps type checkers calm
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global generator (CPU and CUDA) and return a CPU generator seeded alike."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
+    """Monomial features [x, x**2, ..., x**degree] of a column x of shape (n, 1).
+
+    With degree=3 this is exactly the seed's ``torch.cat([x, x**2, x**3], dim=1)``.
+    There is no constant column, as in the seed: the bias is left out on purpose.
+    """
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1, got {degree}")
+    return torch.cat([x**k for k in range(1, degree + 1)], dim=1)
+
+
+def legendre_feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
+    """Legendre polynomials [P1(x), ..., P_degree(x)] of a column x in [-1, 1].
+
+    They span the same functions as the monomials of the same degree (so the least-squares
+    optimum is the same), but they are nearly orthogonal on [-1, 1], which keeps the Gram
+    matrix well conditioned and gradient descent fast. Built with Bonnet's recursion
+    (k+1) P_{k+1} = (2k+1) x P_k - k P_{k-1}.
+    """
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1, got {degree}")
+    previous, current = torch.ones_like(x), x
+    columns = [current]
+    for k in range(1, degree):
+        previous, current = current, ((2 * k + 1) * x * current - k * previous) / (k + 1)
+        columns.append(current)
+    return torch.cat(columns, dim=1)
+
+
+def stderr_line(message: str) -> None:
+    print(message, file=sys.stderr)
