@@ -97,3 +97,44 @@ def legendre_feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
 
 def stderr_line(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def int_in_range(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], with a one-line reason when it is not."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range (allowed: {allowed})")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, repeats: int = 5, warmup: int = 1, device: torch.device | str = "cpu") -> float:
+    """Median wall time of fn() over `repeats` runs after `warmup` untimed runs."""
+    import statistics
+    import time
+
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
