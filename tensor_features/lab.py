@@ -37,7 +37,7 @@ def format_value(value: Any) -> str:
         value = value.detach()
         if value.numel() == 1 and value.dim() == 0:
             return format_value(value.item())
-        if value.numel() <= 8:
+        if value.numel() <= 16:
             return format_value(value.cpu().tolist())
         shape = "×".join(str(s) for s in value.shape)
         return f"<{shape} {str(value.dtype).removeprefix('torch.')}>"
