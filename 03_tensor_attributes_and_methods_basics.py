@@ -89,7 +89,7 @@ def numpy_interop(lab: Lab) -> dict:
     lab.show("w = torch.ones(2, requires_grad=True); w.numpy(); w.detach().numpy(); torch.from_numpy(n)")
     w = torch.ones(2, requires_grad=True)  # NumPy lives on the CPU
     with lab.expect_error("Can't call numpy() on Tensor that requires grad",
-                          "NumPy cannot record a graph; detach first"):
+                          "NumPy cannot record a graph; detach first") as caught:
         w.numpy()
     array = w.detach().numpy()
     lab.check("w.detach().numpy()", array.tolist(), [1.0, 1.0], "the same memory, without history")
@@ -102,7 +102,7 @@ def numpy_interop(lab: Lab) -> dict:
     lab.check("torch.tensor(n) after n[0] = 5", copied, [0.0, 0.0, 0.0], "a copy, taken before the write")
     shared[1] = 7.0
     lab.check("n after shared[1] = 7", numbers.tolist(), [5.0, 7.0, 0.0], "both directions")
-    return {"array": array, "shared": shared, "copied": copied}
+    return {"array": array, "shared": shared, "copied": copied, "error": caught.error}
 
 
 # %% Run

@@ -69,7 +69,7 @@ def copies(lab: Lab) -> dict:
     transposed = base.t()
     # Flattening t() row by row would need one stride for two different jumps: impossible as a view.
     with lab.expect_error("view size is not compatible with input tensor's size and stride",
-                          "t() is not contiguous"):
+                          "t() is not contiguous") as caught:
         transposed.view(12)
     flat = transposed.reshape(12)
     lab.check("t.reshape(12): shares memory", shares_memory(flat, base), False, "reshape copied, since no view exists")
@@ -80,7 +80,7 @@ def copies(lab: Lab) -> dict:
     lab.check("base.reshape(4, 3): shares", shares_memory(base.reshape(4, 3), base), True,
               "reshape returns a view when it can")
     lab.check("base.clone(): shares", shares_memory(base.clone(), base), False, "clone always copies")
-    return {"flat": flat}
+    return {"flat": flat, "error": caught.error}
 
 
 # %% [4] Writing through a view changes the base and bumps _version

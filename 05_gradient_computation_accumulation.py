@@ -19,7 +19,7 @@ from tensor_features.lab import Lab
 
 
 # %% [1] The seed's code, exactly as written
-def seed_as_written(lab: Lab) -> torch.Tensor:
+def seed_as_written(lab: Lab) -> dict:
     lab.show("x = 2; y1 = x**2; y2 = 3*x; y1.backward(); y2.backward()\n"
              "x.grad.zero_(); y2.backward()      # the seed's second call")
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
@@ -27,14 +27,15 @@ def seed_as_written(lab: Lab) -> torch.Tensor:
     y2 = 3 * x
     y1.backward()
     y2.backward()  # adds 3 to the 4 already in x.grad
+    first = x.grad.item()
     lab.check("x.grad", x.grad, 2 * 2 + 3, "2x + 3: the two backward calls add up")
     x.grad.zero_()
     # MulBackward0 saved its inputs to compute the gradient; the first y2.backward() freed them.
     with lab.expect_error("Trying to backward through the graph a second time",
-                          "3*x saved a tensor, freed after the first backward"):
+                          "3*x saved a tensor, freed after the first backward") as caught:
         y2.backward()
     lab.check("x.grad after the failed call", x.grad, 0.0, "zeroed, and nothing was added")
-    return x.grad
+    return {"first": first, "after_failure": x.grad, "error": caught.error}
 
 
 # %% [2] The fixed version: prints 7, then 3

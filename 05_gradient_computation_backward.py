@@ -93,26 +93,28 @@ def chain_rule(lab: Lab) -> torch.Tensor:
 
 
 # %% [5] backward() on a vector output
-def non_scalar_backward(lab: Lab) -> None:
+def non_scalar_backward(lab: Lab) -> BaseException | None:
     lab.show("x = torch.tensor([1., 2.], requires_grad=True); (x * 2).backward()")
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     y = x * 2
     # A vector output has a Jacobian, not a gradient: backward needs the vector v of v^T J.
     with lab.expect_error("grad can be implicitly created only for scalar outputs",
-                          "pass y.backward(v) or reduce to a scalar (05 vjp)"):
+                          "pass y.backward(v) or reduce to a scalar (05 vjp)") as caught:
         y.backward()
+    return caught.error
 
 
 # %% [6] backward() on something that needs no gradient
-def no_grad_backward(lab: Lab) -> None:
+def no_grad_backward(lab: Lab) -> BaseException | None:
     lab.show("x = torch.tensor(3.0); (x**2).backward()")
     x = torch.tensor(3.0, device=lab.device)  # requires_grad defaults to False
     y = x**2
     lab.check("y.requires_grad, y.grad_fn", (y.requires_grad, y.grad_fn), (False, None),
               "no input asked for a gradient, so no graph")
     with lab.expect_error("element 0 of tensors does not require grad",
-                          "there is no graph to walk back"):
+                          "there is no graph to walk back") as caught:
         y.backward()
+    return caught.error
 
 
 # %% Run

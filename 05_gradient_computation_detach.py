@@ -51,7 +51,7 @@ def three_ways(lab: Lab) -> dict:
 
 
 # %% [3] detach() shares storage, and the version counter notices writes
-def detach_shares_storage(lab: Lab) -> torch.Tensor:
+def detach_shares_storage(lab: Lab) -> dict:
     lab.show("y = x.exp(); z = y.detach(); z.add_(1); y.sum().backward()")
     x = torch.tensor([0.0, 1.0], requires_grad=True, device=lab.device)
     y = x.exp()  # ExpBackward0 saves its output y: d/dx exp(x) = exp(x)
@@ -62,27 +62,27 @@ def detach_shares_storage(lab: Lab) -> torch.Tensor:
     lab.check("y after z.add_(1)", y, torch.exp(torch.tensor([0.0, 1.0])) + 1, "the same memory")
     lab.check("y._version", y._version, 1, "one in-place write through z")
     with lab.expect_error("modified by an inplace operation",
-                          "exp saved y at version 0; backward finds version 1"):
+                          "exp saved y at version 0; backward finds version 1") as caught:
         y.sum().backward()
     lab.note("Fix: z = y.detach().clone() when you mean to change the copy.")
-    return y
+    return {"y": y, "error": caught.error}
 
 
 # %% [4] Inference tensors cannot be saved for backward
-def inference_tensors(lab: Lab) -> torch.Tensor:
+def inference_tensors(lab: Lab) -> dict:
     lab.show("with torch.inference_mode(): scale = torch.ones(2) * 2\n(x * scale).sum().backward()")
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     with torch.inference_mode():
         scale = torch.ones(2, device=lab.device) * 2
     # x * scale must save scale for x's gradient; an inference tensor cannot be saved.
     with lab.expect_error("Inference tensors cannot be saved for backward",
-                          "inference_mode skips the bookkeeping autograd needs"):
+                          "inference_mode skips the bookkeeping autograd needs") as caught:
         (x * scale).sum().backward()
     with torch.no_grad():
         scale = torch.ones(2, device=lab.device) * 2  # a normal tensor that merely has no history
     (x * scale).sum().backward()
     lab.check("with no_grad instead: x.grad", x.grad, [2.0, 2.0], "d/dx sum(2x) = 2")
-    return x.grad
+    return {"grad": x.grad, "error": caught.error}
 
 
 # %% [5] The update step outside no_grad
@@ -92,7 +92,7 @@ def update_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
     (w * 2).backward()
     # Recording an in-place change of a leaf would rewrite the very value the graph started from.
     with lab.expect_error("a leaf Variable that requires grad is being used in an in-place operation",
-                          "the in-place update must not be recorded"):
+                          "the in-place update must not be recorded") as caught:
         w -= lr * w.grad
 
     lab.show(f"w = w - {lr} * w.grad     # rebinding instead: no error, but ...")
@@ -110,7 +110,7 @@ def update_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
     with torch.no_grad():
         w -= lr * w.grad  # not recorded: w stays the same leaf with a new value
     lab.check("w, w.is_leaf", (w.item(), w.is_leaf), (1.0 - lr * 2, True), "updated in place, still a leaf")
-    return {"w": w, "next_grad": next_grad}
+    return {"w": w, "next_grad": next_grad, "error": caught.error}
 
 
 # %% Run

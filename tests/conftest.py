@@ -1,0 +1,61 @@
+"""Shared test plumbing: load a lesson by path (its name starts with a digit), a quiet Lab,
+the device parametrization, and running a script as a learner would."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tensor_features.lab import Lab  # noqa: E402
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def load_lesson(filename: str):
+    """Import a top-level lesson file as a module (its name is not a valid identifier)."""
+    path = ROOT / filename
+    name = "lesson_" + path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def quiet_lab(device: str = "cpu") -> Lab:
+    """A Lab that prints into a buffer; its .failed list is what a test checks."""
+    return Lab("test", device, stream=io.StringIO())
+
+
+@pytest.fixture(params=DEVICES)
+def lab(request) -> Lab:
+    lab = quiet_lab(request.param)
+    yield lab
+    # Every lesson check must also agree inside the lesson itself.
+    assert lab.failed == [], lab.stream.getvalue()
+
+
+def run_script(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` as a learner would, from ROOT unless told otherwise."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_caught(error: BaseException | None, error_type: type, substring: str) -> None:
+    """A lesson caught and showed an error on purpose; check it is the one it claims."""
+    with pytest.raises(error_type, match=substring.replace("(", r"\(").replace(")", r"\)")):
+        if error is not None:
+            raise error

@@ -1,0 +1,61 @@
+"""03 storage: offsets and strides computed by hand, views vs copies, the version counter."""
+
+from conftest import assert_caught, load_lesson, run_script
+
+lesson = load_lesson("03_tensor_attributes_and_methods_storage.py")
+
+
+def test_storage_anatomy(lab):
+    base = lesson.storage_anatomy(lab)["base"]
+    assert base.untyped_storage().nbytes() == 3 * 4 * base.element_size()
+
+
+def test_views_share_and_have_hand_computed_strides(lab):
+    seen = lesson.views(lab)
+    rows, cols = 3, 4
+    assert seen["corner"].storage_offset() == 1 * cols + 1
+    assert seen["transposed"].stride() == (1, cols)
+    assert seen["expanded"].stride() == (1, 0)
+
+
+def test_copies_and_the_impossible_view(lab):
+    seen = lesson.copies(lab)
+    assert_caught(seen["error"], RuntimeError, "view size is not compatible with input tensor's size and stride")
+    # Oracle: the transpose of [[0..3], [4..7], [8..11]] read row by row, written out by hand.
+    assert seen["flat"].cpu().tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+
+
+def test_write_through_view(lab):
+    base = lesson.write_through_view(lab)["base"]
+    assert base[1, 1].item() == 100.0 and base._version == 1
+
+
+def test_runs_as_a_script_without_storage_warnings():
+    result = run_script("03_tensor_attributes_and_methods_storage.py", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TypedStorage" not in result.stderr
+
+
+def test_every_lesson_has_help_and_rejects_an_unavailable_device():
+    import subprocess
+    import sys
+
+    import torch
+    from conftest import ROOT
+
+    lessons = sorted(path.name for path in ROOT.glob("[0-9][0-9]_*.py"))
+    assert len(lessons) == 7
+    runs = {(name, flag): subprocess.Popen([sys.executable, name, *flag], cwd=ROOT, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for name in lessons for flag in (("--help",), ("--device", "cuda"))}
+    runs[(lessons[0], ("--device", "tpu"))] = subprocess.Popen(
+        [sys.executable, lessons[0], "--device", "tpu"], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for (name, flag), process in runs.items():
+        out, err = process.communicate(timeout=120)
+        if flag == ("--help",):
+            assert process.returncode == 0 and "--device" in out, name
+        elif flag == ("--device", "tpu"):
+            assert process.returncode == 2 and err.count("\n") == 1 and "invalid choice" in err
+        elif not torch.cuda.is_available():
+            assert process.returncode == 2 and err.count("\n") == 1 and "no CUDA device" in err, name
