@@ -78,21 +78,27 @@ def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
 
 
 def legendre_feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
-    """Legendre polynomials [P1(x), ..., P_degree(x)] of a column x in [-1, 1].
+    """Legendre features [P1(x) - P1(0), ..., P_D(x) - P_D(0)] of a column x in [-1, 1].
 
-    They span the same functions as the monomials of the same degree (so the least-squares
-    optimum is the same), but they are nearly orthogonal on [-1, 1], which keeps the Gram
-    matrix well conditioned and gradient descent fast. Built with Bonnet's recursion
-    (k+1) P_{k+1} = (2k+1) x P_k - k P_{k-1}.
+    Each column is a degree-k polynomial with no constant term, so together they span
+    exactly the seed's monomials [x, ..., x^D] and reach the same least-squares optimum.
+    Unlike the monomials they are nearly orthogonal on [-1, 1]: the Gram matrix stays well
+    conditioned (about 3 instead of 27 at D = 3, 7 instead of 2800 at D = 6) and gradient
+    descent converges in far fewer epochs at the same learning rate. Built with Bonnet's
+    recursion (k+1) P_{k+1} = (2k+1) x P_k - k P_{k-1}.
     """
     if degree < 1:
         raise ValueError(f"degree must be >= 1, got {degree}")
-    previous, current = torch.ones_like(x), x
-    columns = [current]
-    for k in range(1, degree):
-        previous, current = current, ((2 * k + 1) * x * current - k * previous) / (k + 1)
-        columns.append(current)
-    return torch.cat(columns, dim=1)
+
+    def legendre(t: torch.Tensor) -> torch.Tensor:
+        previous, current = torch.ones_like(t), t
+        columns = [current]
+        for k in range(1, degree):
+            previous, current = current, ((2 * k + 1) * t * current - k * previous) / (k + 1)
+            columns.append(current)
+        return torch.cat(columns, dim=1)
+
+    return legendre(x) - legendre(torch.zeros_like(x[:1]))
 
 
 def stderr_line(message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,10 @@ def lab(request) -> Lab:
 
 def run_script(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `python ARGS...` as a learner would, from ROOT unless told otherwise."""
+    # From another folder, `-m tensor_features...` finds the package as a learner's PYTHONPATH would.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

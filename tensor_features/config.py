@@ -1,0 +1,90 @@
+"""Every setting of the trainer in one dataclass; defaults are the seed's experiment.
+
+The command line is built from these fields (see ``build_parser``), so a new setting is
+added here once: its default, its type check and its --help line live together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+
+from tensor_features.utils import DEVICE_CHOICES, OneLineArgumentParser, int_in_range
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed (a finite number > 0)")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed (a finite number >= 0)")
+    return value
+
+
+def learning_rate(text: str) -> float | str:
+    """An argparse type: 'auto' or a finite float > 0."""
+    return "auto" if text == "auto" else positive_float(text)
+
+
+def option(default, help: str, **argparse_kwargs):
+    """A dataclass field that also carries its command-line help and type."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    n: int = option(100, "number of data points on [-1, 1]", type=int_in_range(2, 2**26))
+    noise: float = option(0.1, "standard deviation of the noise added to y = x²", type=non_negative_float)
+    degree: int = option(3, "feature dimension D: features [x, x², ..., x^D]", type=int_in_range(1, 12))
+    basis: str = option("monomial", "feature map: the seed's monomials, Legendre polynomials (same span, "
+                        "better conditioned), or a learned MLP extractor", choices=("monomial", "legendre", "mlp"))
+    lr: float | str = option(0.1, "learning rate, or 'auto' for 2/(λmax+λmin) of the loss's Hessian",
+                             type=learning_rate)
+    epochs: int = option(100, "number of full-batch gradient steps", type=int_in_range(1, 10**7))
+    log_every: int = option(10, "print the loss every this many epochs", type=int_in_range(1))
+    update: str = option("both", "which update to run: the seed's manual one, torch.optim.SGD, or both "
+                         "from the same initial w", choices=("manual", "sgd", "both"))
+    seed: int = option(0, "seed for the noise and the initial w", type=int)
+    device: str = option("auto", "auto picks CUDA when a GPU is visible, else the CPU", choices=DEVICE_CHOICES)
+    no_zero_grad: bool = option(False, "observation point: leave out w.grad.zero_() and watch the "
+                                "gradients accumulate")
+    outside_no_grad: bool = option(False, "observation point: update w outside torch.no_grad(), "
+                                   "in place and by rebinding, and see what breaks")
+    sweep: bool = option(False, "observation point: feature dimension vs convergence, degrees 1..6")
+    plot: str | None = option(None, "write PNG plots into this folder (created if needed)", metavar="DIR")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="python -m tensor_features.train",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for spec in fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        meta = dict(spec.metadata)
+        help_text = meta.pop("help")
+        if spec.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        default = spec.default if spec.default is not MISSING else None
+        parser.add_argument(flag, default=default, help=f"{help_text} (default: {default})", **meta)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in fields(TrainConfig)})

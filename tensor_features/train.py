@@ -1,0 +1,393 @@
+"""Tensor Feature Trainer: linear regression on polynomial features, the seed's loop.
+
+    python -m tensor_features.train                 # the seed: manual update vs torch.optim.SGD
+    python -m tensor_features.train --sweep         # feature dimension vs convergence speed
+    python -m tensor_features.train --no-zero-grad  # forget w.grad.zero_()
+    python -m tensor_features.train --outside-no-grad
+    python -m tensor_features.train --basis legendre --lr auto --plot plots
+
+The data are y = x² + noise on [-1, 1]; the model is pred = Φ w with Φ = [x, x², x³]. The
+loss is a quadratic in w, so its exact minimum is one least-squares solve away: every run
+is compared with it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from tensor_features.config import TrainConfig, build_parser, config_from_args
+from tensor_features.load_data import load_data
+from tensor_features.utils import device_or_exit, feature_map, legendre_feature_map, stderr_line
+
+
+# -- the model's pieces ---------------------------------------------------------------------
+
+def make_features(x: torch.Tensor, degree: int, basis: str = "monomial") -> torch.Tensor:
+    """Φ for a fixed basis (the MLP's features are learned, see fit_mlp)."""
+    if basis == "legendre":
+        return legendre_feature_map(x, degree)
+    return feature_map(x, degree)
+
+
+def mse(phi: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    pred = phi @ w
+    return ((pred - y) ** 2).mean()
+
+
+def manual_step(phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float,
+                zero_grad: bool = True) -> float:
+    """One epoch of the seed's loop. Returns the loss before the update."""
+    pred = phi @ w
+    loss = ((pred - y) ** 2).mean()
+
+    loss.backward()
+
+    # Wrap in torch.no_grad(): w requires grad, but the update itself must not be recorded.
+    with torch.no_grad():
+        w -= lr * w.grad
+        if zero_grad:
+            w.grad.zero_()  # without this, next epoch's backward adds to this gradient
+    return loss.item()
+
+
+def sgd_step(phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor, optimizer: torch.optim.Optimizer,
+             zero_grad: bool = True) -> float:
+    """One epoch with torch.optim.SGD: zero_grad(), backward(), step()."""
+    if zero_grad:
+        optimizer.zero_grad()
+    loss = ((phi @ w - y) ** 2).mean()
+    loss.backward()
+    optimizer.step()  # w -= lr * w.grad under no_grad, as in manual_step
+    return loss.item()
+
+
+@dataclass
+class FitResult:
+    update: str
+    losses: list[float] = field(default_factory=list)  # loss at each epoch, before its update
+    w: torch.Tensor | None = None
+    diverged_at: int | None = None  # first epoch whose loss was not finite
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+def fit(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int,
+        update: str = "manual", zero_grad: bool = True) -> FitResult:
+    """Train w from a copy of w0 with the manual or the SGD update; stop at a non-finite loss."""
+    w = w0.detach().clone().requires_grad_()
+    optimizer = torch.optim.SGD([w], lr=lr) if update == "sgd" else None
+    result = FitResult(update)
+    for epoch in range(epochs):
+        if update == "sgd":
+            loss = sgd_step(phi, y, w, optimizer, zero_grad)
+        else:
+            loss = manual_step(phi, y, w, lr, zero_grad)
+        if not math.isfinite(loss):
+            result.diverged_at = epoch
+            break
+        result.losses.append(loss)
+    result.w = w.detach()
+    return result
+
+
+# -- the exact answer and why gradient descent is slow ------------------------------------
+
+@dataclass
+class Optimum:
+    w: torch.Tensor
+    loss: float
+    hessian_eigenvalues: torch.Tensor  # of ∇²L = 2 ΦᵀΦ / n, ascending
+
+    @property
+    def condition_number(self) -> float:
+        return (self.hessian_eigenvalues[-1] / self.hessian_eigenvalues[0]).item()
+
+    @property
+    def max_stable_lr(self) -> float:
+        """Gradient descent on a quadratic converges iff lr < 2 / λmax(Hessian)."""
+        return 2.0 / self.hessian_eigenvalues[-1].item()
+
+    @property
+    def best_lr(self) -> float:
+        """The fixed step 2 / (λmax + λmin) that minimises the worst-case contraction."""
+        return 2.0 / (self.hessian_eigenvalues[-1] + self.hessian_eigenvalues[0]).item()
+
+    def contraction(self, lr: float) -> float:
+        """Per-epoch factor of ‖w - w*‖ in the worst direction: max |1 - lr λ|."""
+        return (1 - lr * self.hessian_eigenvalues).abs().max().item()
+
+
+def least_squares_optimum(phi: torch.Tensor, y: torch.Tensor) -> Optimum:
+    """The closed-form minimiser of mean((Φw - y)²), from torch.linalg.lstsq in float64."""
+    phi64, y64 = phi.detach().double().cpu(), y.detach().double().cpu()
+    w = torch.linalg.lstsq(phi64, y64).solution
+    loss = ((phi64 @ w - y64) ** 2).mean().item()
+    hessian = 2 * phi64.T @ phi64 / phi64.shape[0]
+    return Optimum(w, loss, torch.linalg.eigvalsh(hessian))
+
+
+def epochs_to_within(losses: list[float], target: float, tolerance: float = 0.01) -> int | None:
+    """First epoch whose loss is within `tolerance` (relative) of target, or None."""
+    for epoch, loss in enumerate(losses):
+        if loss <= target * (1 + tolerance):
+            return epoch
+    return None
+
+
+def resolve_lr(lr: float | str, optimum: Optimum) -> float:
+    return optimum.best_lr if lr == "auto" else float(lr)
+
+
+# -- inference, separated from training -----------------------------------------------------
+
+def predict(features, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Predictions for new x with autograd off: no graph, no saved tensors, inference tensors out."""
+    with torch.inference_mode():
+        return features(x) @ w
+
+
+# -- the learned extractor ------------------------------------------------------------------
+
+class MLPFeatures(torch.nn.Module):
+    """A small MLP whose last hidden layer is the feature map Φ(x) of width `degree`."""
+
+    def __init__(self, degree: int, hidden: int = 16):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(1, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, degree), torch.nn.Tanh()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def fit_mlp(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int,
+            seed: int) -> tuple[FitResult, MLPFeatures]:
+    """Train the extractor and the linear head together, end to end, with SGD."""
+    torch.manual_seed(seed)
+    extractor = MLPFeatures(w0.shape[0]).to(x.device)
+    w = w0.detach().clone().requires_grad_()
+    optimizer = torch.optim.SGD([w, *extractor.parameters()], lr=lr)
+    result = FitResult("mlp")
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        loss = mse(extractor(x), w, y)  # the gradient flows into w and through Φ into the MLP
+        loss.backward()
+        optimizer.step()
+        if not math.isfinite(loss.item()):
+            result.diverged_at = epoch
+            break
+        result.losses.append(loss.item())
+    result.w = w.detach()
+    return result, extractor
+
+
+# -- observation point: the update outside no_grad ----------------------------------------
+
+def update_outside_no_grad(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float) -> list[str]:
+    """Run the seed's update without torch.no_grad(), both ways it is usually written."""
+    report = []
+    w = w0.detach().clone().requires_grad_()
+    loss = ((phi @ w - y) ** 2).mean()
+    loss.backward()
+    try:
+        w -= lr * w.grad  # in place, recorded by autograd: refused for a leaf
+        report.append("in place:  no error (unexpected)")
+    except RuntimeError as err:
+        report.append(f"in place:  w -= lr * w.grad raises RuntimeError: {err}")
+        report.append("           autograd would have to record a change of the very leaf the graph starts from.")
+
+    w = w0.detach().clone().requires_grad_()
+    for epoch in range(2):
+        loss = ((phi @ w - y) ** 2).mean()
+        loss.backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the non-leaf .grad warning; we report it ourselves
+            grad = w.grad
+        if grad is None:
+            report.append(f"rebinding: epoch {epoch}: w.grad is None: w is no longer a leaf "
+                          f"(is_leaf={w.is_leaf}, grad_fn={type(w.grad_fn).__name__}); training stops here.")
+            break
+        w = w - lr * grad  # recorded: the new w is an output of SubBackward0, not a leaf
+        report.append(f"rebinding: epoch {epoch}: loss {loss.item():.4f}; w = w - lr * w.grad "
+                      f"gives is_leaf={w.is_leaf}, and the graph now reaches back through every update")
+    return report
+
+
+# -- observation point: feature dimension vs convergence -------------------------------------
+
+@dataclass
+class SweepRow:
+    degree: int
+    final_loss: float | None
+    optimum_loss: float
+    epochs_to_1pct: int | None
+    condition_number: float
+    max_stable_lr: float
+    diverged_at: int | None
+
+
+def degree_sweep(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, degrees=range(1, 7)) -> list[SweepRow]:
+    rows = []
+    for degree in degrees:
+        phi = make_features(x, degree, "legendre" if config.basis == "legendre" else "monomial")
+        optimum = least_squares_optimum(phi, y)
+        lr = resolve_lr(config.lr, optimum)
+        w0 = initial_weights(degree, config.seed, x.device)
+        result = fit(phi, y, w0, lr, config.epochs)
+        rows.append(SweepRow(degree, result.final_loss if result.losses else None, optimum.loss,
+                             epochs_to_within(result.losses, optimum.loss), optimum.condition_number,
+                             optimum.max_stable_lr, result.diverged_at))
+    return rows
+
+
+def initial_weights(degree: int, seed: int, device: torch.device) -> torch.Tensor:
+    """w ~ N(0, 1) of shape (degree, 1), as in the seed, from its own seeded generator."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(degree, 1, generator=generator).to(device)
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+def describe_fit(result: FitResult, optimum: Optimum) -> str:
+    if result.diverged_at is not None:
+        return f"{result.update:>6}: diverged at epoch {result.diverged_at} (the loss stopped being a finite number)"
+    gap = result.final_loss - optimum.loss
+    within = epochs_to_within(result.losses, optimum.loss)
+    reached = f"within 1% of it from epoch {within}" if within is not None else \
+        f"not within 1% of it in {len(result.losses)} epochs"
+    return (f"{result.update:>6}: final loss {result.final_loss:.6f}, {gap:+.6f} above the optimum, {reached}")
+
+
+def print_logs(results: list[FitResult], log_every: int, epochs: int) -> None:
+    names = "   |   ".join(f"{r.update:<22}" for r in results)
+    print(f"  {names}")
+    for epoch in range(0, epochs, log_every):
+        cells = []
+        for r in results:
+            cells.append(f"Epoch {epoch}, Loss {r.losses[epoch]:.4f}" if epoch < len(r.losses) else "(stopped)")
+        print("  " + "   |   ".join(f"{c:<22}" for c in cells))
+
+
+def compare_updates(manual: FitResult, sgd: FitResult, device: torch.device) -> None:
+    """Manual and SGD run the same arithmetic; say how far apart they ended."""
+    steps = min(len(manual.losses), len(sgd.losses))
+    loss_gap = max((abs(a - b) for a, b in zip(manual.losses[:steps], sgd.losses[:steps])), default=0.0)
+    w_gap = (manual.w - sgd.w).abs().max().item()
+    print(f"  largest |loss_manual - loss_sgd| over {steps} epochs: {loss_gap:.3g};  "
+          f"max |w_manual - w_sgd|: {w_gap:.3g}")
+    if loss_gap == 0 and w_gap == 0:
+        print("  identical: SGD without momentum or weight decay is the same update under no_grad.")
+    else:
+        print("  not bit-identical: SGD computes w.add_(w.grad, alpha=-lr), one rounding per element; the seed's\n"
+              "  w -= lr * w.grad rounds lr * w.grad first, then subtracts. The last bit differs now and then\n"
+              "  and the trajectories drift apart by float32 rounding, no more.")
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def run(config: TrainConfig, device: torch.device) -> dict:
+    x, y = load_data(config.n, config.noise, config.seed, device)
+    print(f"tensor_features.train   torch {torch.__version__} · device {device} · n={config.n} "
+          f"noise={config.noise} degree={config.degree} basis={config.basis} seed={config.seed}")
+    basis = "monomial" if config.basis == "mlp" else config.basis
+    phi = make_features(x, config.degree, basis)
+    optimum = least_squares_optimum(phi, y)
+    lr = resolve_lr(config.lr, optimum)
+    w0 = initial_weights(config.degree, config.seed, device)
+    outputs: dict = {"optimum": optimum, "lr": lr, "x": x, "y": y}
+
+    print(f"lr = {lr:.6g}{' (auto: 2/(λmax+λmin) of the Hessian)' if config.lr == 'auto' else ''}; "
+          f"largest stable lr 2/λmax = {optimum.max_stable_lr:.4g}; Hessian condition number "
+          f"{optimum.condition_number:.4g}")
+    print(f"least squares (torch.linalg.lstsq): loss {optimum.loss:.6f}, "
+          f"w* = {[round(v, 4) for v in optimum.w.flatten().tolist()]}")
+
+    if config.outside_no_grad:
+        print("\nUpdating outside torch.no_grad():")
+        for line in update_outside_no_grad(phi, y, w0, lr):
+            print("  " + line)
+        return outputs
+
+    zero_grad = not config.no_zero_grad
+    updates = ["manual", "sgd"] if config.update == "both" else [config.update]
+    results = [fit(phi, y, w0, lr, config.epochs, update, zero_grad) for update in updates]
+    if config.basis == "mlp":
+        mlp_result, extractor = fit_mlp(x, y, w0, lr, config.epochs, config.seed)
+        results.append(mlp_result)
+        outputs["extractor"] = extractor
+    outputs["results"] = {r.update: r for r in results}
+
+    title = "without w.grad.zero_(): gradients accumulate" if config.no_zero_grad else "training"
+    print(f"\n{title} ({config.epochs} epochs, log every {config.log_every}):")
+    print_logs(results, config.log_every, config.epochs)
+    print()
+    for result in results:
+        print(describe_fit(result, optimum))
+    if len(updates) == 2:
+        compare_updates(results[0], results[1], device)
+    if config.basis == "mlp":
+        print("  the mlp row learns its own 'degree'-wide features; its optimum is not the monomials' one,")
+        print("  so compare its final loss, not its gap.")
+    if not config.no_zero_grad and results[0].diverged_at is None:
+        print(f"\nconvergence: per epoch the slowest direction of w - w* shrinks by max|1 - lr·λ| = "
+              f"{optimum.contraction(lr):.4f} (Hessian condition number κ = {optimum.condition_number:.1f}).")
+        if epochs_to_within(results[0].losses, optimum.loss) is None:
+            print("  lr must stay below 2/λmax for the steep direction, so the flat one (λmin) crawls."
+                  "\n  Try --lr auto, --basis legendre, more --epochs, or --sweep.")
+
+    fitted = results[0]
+    if fitted.diverged_at is None and config.basis != "mlp":
+        prediction = predict(lambda inputs: make_features(inputs, config.degree, basis), fitted.w, x)
+        outputs["prediction"] = prediction
+        print(f"predict() under inference_mode: is_inference={prediction.is_inference()}, "
+              f"requires_grad={prediction.requires_grad}, fit at x=0.5: {prediction[(x - 0.5).abs().argmin()].item():.4f}"
+              f" (true curve 0.25)")
+
+    if config.sweep:
+        print("\nfeature dimension vs convergence (same lr, epochs and seed; manual update):")
+        print(f"  {'D':>2}  {'final loss':>10}  {'optimum':>8}  {'epochs to 1%':>14}  {'cond(ΦᵀΦ/n)':>12}  {'2/λmax':>8}")
+        rows = degree_sweep(config, x, y)
+        for row in rows:
+            final = f"{row.final_loss:.4f}" if row.diverged_at is None else f"div@{row.diverged_at}"
+            reached = str(row.epochs_to_1pct) if row.epochs_to_1pct is not None else f"> {config.epochs}"
+            print(f"  {row.degree:>2}  {final:>10}  {row.optimum_loss:>8.4f}  {reached:>14}  "
+                  f"{row.condition_number:>12.4g}  {row.max_stable_lr:>8.4g}")
+        print("  higher degree: the columns look more alike on [-1, 1], the Gram matrix grows ill-conditioned,"
+              "\n  so the smallest-curvature direction needs ever more steps at a stable lr.")
+        outputs["sweep"] = rows
+
+    if config.plot:
+        from tensor_features.plots import write_plots  # matplotlib only when asked for
+
+        for path in write_plots(Path(config.plot), outputs, config):
+            print(f"wrote {path}")
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__)
+    config = config_from_args(parser.parse_args(argv))
+    device = device_or_exit(parser, config.device)
+    if config.degree >= config.n:
+        parser.error(f"--degree {config.degree} needs more than {config.degree} points (got --n {config.n})")
+    if config.plot:
+        try:
+            Path(config.plot).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            stderr_line(f"{parser.prog}: error: --plot {config.plot}: cannot create the folder ({err.strerror})")
+            return 2
+    run(config, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
