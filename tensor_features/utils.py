@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -144,3 +145,13 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1, device: torch.device |
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def display_images(batch: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Write a uint8 batch [N, 3, H, W] as one grid PNG at path (no display needed)."""
+    from torchvision.utils import make_grid, save_image  # torchvision only for images
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid(batch.float() / 255, nrow=nrow, padding=2), path)
+    return path
