@@ -54,6 +54,14 @@ class DownloadError(Exception):
     """A failure that the command line reports as one line with exit code 2."""
 
 
+def _remove(path: Path) -> None:
+    """Delete a partial file if it is there; a folder we cannot even list has nothing to delete."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def data_dir(dest: str | os.PathLike | None = None) -> Path:
     """--dest, else $TENSOR_FEATURES_DATA, else ./data under the working directory."""
     return Path(dest or os.environ.get(DATA_ENV) or "data")
@@ -94,13 +102,14 @@ def download_cat_images(dest: str | os.PathLike | None = None, force: bool = Fal
         if not force and cats.exists() and check_integrity(str(archive), source.md5):
             print(f"cached: {archive} (checksum ok) and {cats}; nothing to download")
             return cats
-        partial.unlink(missing_ok=True)  # a leftover .part would look "already downloaded" to download_url
+        _remove(partial)  # a leftover .part would look "already downloaded" to download_url
         print(f"downloading {source.url} -> {archive}")
         download_url(source.url, str(root), filename=partial.name, md5=None)
         if not check_integrity(str(partial), source.md5):
-            partial.unlink(missing_ok=True)
-            raise DownloadError(f"checksum mismatch for {source.url} (expected MD5 {source.md5}); "
-                                "the bad file was removed")
+            _remove(partial)
+            # A connection closed mid-file also ends here: urllib returns the bytes it got.
+            raise DownloadError(f"checksum mismatch for {source.url} (expected MD5 {source.md5}; "
+                                "a corrupt or incomplete download); the bad file was removed")
         partial.replace(archive)  # atomic: the final name only ever holds a verified archive
         images = extract_cats(archive)
         temporary = root / (CATS_FILE + ".part")
@@ -110,21 +119,21 @@ def download_cat_images(dest: str | os.PathLike | None = None, force: bool = Fal
               f"saved {len(images)} cat images to {cats}")
         return cats
     except urllib.error.HTTPError as err:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise DownloadError(f"HTTP {err.code} ({err.reason}) from {source.url}") from None
     except urllib.error.URLError as err:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise DownloadError(f"could not reach {host}: {err.reason}; "
                             "the lab runs without this download, see README") from None
     except (http.client.HTTPException, ConnectionError, TimeoutError) as err:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise DownloadError(f"download from {host} was cut short ({type(err).__name__}); "
                             "nothing was kept, run it again") from None
     except OSError as err:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         if err.errno == errno.ENOSPC:
             raise DownloadError(f"no space left in {root} (the archive needs 163 MB)") from None
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
             raise DownloadError(f"cannot write to {root}: {err.strerror}; choose another --dest") from None
         raise DownloadError(f"{root}: {err.strerror or err}") from None
 

@@ -1,0 +1,153 @@
+"""tensor_features.download against a local HTTP server on 127.0.0.1 (never the internet),
+serving a tiny archive in CIFAR-10's python format that the test builds; plus the image loaders."""
+
+import hashlib
+import io
+import pickle
+import socket
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from tensor_features import download
+from tensor_features.load_data import load_cat_images
+from tensor_features.utils import display_images
+
+LABELS = [3, 0, 3, 5, 3]  # three cats among five images
+
+
+def tiny_cifar_archive() -> bytes:
+    """A .tar.gz laid out like cifar-10-python.tar.gz, with one batch of five 32×32 images."""
+    data = np.stack([np.full(3 * 32 * 32, i * 10, dtype=np.uint8) for i in range(len(LABELS))])
+    batch = pickle.dumps({"data": data, "labels": LABELS})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = len(batch)
+        tar.addfile(info, io.BytesIO(batch))
+    return buffer.getvalue()
+
+
+class Server:
+    """A local server with a mode per test: 'ok', 'corrupt', 'cut' (closes mid-file) or 404."""
+
+    def __init__(self, body: bytes):
+        self.body, self.mode, self.requests = body, "ok", 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                server.requests += 1
+                if server.mode == "404":
+                    self.send_error(404, "Not Found")
+                    return
+                body = server.body if server.mode != "corrupt" else server.body[:-1] + bytes([server.body[-1] ^ 1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body if server.mode != "cut" else body[: len(body) // 2])
+                if server.mode == "cut":
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        port = self.httpd.server_address[1]
+        self.source = download.Source(f"http://127.0.0.1:{port}/cifar-10-python.tar.gz",
+                                      hashlib.md5(body).hexdigest(), "cifar-10-python.tar.gz")
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    served = Server(tiny_cifar_archive())
+    yield served
+    served.close()
+
+
+def test_download_verifies_extracts_and_caches(server, tmp_path, capsys):
+    dest = tmp_path / "data"
+    assert download.main(["--dest", str(dest)], source=server.source) == 0
+    served = server.requests
+    cats = torch.load(dest / download.CATS_FILE, weights_only=True)
+    # Oracle: the archive the test built holds cats at indices 0, 2, 4, filled with 0, 20, 40.
+    assert cats.shape == (3, 3, 32, 32) and cats.dtype == torch.uint8
+    assert [int(c.unique()) for c in cats] == [0, 20, 40]
+    assert sorted(p.name for p in dest.iterdir()) == ["cifar-10-python.tar.gz", "cifar10_cats.pt"]
+
+    assert download.main(["--dest", str(dest)], source=server.source) == 0
+    assert server.requests == served  # the verified cache: nothing downloaded
+    assert "nothing to download" in capsys.readouterr().out
+    assert download.main(["--dest", str(dest), "--force"], source=server.source) == 0
+    assert server.requests == 2 * served
+
+
+def test_environment_variable_chooses_the_folder(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(download.DATA_ENV, str(tmp_path / "from-env"))
+    assert download.main([], source=server.source) == 0
+    assert (tmp_path / "from-env" / download.CATS_FILE).exists()
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("corrupt", "checksum mismatch"),
+    ("cut", "incomplete download"),  # urllib hands back the bytes it got; the checksum catches it
+    ("404", "HTTP 404"),
+])
+def test_failures_leave_no_file_that_passes_for_good(server, tmp_path, capsys, mode, message):
+    server.mode = mode
+    dest = tmp_path / "data"
+    assert download.main(["--dest", str(dest)], source=server.source) == 2
+    # stderr also carries tqdm's progress bar; the failure itself is one line.
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert list(dest.iterdir()) == []  # no archive, no .part, no cats
+
+
+def test_connection_refused_says_the_lab_runs_without_it(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = download.Source(f"http://127.0.0.1:{port}/x.tar.gz", "0" * 32, "x.tar.gz")
+    assert download.main(["--dest", str(tmp_path)], source=source) == 2
+    err = capsys.readouterr().err
+    assert "could not reach 127.0.0.1" in err and "the lab runs without this download" in err
+
+
+def test_unwritable_destination_is_one_line(tmp_path, capsys, server):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert download.main(["--dest", str(blocker / "data")], source=server.source) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_load_cat_images_from_the_cache(server, tmp_path):
+    download.main(["--dest", str(tmp_path)], source=server.source)
+    batch = load_cat_images(n=2, root=tmp_path)
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.uint8
+
+
+def test_load_cat_images_falls_back_to_the_embedded_photo(tmp_path, capsys):
+    batch = load_cat_images(root=tmp_path / "empty")
+    assert batch.shape == (1, 3, 300, 451) and batch.dtype == torch.uint8  # chelsea.png is 451×300
+    assert "embedded photo" in capsys.readouterr().err
+
+
+def test_display_images_writes_a_png_of_the_grid_size(tmp_path):
+    from PIL import Image
+
+    batch = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    path = display_images(batch, tmp_path / "grid.png", nrow=3)
+    with Image.open(path) as image:
+        # make_grid: 3 tiles of 32 in a row, padding 2 around each: 3 * (32 + 2) + 2 by 32 + 2 * 2.
+        assert image.format == "PNG" and image.size == (3 * 34 + 2, 36)
