@@ -105,17 +105,55 @@ def numpy_interop(lab: Lab) -> dict:
     return {"array": array, "shared": shared, "copied": copied, "error": caught.error}
 
 
+# %% [5] A real image batch (with --images PATH)
+def image_batch(lab: Lab, grid_path: str, root: str | None = None) -> dict:
+    from tensor_features.load_data import load_cat_images  # torchvision only for this observation
+    from tensor_features.utils import display_images
+
+    lab.show("batch = load_cat_images(16); batch.permute(0, 2, 3, 1); batch.float() / 255, per-channel mean/std")
+    batch = load_cat_images(16, root=root).to(lab.device)
+    n, channels, height, width = batch.shape
+    lab.check("batch.dtype, channels", (batch.dtype, channels), (torch.uint8, 3), "photos are bytes, RGB")
+    lab.check("min >= 0 and max <= 255", (batch.min().item() >= 0, batch.max().item() <= 255), (True, True),
+              f"uint8 range; this batch spans {batch.min().item()}..{batch.max().item()}")
+    lab.note(f"layout [N, C, H, W] = {list(batch.shape)}: PyTorch keeps channels before pixels")
+    channels_last = batch.permute(0, 2, 3, 1)  # [N, H, W, C], what image viewers expect
+    lab.check("permute(0, 2, 3, 1): contiguous, same storage",
+              (channels_last.is_contiguous(), channels_last.data_ptr() == batch.data_ptr()), (False, True),
+              "a view with reordered strides, no copy")
+    scaled = batch.float() / 255  # a copy: uint8 cannot hold fractions
+    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)
+    std = scaled.std(dim=(0, 2, 3), keepdim=True)
+    normalized = (scaled - mean) / std
+    lab.check("normalized per-channel mean", normalized.mean(dim=(0, 2, 3)), [0.0, 0.0, 0.0],
+              "(x - mean) / std per channel", atol=1e-4)
+    lab.check("normalized per-channel std", normalized.std(dim=(0, 2, 3)), [1.0, 1.0, 1.0],
+              "unit spread per channel", atol=1e-4)
+    path = display_images(batch.cpu(), grid_path)
+    lab.note(f"wrote the grid of {n} image(s), {height}×{width} each, to {path}")
+    return {"batch": batch, "normalized": normalized, "path": path}
+
+
 # %% Run
 def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("03 · tensor attributes", __doc__, argv)
+    lab = Lab.from_argv(
+        "03 · tensor attributes", __doc__, argv,
+        add_arguments=lambda parser: parser.add_argument(
+            "--images", metavar="PNG",
+            help="also inspect a real cat-photo batch (downloaded CIFAR-10 cats, else the embedded "
+                 "photo) and write its grid to this PNG path"),
+    )
     attributes(lab)
     dtype_promotion(lab)
     to_makes_non_leaf(lab)
     numpy_interop(lab)
+    if lab.args.images:
+        image_batch(lab, lab.args.images)
     return lab.finish([
         "--device cuda: a.device becomes cuda:0 and .to('cuda') of a leaf is a non-leaf too",
         "in [2], torch.set_default_dtype(torch.float64) first: every float32 above becomes float64",
         "in [4], numbers = np.zeros(3) (float64): from_numpy still shares, now as float64",
+        "--images cats.png: a real photo batch (run python -m tensor_features.download first for CIFAR-10 cats)",
     ])
 
 

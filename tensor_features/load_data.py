@@ -44,4 +44,5 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None) -> torch
     print(f"no downloaded images in {cached.parent}; using the embedded photo {EMBEDDED_CAT.name} "
           "(see tensor_features/assets/README.md)", file=sys.stderr)
     image = decode_png(read_file(str(EMBEDDED_CAT)), mode=ImageReadMode.RGB)
-    return image.unsqueeze(0)
+    # decode_png returns a view of H×W×C pixels; copy to the plain [N, C, H, W] layout the cache has.
+    return image.unsqueeze(0).contiguous()

@@ -43,3 +43,14 @@ def test_runs_as_a_script():
     result = run_script("03_tensor_attributes_and_methods_basics.py", "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ToCopyBackward0" in result.stdout
+
+
+def test_image_batch_from_the_embedded_photo(lab, tmp_path):
+    seen = lesson.image_batch(lab, str(tmp_path / "grid.png"), root=str(tmp_path / "no-download"))
+    batch = seen["batch"]
+    assert batch.dtype == torch.uint8 and batch.shape[1] == 3
+    # Oracle: per-channel statistics recomputed in float64 from the raw bytes.
+    raw = batch.double().cpu() / 255
+    expected = (raw - raw.mean(dim=(0, 2, 3), keepdim=True)) / raw.std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(seen["normalized"].double().cpu(), expected, atol=1e-4)
+    assert seen["path"].exists()
