@@ -64,6 +64,9 @@ class TrainConfig:
                                 "gradients accumulate")
     outside_no_grad: bool = option(False, "observation point: update w outside torch.no_grad(), "
                                    "in place and by rebinding, and see what breaks")
+    fast: bool = option(False, "fast path: Φ stored feature by feature (d×n) and the loss compiled with "
+                        "torch.compile into one pass over memory forward and one backward; same update, "
+                        "gradient still from autograd; the first epoch compiles (seconds)")
     sweep: bool = option(False, "observation point: feature dimension vs convergence, degrees 1..6")
     plot: str | None = option(None, "write PNG plots into this folder (created if needed)", metavar="DIR")
 

@@ -18,7 +18,8 @@ def load_data(n: int = 100, noise: float = 0.1, seed: int = 0, device: torch.dev
     """
     generator = torch.Generator().manual_seed(seed)
     x = torch.linspace(-1, 1, n, dtype=dtype).unsqueeze(1)
-    y = x**2 + noise * torch.randn(x.shape, generator=generator, dtype=dtype)
+    # y = x**2 + noise · N(0, 1), built in place: at n = 2**22 every temporary is 16 MB.
+    y = torch.randn(x.shape, generator=generator, dtype=dtype).mul_(noise).add_(x**2)
     return x.to(device), y.to(device)
 
 

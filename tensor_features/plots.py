@@ -31,11 +31,13 @@ def write_plots(folder: Path, outputs: dict, config) -> list[Path]:
         written.append(_save(fig, folder / "loss_curves.png"))
 
     if "prediction" in outputs:
-        x, y = outputs["x"].cpu().flatten(), outputs["y"].cpu().flatten()
+        step = max(1, len(outputs["x"]) // 2000)  # a scatter of millions of points is one blot
+        x, y = outputs["x"][::step].cpu().flatten(), outputs["y"][::step].cpu().flatten()
+        x_new = outputs["x_new"].cpu().flatten()
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        ax.scatter(x, y, s=10, alpha=0.6, label="data: x² + noise")
-        ax.plot(x, x**2, color="gray", linewidth=1, label="x²")
-        ax.plot(x, outputs["prediction"].cpu().flatten(), color="C3", label="fit: predict() after training")
+        ax.scatter(x, y, s=10, alpha=0.6, label="data: x² + noise" + (f" (every {step}th point)" if step > 1 else ""))
+        ax.plot(x_new, x_new**2, color="gray", linewidth=1, label="x²")
+        ax.plot(x_new, outputs["prediction"].cpu().flatten(), color="C3", label="fit: predict() at new x")
         ax.set(xlabel="x", ylabel="y", title="fitted curve over the data")
         ax.legend()
         written.append(_save(fig, folder / "fit.png"))

@@ -82,11 +82,14 @@ def test_seed_manual_update_agrees_with_sgd_to_float32_rounding():
 @pytest.mark.parametrize("device", DEVICES)
 def test_converges_to_the_lstsq_optimum(device):
     x, y, phi, w0 = seed_problem(device)
-    # Oracle: the normal equations solved independently of train.least_squares_optimum.
+    # Oracle: torch.linalg.lstsq (QR-based), independent of the trainer's chunked normal equations.
     phi64, y64 = phi.double().cpu(), y.double().cpu()
-    w_star = torch.linalg.solve(phi64.T @ phi64, phi64.T @ y64)
+    w_star = torch.linalg.lstsq(phi64, y64).solution
     best = ((phi64 @ w_star - y64) ** 2).mean().item()
-    assert train.least_squares_optimum(phi, y).loss == pytest.approx(best, rel=1e-9)
+    for rows_per_chunk in (7, 2**16):  # several chunks, and one
+        optimum = train.least_squares_optimum(phi, y, rows_per_chunk)
+        assert optimum.loss == pytest.approx(best, rel=1e-9)
+        assert torch.allclose(optimum.w, w_star, atol=1e-9)
     result = train.fit(phi, y, w0, lr=1.0, epochs=3000)
     assert result.final_loss == pytest.approx(best, rel=0.01)
     assert torch.allclose(result.w.cpu().double(), w_star, atol=1e-2)
@@ -101,6 +104,38 @@ def test_lr_auto_converges_faster_than_the_seed_lr():
     auto = train.epochs_to_within(train.fit(phi, y, w0, optimum.best_lr, 1000).losses, optimum.loss)
     seed = train.epochs_to_within(train.fit(phi, y, w0, 0.1, 1000).losses, optimum.loss)
     assert auto is not None and seed is not None and auto < seed
+
+
+def test_fast_loss_is_the_seed_loss_with_the_same_gradient():
+    x, y, phi, w0 = seed_problem()
+    fast = train.FastLoss(train.rows_layout(phi), y, compile=False)
+    w = w0.clone().requires_grad_()
+    loss = fast.manual_step(w, lr=0.0)  # lr 0: keep w, look at the loss and the gradient
+    phi64, y64, w64 = phi.double(), y.double(), w0.double()
+    assert loss == pytest.approx(((phi64 @ w64 - y64) ** 2).mean().item(), rel=1e-6)
+    w.grad = None
+    train.rows_loss(w, fast.phi_rows, fast.y_flat).backward()
+    assert torch.allclose(w.grad.double(), 2 / len(x) * phi64.T @ (phi64 @ w64 - y64), atol=1e-6)
+    assert train.rows_layout(phi).T.is_contiguous() and torch.equal(train.rows_layout(phi), phi)
+
+
+def test_fast_fit_follows_the_seed_trajectory():
+    x, y, phi, w0 = seed_problem()
+    seed = train.fit(phi, y, w0, lr=0.1, epochs=100)
+    for update in ("manual", "sgd"):
+        fast = train.fit(phi, y, w0, lr=0.1, epochs=100, update=update,
+                         fast=train.FastLoss(phi, y, compile=False))
+        assert fast.losses == pytest.approx(seed.losses, rel=1e-5)
+        assert torch.allclose(fast.w, seed.w, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_switch_compiles_and_reaches_the_same_loss():
+    default = run_script("-m", "tensor_features.train", "--update", "manual")
+    fast = run_script("-m", "tensor_features.train", "--update", "manual", "--fast")
+    assert fast.returncode == 0, fast.stderr
+    assert "torch.compile compiling" in fast.stdout and fast.stderr == ""
+    final = [re.search(r"final loss (\d\.\d+)", r.stdout).group(1) for r in (default, fast)]
+    assert float(final[1]) == pytest.approx(float(final[0]), abs=2e-6)
 
 
 def test_forgetting_zero_grad_is_worse():
@@ -135,7 +170,7 @@ def test_default_run_prints_both_updates_and_the_optimum():
     assert result.returncode == 0, result.stderr
     assert re.search(r"Epoch 0, Loss \d\.\d{4} +\|   Epoch 0, Loss \d\.\d{4}", result.stdout)
     assert "manual: final loss" in result.stdout and "sgd: final loss" in result.stdout
-    assert "torch.linalg.lstsq" in result.stdout
+    assert "least squares (normal equations" in result.stdout
 
 
 @pytest.mark.parametrize("args, named", [
@@ -143,10 +178,19 @@ def test_default_run_prints_both_updates_and_the_optimum():
     (["--degree", "0"], "--degree"), (["--n", "1"], "--n"), (["--update", "adam"], "--update"),
     (["--n", "3", "--degree", "5"], "--degree"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, named):
-    result = run_script("-m", "tensor_features.train", *args)
+def test_bad_input_is_one_line_and_exit_2(args, named, capsys):
+    # In process: argparse's exit is the same; the subprocess test below shows no traceback escapes.
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert stderr.count("\n") == 1 and named in stderr
+
+
+def test_bad_input_from_the_terminal_has_no_traceback():
+    result = run_script("-m", "tensor_features.train", "--epochs", "-1")
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and named in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "--epochs" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
