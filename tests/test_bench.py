@@ -1,0 +1,101 @@
+"""The benchmark runs, its figures are consistent, and its measuring tools measure what they say.
+
+No timing is asserted here: the machine is shared and noisy, and timings belong to `make bench`.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import suite
+from conftest import run_script
+from tensor_features import train
+from tensor_features.load_data import load_data
+from tensor_features.utils import feature_map
+
+
+def test_gd_bound_holds_for_the_seed_problem():
+    # Oracle: the trajectory itself. The textbook bound must never be beaten by the real run,
+    # and one epoch less than the bound must not be guaranteed by it.
+    x, y = load_data(100, 0.1, seed=0)
+    phi = feature_map(x, 3)
+    optimum = train.least_squares_optimum(phi, y)
+    for lr in (0.1, 0.5, optimum.best_lr):
+        losses = train.fit(phi, y, train.initial_weights(3, 0, torch.device("cpu")), lr, 3000).losses
+        bound = suite.gd_epoch_bound(optimum, lr, losses[0])
+        observed = train.epochs_to_within(losses, optimum.loss)
+        assert observed is not None and observed <= bound
+        rho, excess = optimum.contraction(lr), losses[0] - optimum.loss
+        assert rho ** (2 * bound) * excess <= 0.01 * optimum.loss < rho ** (2 * (bound - 1)) * excess
+
+
+def test_gd_bound_edge_cases():
+    eigenvalues = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    optimum = train.Optimum(torch.zeros(2, 1), 1.0, eigenvalues)
+    assert suite.gd_epoch_bound(optimum, 0.1, initial_loss=1.005) == 0  # already within 1%
+    assert suite.gd_epoch_bound(optimum, 4.0, initial_loss=2.0) == math.inf  # lr > 2/λmax: no bound
+
+
+def test_peak_rss_sees_a_known_allocation():
+    # Oracle: the bytes we ask for. 50 Mi float32 ones = 200 MiB, all pages touched.
+    idle, code = suite.peak_rss_mb(["-c", "import torch"])
+    big, code_big = suite.peak_rss_mb(["-c", "import torch; t = torch.ones(50 * 2**20)"])
+    assert code == code_big == 0
+    assert big - idle == pytest.approx(200, abs=15)
+
+
+def test_startup_row_times_a_lesson_against_bare_import():
+    lesson = suite.LESSONS[0]
+    (row,) = suite.startup(torch.device("cpu"), [lesson], rounds=1)
+    assert row.key == "1a" and lesson.stem[:20] in row.what and row.cpu.note == ""
+    assert row.cpu.value > 0 and row.cpu.reference > 0 and row.cpu.met == (row.cpu.ratio <= 1.3)
+
+
+def test_bench_cli_small(tmp_path):
+    out = tmp_path / "out" / "bench.json"
+    result = run_script("-m", "bench", "--rows", "2,3,4", "--device", "cpu", "--n", "4096", "--size", "8",
+                        "--repeats", "1", "--json", str(out), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    rows = {row["key"]: row for row in report["rows"]}
+    assert sorted(rows) == ["2a", "2b", "2c", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d"]
+    assert report["machine"]["torch"] == torch.__version__
+    for row in rows.values():
+        cpu = row["cpu"]
+        if cpu["value"] is not None and cpu["reference"]:
+            assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["reference"])
+        assert row["cuda"] is None  # --device cpu
+    assert all(rows[key]["cpu"]["met"] for key in ("2a", "2b", "2c"))  # the three Jacobians agree
+    assert rows["4b"]["cpu"]["value"] <= rows["4b"]["cpu"]["reference"]  # the bound is a bound
+    for key in rows:
+        assert result.stdout.count(f"\n{key} ") == 1  # one table line per row
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["out", "out/bench.json"]
+
+
+def test_bench_markdown_table_has_every_column():
+    rows = [suite.Row("9", "a row", "≤ 1", suite.Figure(2.0, 4.0, "s", met=True))]
+    info = {"cpu": "x", "cores": 2, "torch_threads": 2, "python": "3", "torch": "t", "gpu": "no GPU"}
+    lines = suite.render_markdown(rows, info).splitlines()
+    header, data = lines[2], lines[4]
+    assert header.count("|") == data.count("|") == len(suite.HEADER) + 1
+    assert "| 2 s | 4 s | 0.5 | ok | no GPU |" in data
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--rows", "7"], "--rows"), (["--rows", "x"], "--rows"), (["--n", "2"], "--n"),
+    (["--json", "."], "--json"), (["--repeats", "0"], "--repeats"),
+])
+def test_bench_bad_input_is_one_line_and_exit_2(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main(args)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert stderr.count("\n") == 1 and named in stderr
+
+
+def test_bench_bad_input_from_the_terminal_has_no_traceback():
+    result = run_script("-m", "bench", "--rows", "7")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--rows" in result.stderr and "Traceback" not in result.stderr
