@@ -1,6 +1,9 @@
 """03 storage: offsets and strides computed by hand, views vs copies, the version counter."""
 
-from conftest import assert_caught, load_lesson, run_script
+import pytest
+import torch
+
+from conftest import ROOT, assert_caught, load_lesson, run_script
 
 lesson = load_lesson("03_tensor_attributes_and_methods_storage.py")
 
@@ -36,26 +39,23 @@ def test_runs_as_a_script_without_storage_warnings():
     assert "TypedStorage" not in result.stderr
 
 
-def test_every_lesson_has_help_and_rejects_an_unavailable_device():
-    import subprocess
-    import sys
+@pytest.mark.parametrize("name", sorted(path.name for path in ROOT.glob("[0-9][0-9]_*.py")))
+def test_every_lesson_has_help_and_rejects_an_unavailable_device(name, capsys):
+    # In process (each lesson's main(argv)); the subprocess test below covers the terminal.
+    lesson = load_lesson(name)
+    with pytest.raises(SystemExit) as exit_info:
+        lesson.main(["--help"])
+    assert exit_info.value.code == 0 and "--device" in capsys.readouterr().out
+    for flag, message in ((["--device", "tpu"], "invalid choice"), (["--device", "cuda"], "no CUDA device")):
+        if flag[1] == "cuda" and torch.cuda.is_available():
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            lesson.main(flag)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, name
 
-    import torch
-    from conftest import ROOT
 
-    lessons = sorted(path.name for path in ROOT.glob("[0-9][0-9]_*.py"))
-    assert len(lessons) == 7
-    runs = {(name, flag): subprocess.Popen([sys.executable, name, *flag], cwd=ROOT, text=True,
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for name in lessons for flag in (("--help",), ("--device", "cuda"))}
-    runs[(lessons[0], ("--device", "tpu"))] = subprocess.Popen(
-        [sys.executable, lessons[0], "--device", "tpu"], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for (name, flag), process in runs.items():
-        out, err = process.communicate(timeout=120)
-        if flag == ("--help",):
-            assert process.returncode == 0 and "--device" in out, name
-        elif flag == ("--device", "tpu"):
-            assert process.returncode == 2 and err.count("\n") == 1 and "invalid choice" in err
-        elif not torch.cuda.is_available():
-            assert process.returncode == 2 and err.count("\n") == 1 and "no CUDA device" in err, name
+def test_there_are_seven_lessons_and_help_works_from_the_terminal():
+    assert len(list(ROOT.glob("[0-9][0-9]_*.py"))) == 7
+    result = run_script("05_gradient_computation_vjp.py", "--help")
+    assert result.returncode == 0 and "--size" in result.stdout and result.stderr == ""
