@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "--device cuda",
         "in [3], write z = y.detach().clone(): y stays exp(x) and backward succeeds",
         "in [4], swap no_grad for inference_mode in the second block: it raises again",
-        "python -m tensor_features.train --update-outside-no-grad: both mistakes inside the seed's loop",
+        "python -m tensor_features.train --outside-no-grad: both mistakes inside the seed's loop",
     ])
 
 
