@@ -66,7 +66,8 @@ class TrainConfig:
                                    "in place and by rebinding, and see what breaks")
     fast: bool = option(False, "fast path: Φ stored feature by feature (d×n) and the loss compiled with "
                         "torch.compile into one pass over memory forward and one backward; same update, "
-                        "gradient still from autograd; the first epoch compiles (seconds)")
+                        "gradient still from autograd; the first epoch compiles (seconds; torch caches the "
+                        "result in the system temp folder, TORCHINDUCTOR_CACHE_DIR moves it)")
     sweep: bool = option(False, "observation point: feature dimension vs convergence, degrees 1..6")
     plot: str | None = option(None, "write PNG plots into this folder (created if needed)", metavar="DIR")
 
