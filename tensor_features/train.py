@@ -5,6 +5,7 @@
     python -m tensor_features.train --no-zero-grad  # forget w.grad.zero_()
     python -m tensor_features.train --outside-no-grad
     python -m tensor_features.train --basis legendre --lr auto --plot plots
+    python -m tensor_features.train --n 4194304 --fast   # same loop, loss compiled: see README 성능
 
 The data are y = x² + noise on [-1, 1]; the model is pred = Φ w with Φ = [x, x², x³]. The
 loss is a quadratic in w, so its exact minimum is one least-squares solve away: every run
