@@ -122,11 +122,15 @@ def peak_rss_mb(args: list[str]) -> tuple[float, int]:
 
 
 def load_lesson(filename: str):
-    """Import a lesson by path, as the tests do (its name starts with a digit)."""
+    """Import a top-level lesson file as a module (its name starts with a digit); the tests use it too."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lesson_" + Path(filename).stem, ROOT / filename)
+    name = "lesson_" + Path(filename).stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / filename)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -140,7 +140,6 @@ class FastLoss:
         self.phi_rows = phi.detach().T.contiguous()  # no copy when Φ is already stored row by row
         self.y_flat = y.detach().reshape(-1)
         self.loss_fn = torch.compile(rows_loss, dynamic=False) if compile else rows_loss
-        self.compiled = compile
         self.needs_compiling = compile  # until the first step has run
         # Inductor's C++ toolchain check logs that no CUDA runtime exists, even for CPU-only code.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

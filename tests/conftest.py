@@ -1,9 +1,8 @@
-"""Shared test plumbing: load a lesson by path (its name starts with a digit), a quiet Lab,
+"""Shared test plumbing: load_lesson (from the bench: a lesson by path), a quiet Lab,
 the device parametrization, and running a script as a learner would."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import subprocess
@@ -16,23 +15,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.suite import load_lesson  # noqa: E402,F401  (tests import lessons by path, as the bench does)
 from tensor_features.lab import Lab  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
-
-
-def load_lesson(filename: str):
-    """Import a top-level lesson file as a module (its name is not a valid identifier)."""
-    path = ROOT / filename
-    name = "lesson_" + path.stem
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def quiet_lab(device: str = "cpu") -> Lab:
