@@ -38,15 +38,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `python -m bench` from elsewhere still finds tensor_features
-
-from tensor_features import train  # noqa: E402
-from tensor_features.config import TrainConfig  # noqa: E402
-from tensor_features.load_data import load_data  # noqa: E402
-from tensor_features.utils import (  # noqa: E402
+from tensor_features import train
+from tensor_features.config import TrainConfig
+from tensor_features.load_data import load_data
+from tensor_features.utils import (
     OneLineArgumentParser, add_device_argument, int_in_range, median_seconds, pick_device, synchronize)
 
+ROOT = Path(__file__).resolve().parent.parent  # the lessons, and the cwd of every process we time
 LESSONS = sorted(ROOT.glob("[0-9][0-9]_*.py"))
 ROWS = (1, 2, 3, 4, 5, 6)
 MB = 2**20
