@@ -49,3 +49,20 @@ def assert_caught(error: BaseException | None, error_type: type, substring: str)
     with pytest.raises(error_type, match=substring.replace("(", r"\(").replace(")", r"\)")):
         if error is not None:
             raise error
+
+
+def usage_error(main, args: list[str], capsys) -> str:
+    """Call a program's main(argv) in process; it must exit 2 with one line on stderr. Returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.count("\n") == 1, stderr
+    return stderr
+
+
+def terminal_usage_error(*args: str) -> str:
+    """Run `python ARGS` as a learner would; it must exit 2 with one line and no traceback."""
+    result = run_script(*args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr

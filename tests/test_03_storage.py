@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ROOT, assert_caught, load_lesson, run_script
+from conftest import ROOT, assert_caught, load_lesson, run_script, usage_error
 
 lesson = load_lesson("03_tensor_attributes_and_methods_storage.py")
 
@@ -49,10 +49,7 @@ def test_every_lesson_has_help_and_rejects_an_unavailable_device(name, capsys):
     for flag, message in ((["--device", "tpu"], "invalid choice"), (["--device", "cuda"], "no CUDA device")):
         if flag[1] == "cuda" and torch.cuda.is_available():
             continue
-        with pytest.raises(SystemExit) as exit_info:
-            lesson.main(flag)
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, name
+        assert message in usage_error(lesson.main, flag, capsys), name
 
 
 def test_there_are_seven_lessons_and_help_works_from_the_terminal():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import suite
-from conftest import run_script
+from conftest import run_script, terminal_usage_error, usage_error
 from tensor_features import train
 from tensor_features.load_data import load_data
 from tensor_features.utils import feature_map
@@ -88,14 +88,8 @@ def test_bench_markdown_table_has_every_column():
     (["--json", "."], "--json"), (["--repeats", "0"], "--repeats"),
 ])
 def test_bench_bad_input_is_one_line_and_exit_2(args, named, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        suite.main(args)
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert stderr.count("\n") == 1 and named in stderr
+    assert named in usage_error(suite.main, args, capsys)
 
 
 def test_bench_bad_input_from_the_terminal_has_no_traceback():
-    result = run_script("-m", "bench", "--rows", "7")
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "--rows" in result.stderr and "Traceback" not in result.stderr
+    assert "--rows" in terminal_usage_error("-m", "bench", "--rows", "7")
