@@ -1,65 +1,68 @@
 """05 · backward: how a scalar's gradient reaches the leaves, and where it does not.
 
-Shows the seed's example (d/dx of x**2 + 2x at x = 3 is 8), which tensors keep a .grad
-(leaves) and which do not (intermediates, unless retain_grad()), the real graph that
-backward() walks (printed from grad_fn.next_functions, AccumulateGrad at the leaves and
-None edges for inputs that need no gradient), the chain rule checked by hand, and the two
-errors backward() raises most often.
+The original example (d/dx of x**2 + 2x at x = 3 is 8); which tensors keep a .grad (leaves)
+and which do not (intermediates, unless retain_grad()); the real graph that backward()
+walks, printed from grad_fn.next_functions, with AccumulateGrad at the leaves and a None
+edge for an input that needs no gradient; the chain rule checked by hand; and the two errors
+backward() raises most often.
 """
 
 # %% Setup
+import math
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
 
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.lab import Lab, Try
+
+lab = Lab.start("05 · backward", __doc__, __name__)
 
 
-# %% [1] The seed's example
-def seed_example(lab: Lab) -> torch.Tensor:
-    lab.show("x = torch.tensor(3.0, requires_grad=True); y = x**2 + 2*x; y.backward()")
+# %% [1] The original example
+def original_example(lab: Lab) -> torch.Tensor:
+    """The original example: y = x**2 + 2x at x = 3, y.backward()"""
     x = torch.tensor(3.0, requires_grad=True, device=lab.device)
     y = x**2 + 2 * x
-    # A scalar output needs no seed gradient: backward() starts from dy/dy = 1.
+    # y is a scalar, so backward() needs no argument: it starts from dy/dy = 1.
     y.backward()
-    lab.check("x.grad", x.grad, 2 * 3 + 2, "dy/dx = 2x + 2 = 8")
-    lab.check("y.grad_fn", type(y.grad_fn).__name__, "AddBackward0", "the last op made y")
+    lab.check(x.grad, 8.0, "dy/dx = 2x + 2 = 8 at x = 3")
+    lab.check(type(y.grad_fn).__name__, "AddBackward0", "the last op that made y was the +")
     return x.grad
+
+
+lab.run(original_example)
 
 
 # %% [2] Leaves keep .grad, intermediates do not (unless retain_grad)
 def leaf_and_non_leaf(lab: Lab) -> dict:
-    lab.show("x = torch.tensor(3.0, requires_grad=True); h = x**2; h.retain_grad(); u = x**2\n"
-             "y = h + u + 2*x; y.backward()")
+    """Leaves keep .grad; an intermediate keeps it only after retain_grad()"""
     x = torch.tensor(3.0, requires_grad=True, device=lab.device)
     h = x**2
-    h.retain_grad()  # ask autograd to keep the gradient that passes through h
-    u = x**2  # same value, no retain_grad: its gradient is used and dropped
+    h.retain_grad()  # ask autograd to keep the gradient that flows through h
+    u = x**2  # the same value, without retain_grad()
     y = h + u + 2 * x
     y.backward()
-    lab.check("x.is_leaf, h.is_leaf", (x.is_leaf, h.is_leaf), (True, False),
-              "x was made by the user, h by an op")
-    lab.check("h.grad", h.grad, 1.0, "dy/dh = 1; kept because of retain_grad()")
-    with lab.expect_warning("is not a leaf Tensor", "reading .grad of a non-leaf"):
+    lab.check((x.is_leaf, h.is_leaf, u.is_leaf), (True, False, False),
+              "x was made by the user; h and u were made by an op")
+    lab.check(h.grad, 1.0, "dy/dh = 1, kept because of retain_grad()")
+    with lab.expect_warning("is not a leaf Tensor", "reading .grad of a non-leaf warns, then gives None"):
         u_grad = u.grad
-    lab.check("u.grad", u_grad, None, "only leaves (and retain_grad tensors) store .grad")
-    lab.check("x.grad", x.grad, 4 * 3 + 2, "dy/dx = 2x + 2x + 2 = 14")
+    lab.check(u_grad, None, "autograd used du's gradient on the way to x, then dropped it")
+    lab.check(x.grad, 14.0, "dy/dx = 2x + 2x + 2 = 14 at x = 3")
     return {"x.grad": x.grad, "h.grad": h.grad, "u.grad": u_grad}
+
+
+lab.run(leaf_and_non_leaf)
 
 
 # %% [3] The real graph behind y
 def graph_lines(grad_fn, depth: int = 0) -> list[str]:
     """Walk grad_fn.next_functions from the output down to the leaves, one line per node."""
     if grad_fn is None:
-        # An input that needs no gradient (a constant, a tensor without requires_grad).
-        return ["  " * depth + "None"]
+        return ["  " * depth + "None"]  # an input that needs no gradient
     name = type(grad_fn).__name__
-    if hasattr(grad_fn, "variable"):  # AccumulateGrad: the node that writes leaf.grad
-        leaf = grad_fn.variable
-        name += f" -> leaf of shape {tuple(leaf.shape)}, .grad += incoming"
+    if hasattr(grad_fn, "variable"):  # AccumulateGrad: the node that adds into leaf.grad
+        name += f" -> leaf of shape {tuple(grad_fn.variable.shape)}"
     lines = ["  " * depth + name]
     for next_fn, _input_index in grad_fn.next_functions:
         lines += graph_lines(next_fn, depth + 1)
@@ -67,71 +70,72 @@ def graph_lines(grad_fn, depth: int = 0) -> list[str]:
 
 
 def real_graph(lab: Lab) -> list[str]:
-    lab.show("x = torch.tensor(3.0, requires_grad=True); y = x**2 + 2*x; walk y.grad_fn")
+    """The graph backward() walks, read from y.grad_fn.next_functions"""
     x = torch.tensor(3.0, requires_grad=True, device=lab.device)
     y = x**2 + 2 * x
     lines = graph_lines(y.grad_fn)
     lab.note("\n".join(lines))
-    accumulate = sum("AccumulateGrad" in line for line in lines)
-    lab.check("AccumulateGrad nodes", accumulate, 2, "x is used twice, once per term")
-    lab.check("None edges", sum(line.strip() == "None" for line in lines), 1,
-              "the constant 2 in 2*x needs no gradient")
+    names = [line.strip().split(" ")[0] for line in lines]
+    lab.check(names, ["AddBackward0", "PowBackward0", "AccumulateGrad", "MulBackward0", "AccumulateGrad", "None"],
+              "Add(Pow(x), Mul(x, 2)): x is reached once per term, the constant 2 is a None edge")
     return lines
+
+
+lab.run(real_graph)
 
 
 # %% [4] The chain rule, by hand
 def chain_rule(lab: Lab) -> torch.Tensor:
-    lab.show("x = 0.5; u = sin(x); y = u**3; y.backward()")
+    """The chain rule: y = sin(x)**3 at x = 0.5"""
     x = torch.tensor(0.5, requires_grad=True, device=lab.device)
     u = torch.sin(x)
     y = u**3
     y.backward()
-    # dy/dx = dy/du * du/dx = 3 sin(x)^2 * cos(x): the product backward() builds node by node.
-    by_hand = 3 * torch.sin(x.detach()) ** 2 * torch.cos(x.detach())
-    lab.check("x.grad", x.grad, by_hand, "3 sin(x)^2 cos(x), chain rule")
+    # dy/dx = dy/du · du/dx = 3 sin(x)² · cos(x): backward() multiplies these node by node.
+    lab.check(x.grad, 3 * math.sin(0.5) ** 2 * math.cos(0.5), "3 sin(x)² cos(x) at x = 0.5")
     return x.grad
+
+
+lab.run(chain_rule)
 
 
 # %% [5] backward() on a vector output
 def non_scalar_backward(lab: Lab) -> BaseException | None:
-    lab.show("x = torch.tensor([1., 2.], requires_grad=True); (x * 2).backward()")
+    """backward() on a vector output"""
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     y = x * 2
-    # A vector output has a Jacobian, not a gradient: backward needs the vector v of v^T J.
     with lab.expect_error("grad can be implicitly created only for scalar outputs",
-                          "pass y.backward(v) or reduce to a scalar (05 vjp)") as caught:
+                          "a vector output has a Jacobian, not one gradient: pass y.backward(v) (05 vjp)") as caught:
         y.backward()
     return caught.error
+
+
+lab.run(non_scalar_backward)
 
 
 # %% [6] backward() on something that needs no gradient
 def no_grad_backward(lab: Lab) -> BaseException | None:
-    lab.show("x = torch.tensor(3.0); (x**2).backward()")
+    """backward() when no input requires grad"""
     x = torch.tensor(3.0, device=lab.device)  # requires_grad defaults to False
     y = x**2
-    lab.check("y.requires_grad, y.grad_fn", (y.requires_grad, y.grad_fn), (False, None),
-              "no input asked for a gradient, so no graph")
-    with lab.expect_error("element 0 of tensors does not require grad",
-                          "there is no graph to walk back") as caught:
+    lab.check((y.requires_grad, y.grad_fn), (False, None), "no input asked for a gradient, so no graph was recorded")
+    with lab.expect_error("element 0 of tensors does not require grad", "there is no graph to walk back") as caught:
         y.backward()
     return caught.error
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("05 · backward", __doc__, argv)
-    seed_example(lab)
-    leaf_and_non_leaf(lab)
-    real_graph(lab)
-    chain_rule(lab)
-    non_scalar_backward(lab)
-    no_grad_backward(lab)
-    return lab.finish([
-        "--device cuda (same numbers; AccumulateGrad writes into CUDA memory)",
-        "in [2], delete h.retain_grad() and h.grad becomes None with the same warning",
-        "in [3], make the constant a tensor with requires_grad=True: the None edge becomes AccumulateGrad",
-    ])
+lab.run(no_grad_backward)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% The end
+TRIES = [
+    Try("the same values; the graph's leaves now hold CUDA tensors", flags="--device cuda", needs_cuda=True,
+        shows=("device cuda",)),
+    Try("h.grad stays None, so its check fails", edit=("h.retain_grad()", ""), where=leaf_and_non_leaf,
+        exit=1, shows=("FAIL  h.grad = None",)),
+    Try("the constant's None edge becomes a second AccumulateGrad, so the graph check fails",
+        edit=("y = x**2 + 2 * x", "y = x**2 + torch.tensor(2.0, requires_grad=True) * x"), where=real_graph,
+        exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, AccumulateGrad, "
+                       "AccumulateGrad]",)),
+]
+lab.finish(TRIES)

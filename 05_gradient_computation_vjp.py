@@ -18,7 +18,8 @@ import torch
 from torch.func import jacrev, vjp, vmap
 
 from tensor_features.lab import Lab
-from tensor_features.utils import int_in_range, median_seconds
+from tensor_features.cli import int_in_range
+from tensor_features.utils import median_seconds
 
 
 # %% [1] The seed's example: backward(v) gives vᵀJ

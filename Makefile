@@ -1,23 +1,30 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up the virtual environment (once) and run every lesson, then the trainer
-#   make test   set up the virtual environment with the test tools (once) and run pytest
-#   make bench  the benchmark table (a few minutes; BENCH_ARGS="--rows 2,3 --json bench.json")
+#   make run     set up the virtual environment (once), run every lesson in teaching order, then
+#                the trainer, and print a summary (one line per lesson, the trainer's verdict)
+#   make test    set up the virtual environment with the test tools (once) and run pytest
+# More:
+#   make bench   the benchmark table (a few minutes; BENCH_ARGS="--rows 2,3 --json bench.json")
+#   make mutate  small wrong edits of the lessons and the trainer; each must fail a test
+#   make lesson L=05_gradient_computation_backward.py    one lesson, with the environment's Python
 # Overrides: VENV=path (where the environment lives), PYTHON=python3.x, DEVICE=auto|cpu|cuda.
 
 VENV ?= .venv
 PYTHON ?= python3
 DEVICE ?= auto
 BENCH_ARGS ?=
+L ?= 05_gradient_computation_backward.py
 PY := $(VENV)/bin/python
-LESSONS := $(sort $(wildcard [0-9][0-9]_*.py))
 
-.PHONY: run lessons train test bench clean help
+.PHONY: run lesson train test bench mutate clean help
 
 help:
-	@echo "make run    - install (once) and run the lessons in order, then the trainer"
-	@echo "make test   - install (once) and run the tests"
-	@echo "make bench  - install (once) and print the benchmark table (BENCH_ARGS=... for options)"
-	@echo "make clean  - remove the virtual environment ($(VENV)) and caches"
+	@echo "make run     - install (once), run the lessons in teaching order and the trainer, print a summary"
+	@echo "make test    - install (once) and run the tests"
+	@echo "make lesson L=FILE - run one lesson with the environment's Python"
+	@echo "make train   - run the trainer once (python -m tensor_features.train)"
+	@echo "make bench   - install (once) and print the benchmark table (BENCH_ARGS=... for options)"
+	@echo "make mutate  - install (once) and check that every listed wrong edit fails a test"
+	@echo "make clean   - remove the virtual environment ($(VENV)) and caches"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,24 +38,25 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.installed-run
 
-run: lessons train
+run: $(VENV)/.installed-run
+	$(PY) -m tensor_features.lessons --device $(DEVICE)
 
-lessons: $(VENV)/.installed-run
-	@set -e; for lesson in $(LESSONS); do \
-		echo; echo "=== $$lesson"; \
-		$(PY) $$lesson --device $(DEVICE); \
-	done
+lesson: $(VENV)/.installed-run
+	$(PY) $(L) --device $(DEVICE)
 
 train: $(VENV)/.installed-run
-	@echo; echo "=== python -m tensor_features.train"
 	$(PY) -m tensor_features.train --device $(DEVICE)
 
+# Two workers, a test file each at a time (files share their kernel and baseline runs).
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # Row 6 of the table times the test suite, so the bench needs the test tools too.
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench --device $(DEVICE) $(BENCH_ARGS)
+
+mutate: $(VENV)/.installed-dev
+	$(PY) tests/mutate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

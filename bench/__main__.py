@@ -1,7 +1,115 @@
-"""`python -m bench`: see bench/suite.py."""
+"""make bench: what the lab's code costs, each figure beside a reference measured in the same run.
 
+    python -m bench                      # every row; CUDA columns when a GPU is visible
+    python -m bench --rows 2,3,4         # some rows only
+    python -m bench --json bench.json    # the same figures as JSON
+    python -m bench --markdown           # the table as Markdown (the README's copy)
+
+A goal is a ratio of two figures measured side by side in the same run, because this machine
+is shared and noisy. The rows are listed below (one module each under bench/rows/).
+
+Every time is a median. Nothing here is a test: tests check that the bench runs, never its times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
 import sys
+import textwrap
+from pathlib import Path
 
-from bench.suite import main
+import torch
 
-sys.exit(main())
+from bench.rows import FAMILIES
+from bench.table import Row, as_json, machine, render_markdown, render_text
+from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, pick_device
+
+ROWS = tuple(FAMILIES)
+
+
+def row_help() -> str:
+    """One line per row family: its number and the first sentence of its module docstring."""
+    lines = []
+    for number, family in FAMILIES.items():
+        first = " ".join((family.__doc__ or "").split()).split(": ", 1)[-1]
+        lines += textwrap.wrap(first, 92, initial_indent=f"  {number}  ", subsequent_indent="     ")
+    return "\n".join(lines)
+
+
+def row_list(text: str) -> list[int]:
+    try:
+        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of row numbers") from None
+    if not chosen or not set(chosen) <= set(ROWS):
+        raise argparse.ArgumentTypeError(f"{text!r}: rows are {', '.join(map(str, ROWS))}")
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="python -m bench", description=__doc__ + "\nRows:\n" + row_help(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=row_list, default=list(ROWS), help="which rows, e.g. 2,3,4 (default: all)")
+    add_device_argument(parser)
+    parser.add_argument("--n", type=int_in_range(16, 2**26), default=2**22,
+                        help="data points for rows 3 and 5 (default: %(default)s = 2**22)")
+    parser.add_argument("--size", type=int_in_range(2, 4096), default=256, help="layer size for row 2 (default: %(default)s)")
+    parser.add_argument("--rounds", type=int_in_range(1, 50), default=3,
+                        help="alternating process launches per lesson in row 1 (default: %(default)s)")
+    parser.add_argument("--repeats", type=int_in_range(1, 1000), default=11,
+                        help="timed repeats behind each in-process median (default: %(default)s)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    return parser
+
+def measure(rows: list[int], device: torch.device, args) -> list[Row]:
+    """All chosen rows on one device, in order."""
+    out = []
+    for number in rows:
+        print(f"  row {number} on {device.type} ...", file=sys.stderr, flush=True)
+        out += FAMILIES[number].measure(device, args)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None:  # fail now, not after minutes of measuring
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--json {args.json}: cannot create its folder ({err.strerror})")
+        if json_path.is_dir() or not os.access(json_path.parent, os.W_OK):
+            parser.error(f"--json {args.json}: not a writable file path")
+
+    info = machine()
+    rows = measure(args.rows, torch.device("cpu"), args)
+    if device.type == "cuda":
+        by_key = {row.key: row for row in measure(args.rows, device, args)}
+        for row in rows:
+            if row.key in by_key:
+                row.cuda = by_key[row.key].cpu
+    print(render_markdown(rows, info) if args.markdown else render_text(rows, info))
+    if json_path is not None:
+        json_path.write_text(json.dumps(as_json(rows, info), indent=2, default=str) + "\n")
+        print(f"wrote {json_path}")
+    missed = [row.key for row in rows if row.cpu is not None and row.cpu.met is False]
+    if missed:
+        print(f"goals missed on the CPU: {', '.join(missed)} (the README's 성능 section says why)")
+    # A slow row is a finding; a wrong one (Jacobians that disagree, a process that failed) is an error.
+    broken = [row.key for row in rows for f in (row.cpu, row.cuda)
+              if f is not None and (f.met is False and row.goal.startswith("agree") or "exit code" in f.note)]
+    if broken:
+        print(f"broken: {', '.join(broken)}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,37 +7,10 @@ added here once: its default, its type check and its --help line live together.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import MISSING, dataclass, field, fields
 
-from tensor_features.utils import DEVICE_CHOICES, OneLineArgumentParser, int_in_range
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not allowed (a finite number > 0)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """An argparse type: a finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not allowed (a finite number >= 0)")
-    return value
-
-
-def learning_rate(text: str) -> float | str:
-    """An argparse type: 'auto' or a finite float > 0."""
-    return "auto" if text == "auto" else positive_float(text)
+from tensor_features.cli import (
+    DEVICE_CHOICES, OneLineArgumentParser, int_in_range, learning_rate, non_negative_float)
 
 
 def option(default, help: str, **argparse_kwargs):

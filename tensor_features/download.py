@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from tensor_features.utils import OneLineArgumentParser, stderr_line
+from tensor_features.cli import OneLineArgumentParser
+from tensor_features.utils import stderr_line
 
 DATA_ENV = "TENSOR_FEATURES_DATA"
 CATS_FILE = "cifar10_cats.pt"

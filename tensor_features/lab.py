@@ -1,35 +1,73 @@
-"""The plumbing every lesson shares: the command line, printing an observation beside its
-expectation, catching the errors a lesson provokes on purpose, and the exit code.
+"""The plumbing every lesson shares: numbering observations, printing the code that ran,
+printing each observed value beside its expectation, catching the errors a lesson provokes
+on purpose, the "Try:" lines, and the exit code.
 
-A lesson does the autograd itself, in plain sight; it hands this module only what it
-saw and what it expected, and why:
+A lesson does the autograd itself, in plain sight. Its shape:
 
-    lab = Lab.from_argv("05 · backward", __doc__)
-    lab.show("y = x**2 + 2*x; y.backward()")
-    lab.check("x.grad", x.grad, 8.0, "dy/dx = 2x + 2 = 8")
-    with lab.expect_error("does not require grad", "nothing upstream asked for a gradient"):
-        torch.tensor(1.0).backward()
-    sys.exit(lab.finish(["--device cuda", "..."]))
+    lab = Lab.start("05 · backward", __doc__, __name__)
+
+    # %% [1] ...
+    def original_example(lab: Lab):
+        \"\"\"The original example: d/dx (x**2 + 2x) at x = 3.\"\"\"
+        x = torch.tensor(3.0, requires_grad=True, device=lab.device)
+        y = x**2 + 2 * x
+        y.backward()
+        lab.check(x.grad, 8.0, "dy/dx = 2x + 2 = 8")
+
+    lab.run(original_example)
+    ...
+    lab.finish(TRIES)
+
+What the learner reads is what ran: before each check the lab prints the lesson's own source
+lines that ran since the last check (read back from the file, or from the notebook cell),
+leaving out only the lab's own calls. A check's label is the source text of the value it
+checks. So the printed code and labels cannot drift from the code.
+
+One file, three ways to run it:
+  * `python lesson.py [flags]`: observations run top to bottom; finish() exits 0, or 1 when
+    any observation disagreed (2 for a bad flag, from argparse).
+  * a notebook (Jupyter or VS Code, through the `# %%` cells): each cell runs and prints its
+    observation; finish() prints the count and does not exit the kernel.
+  * `import` (tests, the bench): the lab is inert, lab.run() does nothing, and the tests call
+    each observation function with a lab of their own.
+
+`make mutate` sets LAB_FORCE_AGREE=1, which makes every check count as agreeing, so that only
+the tests' own oracles can catch a wrong lesson. LAB_SUMMARY=PATH makes finish() append a
+one-line JSON summary to PATH (the `make run` summary reads it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import io
+import json
+import linecache
 import math
+import os
 import sys
+import textwrap
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
-from tensor_features.utils import OneLineArgumentParser, add_device_argument, device_or_exit
+from tensor_features.cli import OneLineArgumentParser, add_device_argument, device_or_exit
 
+FORCE_AGREE_ENV = "LAB_FORCE_AGREE"
+SUMMARY_ENV = "LAB_SUMMARY"
 LEFT_WIDTH = 40  # "x.grad = 8" column
 LINE_WIDTH = 120  # past this, the expectation goes on its own line
-MESSAGE_WIDTH = 96  # provoked error messages are cut here; the full text is one `str(err)` away
+WRAP_WIDTH = 100  # provoked error messages are shown whole, wrapped at this width
+LAB_CALLS = {"check", "expect_error", "expect_warning", "note"}
 
+
+# -- values ----------------------------------------------------------------------------------------
 
 def format_value(value: Any) -> str:
     """A short, exact-enough text for an observed or expected value."""
@@ -45,39 +83,215 @@ def format_value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        inner = ", ".join(format_value(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     if isinstance(value, torch.Size):
         return str(tuple(value))
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(format_value(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     return str(value)
 
 
 def values_match(observed: Any, expected: Any, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
-    """Equality for exact things, closeness for floating point, shape-aware for tensors."""
+    """Equality for exact things, closeness for floating point, shape-aware for tensors.
+
+    NaN matches NaN (a lesson may expect a NaN gradient); None matches only None.
+    """
+    if observed is None or expected is None:
+        return observed is None and expected is None
     if isinstance(observed, torch.Tensor) or isinstance(expected, torch.Tensor):
-        obs = torch.as_tensor(observed).detach().cpu()
-        exp = torch.as_tensor(expected).detach().cpu()
+        try:
+            obs = torch.as_tensor(observed).detach().cpu()
+            exp = torch.as_tensor(expected).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            return False
         if obs.shape != exp.shape:
             if not (obs.numel() == 1 and exp.numel() == 1):
                 return False
             obs, exp = obs.reshape(()), exp.reshape(())
         if obs.is_floating_point() or exp.is_floating_point():
-            return torch.allclose(obs.double(), exp.double(), rtol=rtol, atol=atol)
+            return torch.allclose(obs.double(), exp.double(), rtol=rtol, atol=atol, equal_nan=True)
         return torch.equal(obs, exp.to(obs.dtype))
     if isinstance(observed, (list, tuple)) and isinstance(expected, (list, tuple)):
         return len(observed) == len(expected) and all(
             values_match(o, e, rtol=rtol, atol=atol) for o, e in zip(observed, expected)
         )
+    if isinstance(observed, bool) or isinstance(expected, bool):
+        return type(observed) is type(expected) and observed == expected
     if isinstance(observed, float) or isinstance(expected, float):
-        if isinstance(observed, bool) or isinstance(expected, bool):
-            return observed == expected
         try:
-            return math.isclose(float(observed), float(expected), rel_tol=rtol, abs_tol=atol)
+            o, e = float(observed), float(expected)
         except (TypeError, ValueError):
             return False
+        if math.isnan(o) or math.isnan(e):
+            return math.isnan(o) and math.isnan(e)
+        return math.isclose(o, e, rel_tol=rtol, abs_tol=atol)
     return observed == expected
 
+
+# -- "Try:" lines, as data a test can run ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Try:
+    """One thing to try after a lesson, and what it will show.
+
+    Either flags for the command line (``flags="--size 1024"``) or an edit of the lesson's own
+    source (``edit=(old, new)``, inside the observation function ``where``, or anywhere in the
+    file when where is None; old must occur exactly once there). ``then`` says what happens, in
+    words; ``exit`` and ``shows`` are the same promise in a form a test checks: the exit code,
+    and text the output will contain that it did not contain before the change.
+    tests/test_tries.py runs every Try of every lesson.
+    """
+
+    then: str
+    flags: str = ""
+    edit: tuple[str, str] | None = None
+    where: Callable[..., Any] | None = None
+    exit: int = 0
+    shows: tuple[str, ...] = ()
+    needs_cuda: bool = False  # offered only where a GPU is visible
+
+    def text(self, number: int | None = None) -> str:
+        if self.edit is not None:
+            old, new = self.edit
+            change = f"replace `{old.strip()}` with `{new.strip()}`" if new.strip() else f"delete `{old.strip()}`"
+            place = f"[{number}]" if number is not None else (f"{self.where.__name__}()" if self.where else "")
+            what = f"in {place}, {change}" if place else change
+        else:
+            what = self.flags
+        outcome = {0: "", 1: " (exit 1: a check disagrees)"}.get(self.exit, f" (exit {self.exit})")
+        return f"{what}: {self.then}{outcome}"
+
+    def apply(self, source: str) -> str:
+        """The lesson's source with this Try's edit made; ValueError if old is not there exactly once."""
+        old, new = self.edit
+        start, end = 0, len(source)
+        if self.where is not None:
+            lines = source.splitlines(keepends=True)
+            node = next((n for n in ast.parse(source).body
+                         if isinstance(n, ast.FunctionDef) and n.name == self.where.__name__), None)
+            if node is None:
+                raise ValueError(f"no function {self.where.__name__}() in the lesson")
+            start = sum(len(line) for line in lines[: node.lineno - 1])
+            end = sum(len(line) for line in lines[: node.end_lineno])
+        span = source[start:end]
+        if span.count(old) != 1:
+            raise ValueError(f"{old!r} occurs {span.count(old)} times in {self.where.__name__ if self.where else 'the file'}")
+        return source[:start] + span.replace(old, new) + source[end:]
+
+
+# -- the lesson's own source, printed as it runs -----------------------------------------------------
+
+def _is_lab_call(node: ast.AST) -> bool:
+    """`lab.something(...)`: the lab's plumbing, which the printed code leaves out."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "lab")
+
+
+@dataclass
+class _FunctionSource:
+    """One function of a lesson: which of its lines are shown, and how far to dedent each."""
+
+    lines: list[str]  # the whole file (or notebook cell), 1-based via lines[n - 1]
+    text: str
+    node: ast.FunctionDef
+    shown: dict[int, int] = field(default_factory=dict)  # line number -> columns to remove
+
+    @classmethod
+    def parse(cls, lines: list[str], firstlineno: int) -> "_FunctionSource | None":
+        text = "".join(lines)
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return None
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if first == firstlineno:
+                    source = cls(lines, text, node)
+                    source._mark_shown()
+                    return source
+        return None
+
+    def _mark_shown(self) -> None:
+        body = list(self.node.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]  # the docstring is the observation's title, printed by run()
+        if not body:
+            return
+        base = body[0].col_offset
+        hidden: set[int] = set()
+        extra: dict[int, int] = {}
+        for node in ast.walk(self.node):
+            if isinstance(node, ast.Return) or (isinstance(node, (ast.Expr, ast.Assign)) and _is_lab_call(node.value)):
+                hidden.update(range(node.lineno, node.end_lineno + 1))
+            elif isinstance(node, ast.With) and any(_is_lab_call(item.context_expr) for item in node.items):
+                # `with lab.expect_error(...):` is plumbing; its body is the lesson, one level less deep.
+                hidden.update(range(node.lineno, node.body[0].lineno))
+                shift = node.body[0].col_offset - node.col_offset
+                for line in range(node.body[0].lineno, node.end_lineno + 1):
+                    extra[line] = extra.get(line, 0) + shift
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node is not self.node:
+                pass  # a helper defined inside an observation is shown as written
+        start = body[0].lineno
+        # Comments directly above the first statement belong to it.
+        while start - 1 > self.node.body[0].end_lineno and self.lines[start - 2].strip().startswith("#"):
+            start -= 1
+        for number in range(start, self.node.end_lineno + 1):
+            line = self.lines[number - 1] if number - 1 < len(self.lines) else ""
+            if number in hidden or not line.strip():
+                continue
+            self.shown[number] = base + extra.get(number, 0)
+
+    def statement_end(self, line: int) -> int:
+        """The last line of the top-level statement of this function that contains `line`."""
+        for node in self.node.body:
+            if node.lineno <= line <= node.end_lineno:
+                return node.end_lineno
+        return line
+
+    def lab_call_argument(self, line: int, method: str) -> str | None:
+        """Source text of the first argument of the `lab.<method>(...)` call spanning `line`."""
+        for node in ast.walk(self.node):
+            if (_is_lab_call(node) and node.func.attr == method and node.lineno <= line <= node.end_lineno
+                    and node.args):
+                segment = ast.get_source_segment(self.text, node.args[0])
+                return " ".join(segment.split()) if segment else None
+        return None
+
+    def render(self, first: int, last: int) -> list[str]:
+        out = []
+        for number in range(first, last + 1):
+            if number in self.shown:
+                line = self.lines[number - 1].rstrip("\n")
+                out.append(line[self.shown[number]:] if line[: self.shown[number]].strip() == "" else line.strip())
+        return out
+
+
+_SOURCES: dict[tuple[str, int, int], _FunctionSource | None] = {}
+_PLUMBING_FILES = {__file__, __import__("contextlib").__file__}
+
+
+def _lesson_frame() -> FrameType | None:
+    """The innermost frame outside this module and contextlib: the lesson's code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in _PLUMBING_FILES:
+        frame = frame.f_back
+    return frame
+
+
+def _source_of(frame: FrameType) -> _FunctionSource | None:
+    code = frame.f_code
+    lines = linecache.getlines(code.co_filename, frame.f_globals)
+    if not lines:
+        return None
+    key = (code.co_filename, code.co_firstlineno, hash("".join(lines)))
+    if key not in _SOURCES:
+        _SOURCES[key] = _FunctionSource.parse(lines, code.co_firstlineno)
+    return _SOURCES[key]
+
+
+# -- the lab -------------------------------------------------------------------------------------------
 
 @dataclass
 class Caught:
@@ -87,70 +301,125 @@ class Caught:
     warnings: list[str] = field(default_factory=list)
 
 
-class Lab:
-    """Numbers the observations, prints each beside its expectation and counts agreement."""
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (Jupyter itself, VS Code's interactive window)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
-    def __init__(self, title: str, device: torch.device | str = "cpu", stream: TextIO | None = None):
+
+class Lab:
+    """Numbers the observations, prints the code that ran and each check beside its expectation."""
+
+    def __init__(self, title: str, device: torch.device | str = "cpu", stream: TextIO | None = None,
+                 live: bool = True):
         self.title = title
         self.device = torch.device(device)
         self.stream = stream if stream is not None else sys.stdout
+        self.live = live  # False when the lesson was imported: run() and finish() do nothing
         self.observation = 0
         self.passed = 0
         self.failed: list[str] = []
-        self.args: argparse.Namespace | None = None  # set by from_argv
+        self.order: dict[str, int] = {}  # observation function name -> its number
+        self.args: argparse.Namespace = argparse.Namespace()
+        self.force_agree = os.environ.get(FORCE_AGREE_ENV) == "1"
+        self._started = time.perf_counter()
+        self._cursor: tuple[FrameType, _FunctionSource, int] | None = None  # frame, source, next line
         self._print(f"{title:<44} torch {torch.__version__} · device {self.device}")
 
     @classmethod
-    def from_argv(
+    def start(
         cls,
         title: str,
         description: str | None,
-        argv: list[str] | None = None,
+        module_name: str,
         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        argv: list[str] | None = None,
     ) -> "Lab":
-        """Parse a lesson's command line (``--device`` and any extra flags) and start the lab.
+        """The lab of a lesson module; pass the module's ``__name__``.
 
-        The parsed namespace is kept as ``lab.args`` for lesson-specific flags.
+        Run as a script or in a notebook (``__name__ == "__main__"``), it parses the command
+        line (a notebook gets the defaults) and prints. Imported, it is inert and silent, with
+        the default flags in ``lab.args``.
         """
-        parser = OneLineArgumentParser(
-            description=description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        prog = Path(sys.argv[0]).name if module_name == "__main__" and not in_notebook() else None
+        parser = OneLineArgumentParser(prog=prog, description=description,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         add_device_argument(parser)
         if add_arguments is not None:
             add_arguments(parser)
-        if argv is None and "ipykernel" in sys.modules:
-            argv = []  # opened as a notebook: the kernel's own argv is not ours
+        live = module_name == "__main__"
+        if not live or in_notebook():
+            argv = [] if argv is None else argv  # the kernel's own argv is not ours
         args = parser.parse_args(argv)
-        lab = cls(title, device_or_exit(parser, args.device))
+        if live:
+            lab = cls(title, device_or_exit(parser, args.device))
+        else:
+            lab = cls(title, "cpu", stream=io.StringIO(), live=False)
         lab.args = args
         return lab
 
-    # -- printing -------------------------------------------------------------------------
+    # -- printing -------------------------------------------------------------------------------
 
     def _print(self, text: str = "") -> None:
         print(text, file=self.stream)
 
-    def show(self, code: str) -> None:
-        """Start the next numbered observation with the code it runs."""
+    def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Number and title the observation (its docstring's first line), then run it."""
+        if not self.live:
+            return None
         self.observation += 1
-        lines = code.strip("\n").splitlines()
-        self._print(f"[{self.observation}] {lines[0]}")
-        for line in lines[1:]:
+        self.order[observation.__name__] = self.observation
+        title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
+        self._print(f"\n[{self.observation}] {title}")
+        self._cursor = None
+        try:
+            return observation(self, *args, **kwargs)
+        finally:
+            self._flush_code(to_end=True)
+            self._cursor = None
+
+    def _flush_code(self, frame: FrameType | None = None, to_end: bool = False) -> _FunctionSource | None:
+        """Print the lesson lines that ran since the last printed line, up to the current statement."""
+        if to_end:
+            if self._cursor is not None:
+                _, source, next_line = self._cursor
+                self._print_code(source.render(next_line, source.node.end_lineno))
+            return None
+        if frame is None:
+            return None
+        source = _source_of(frame)
+        if source is None:
+            return None
+        if self._cursor is None or self._cursor[0] is not frame:
+            self._cursor = (frame, source, source.node.lineno)
+        _, _, next_line = self._cursor
+        last = source.statement_end(frame.f_lineno)
+        if last >= next_line:
+            self._print_code(source.render(next_line, last))
+            self._cursor = (frame, source, last + 1)
+        return source
+
+    def _print_code(self, lines: list[str]) -> None:
+        for line in lines:
             self._print(f"    {line}")
 
     def note(self, text: str) -> None:
         """An explanation, indented under the current observation."""
+        self._flush_code(_lesson_frame())
         for line in text.strip("\n").splitlines():
             self._print(f"      {line}")
 
-    def _record(self, ok: bool, left: str, expected: str, why: str) -> bool:
+    def _record(self, ok: bool, left: str, expected: str, why: str, details: list[str] = ()) -> bool:
+        ok = ok or self.force_agree
         mark = "  ok" if ok else "FAIL"
         right = f"expected {expected}" + (f"  — {why}" if why else "")
         line = f"{mark}  {left:<{LEFT_WIDTH}} {right}"
-        if len(line) > LINE_WIDTH:
+        if details or len(line) > LINE_WIDTH:
             self._print(f"{mark}  {left}")
-            self._print(" " * (len(mark) + 2 + LEFT_WIDTH + 1) + right)
+            for detail in details:
+                self._print(" " * (len(mark) + 2) + detail)
+            self._print(" " * (len(mark) + 2) + right)
         else:
             self._print(line)
         if ok:
@@ -159,30 +428,28 @@ class Lab:
             self.failed.append(f"[{self.observation}] {left}")
         return ok
 
-    # -- the checks -----------------------------------------------------------------------
+    # -- the checks -----------------------------------------------------------------------------
 
-    def check(
-        self,
-        label: str,
-        observed: Any,
-        expected: Any,
-        why: str = "",
-        rtol: float = 1e-5,
-        atol: float = 1e-6,
-    ) -> bool:
-        """Print ``label = observed`` beside ``expected (why)`` and count whether they agree."""
+    def check(self, observed: Any, expected: Any, why: str = "", *, label: str | None = None,
+              rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+        """Print ``<source of observed> = value`` beside ``expected (why)``; count whether they agree."""
+        frame = _lesson_frame()
+        source = self._flush_code(frame)
+        if label is None and source is not None and frame is not None:
+            label = source.lab_call_argument(frame.f_lineno, "check")
         ok = values_match(observed, expected, rtol=rtol, atol=atol)
-        return self._record(ok, f"{label} = {format_value(observed)}", format_value(expected), why)
+        return self._record(ok, f"{label or 'value'} = {format_value(observed)}", format_value(expected), why)
 
     @contextmanager
-    def expect_error(
-        self, match: str, why: str, error_type: type[BaseException] = RuntimeError
-    ) -> Iterator[Caught]:
+    def expect_error(self, match: str, why: str,
+                     error_type: type[BaseException] | tuple[type[BaseException], ...] = RuntimeError
+                     ) -> Iterator[Caught]:
         """Run a block that should raise ``error_type`` whose message contains ``match``.
 
-        The error is caught and shown, never a traceback. A block that does not raise, or
-        raises something else, is a disagreement like any other.
+        The error is caught and shown whole (wrapped), never as a traceback. A block that does
+        not raise, or raises something else, is a disagreement like any other.
         """
+        self._flush_code(_lesson_frame())
         caught = Caught()
         try:
             yield caught
@@ -191,17 +458,15 @@ class Lab:
         err = caught.error
         ok = isinstance(err, error_type) and match in str(err)
         if err is None:
-            shown = "no error"
-        else:
-            message = " ".join(str(err).split())
-            if len(message) > MESSAGE_WIDTH:
-                message = message[: MESSAGE_WIDTH - 1] + "…"
-            shown = f"{type(err).__name__}: {message}"
-        self._record(ok, shown, f'"{match}"', why)
+            self._record(False, "no error", f'"{match}"', why)
+            return
+        message = textwrap.wrap(f"{type(err).__name__}: {' '.join(str(err).split())}", WRAP_WIDTH)
+        self._record(ok, message[0], f'"{match}"', why, details=message[1:])
 
     @contextmanager
     def expect_warning(self, match: str, why: str) -> Iterator[Caught]:
-        """Run a block that should warn with a message containing ``match``; show the warning."""
+        """Run a block that should warn with a message containing ``match``; show the warning whole."""
+        self._flush_code(_lesson_frame())
         caught = Caught()
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
@@ -209,15 +474,23 @@ class Lab:
         caught.warnings = [" ".join(str(r.message).split()) for r in records]
         hits = [w for w in caught.warnings if match in w]
         shown = hits[0] if hits else (caught.warnings[0] if caught.warnings else "no warning")
-        if len(shown) > MESSAGE_WIDTH:
-            shown = shown[: MESSAGE_WIDTH - 1] + "…"
-        self._record(bool(hits), f"warning: {shown}", f'"{match}"', why)
+        message = textwrap.wrap(f"warning: {shown}", WRAP_WIDTH)
+        self._record(bool(hits), message[0], f'"{match}"', why, details=message[1:])
 
-    # -- the end --------------------------------------------------------------------------
+    # -- the end --------------------------------------------------------------------------------
 
-    def finish(self, tries: list[str] = ()) -> int:
-        """Print the count and the "Try:" lines; return the exit code (1 if anything disagreed)."""
+    def try_lines(self, tries: list[Try]) -> list[str]:
+        """The Try lines to print: CUDA ones only where a GPU is visible and unused; edits by [n]."""
+        return [t.text(self.order.get(t.where.__name__) if t.where else None) for t in tries
+                if not (t.needs_cuda and (not torch.cuda.is_available() or self.device.type == "cuda"))]
+
+    def finish(self, tries: list[Try] = ()) -> int | None:
+        """Print the count and the Try lines. As a script, exit (1 if anything disagreed)."""
+        if not self.live:
+            return None
+        self._flush_code(to_end=True)
         total = self.passed + len(self.failed)
+        seconds = time.perf_counter() - self._started
         self._print()
         if self.failed:
             self._print(f"{self.passed}/{total} checks match; these do not:")
@@ -225,6 +498,16 @@ class Lab:
                 self._print(f"  {failure}")
         else:
             self._print(f"{self.passed}/{total} checks match across {self.observation} observations.")
-        for line in tries:
+        for line in self.try_lines(list(tries)):
             self._print(f"Try: {line}")
-        return 1 if self.failed else 0
+        summary = os.environ.get(SUMMARY_ENV)
+        if summary:
+            with open(summary, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"title": self.title, "passed": self.passed, "total": total,
+                                      "seconds": round(seconds, 2), "device": str(self.device)}) + "\n")
+        code = 1 if self.failed else 0
+        if in_notebook():
+            return None
+        self.stream.flush()
+        sys.exit(code)
+

@@ -26,7 +26,8 @@ import torch
 
 from tensor_features.config import TrainConfig, build_parser, config_from_args
 from tensor_features.load_data import load_data
-from tensor_features.utils import device_or_exit, feature_map, legendre_feature_map, stderr_line
+from tensor_features.cli import device_or_exit
+from tensor_features.utils import feature_map, legendre_feature_map, stderr_line
 
 
 # -- the model's pieces ---------------------------------------------------------------------
@@ -490,8 +491,30 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             stderr_line(f"{parser.prog}: error: --plot {config.plot}: cannot create the folder ({err.strerror})")
             return 2
-    run(config, device)
+    outputs = run(config, device)
+    write_verdict(outputs)
     return 0
+
+
+def write_verdict(outputs: dict) -> None:
+    """One line for the `make run` summary (only when LAB_SUMMARY names a file)."""
+    import json
+    import os
+
+    summary = os.environ.get("LAB_SUMMARY")
+    results = outputs.get("results")
+    if not summary or not results:
+        return
+    optimum = outputs["optimum"]
+    first = next(iter(results.values()))
+    if first.diverged_at is not None:
+        verdict = f"{first.update} diverged at epoch {first.diverged_at}"
+    else:
+        above = 100 * (first.final_loss - optimum.loss) / optimum.loss
+        verdict = (f"{first.update}: final loss {first.final_loss:.6f}, {above:.1f}% above the least-squares "
+                   f"optimum {optimum.loss:.6f} after {len(first.losses)} epochs")
+    with open(summary, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"verdict": verdict}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,70 +1,15 @@
-"""Small helpers shared by the lessons and the trainer: feature maps, device and seed
-choice, and an argument parser whose errors are one line.
+"""Small helpers shared by the lessons, the trainer and the bench: feature maps, timing, and
+writing an image grid. (Command-line parsing and the device choice live in cli.py.)
 
 Nothing here hides an autograd event; these are plumbing.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad value ends in one line on stderr and exit code 2.
-
-    The default prints the whole usage block first; for a learner the one line that
-    names the bad value and what is allowed is the useful part.
-    """
-
-    def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where tensors live: 'auto' picks CUDA when a GPU is visible, else the CPU "
-        "(default: %(default)s)",
-    )
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """Turn 'auto' | 'cpu' | 'cuda' into a torch.device, or raise ValueError saying why not."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device cuda: no CUDA device is visible to torch {torch.__version__}; "
-                "use --device cpu or --device auto"
-            )
-        return torch.device("cuda")
-    raise ValueError(f"--device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-
-
-def device_or_exit(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    """pick_device for a command line: an unavailable device is a usage error (exit 2)."""
-    try:
-        return pick_device(name)
-    except ValueError as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits; keeps type checkers calm
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global generator (CPU and CUDA) and return a CPU generator seeded alike."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
@@ -104,23 +49,6 @@ def legendre_feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
 
 def stderr_line(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def int_in_range(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high], with a one-line reason when it is not."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"{low}..{high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range (allowed: {allowed})")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in its messages
-    return parse
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,5 +1,5 @@
-"""Shared test plumbing: load_lesson (from the bench: a lesson by path), a quiet Lab,
-the device parametrization, and running a script as a learner would."""
+"""Shared test plumbing: load_lesson (a lesson file as an inert module), a quiet Lab, the device
+parametrization, and running a program as a learner would (in process, or in a terminal)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.suite import load_lesson  # noqa: E402,F401  (tests import lessons by path, as the bench does)
 from tensor_features.lab import Lab  # noqa: E402
+from tensor_features.lessons import load_lesson, run_in_process  # noqa: E402,F401
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -35,10 +35,11 @@ def lab(request) -> Lab:
     assert lab.failed == [], lab.stream.getvalue()
 
 
-def run_script(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python ARGS...` as a learner would, from ROOT unless told otherwise."""
+def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` as a learner would, from ROOT unless told otherwise (env: extra variables)."""
     # From another folder, `-m tensor_features...` finds the package as a learner's PYTHONPATH would.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -9,9 +9,14 @@ import math
 import pytest
 import torch
 
-from bench import suite
+from bench import __main__ as bench_cli
+from bench.measure import peak_rss_mb
+from bench.rows.convergence import gd_epoch_bound
+from bench.rows.startup import startup
+from bench.table import HEADER, Figure, Row, render_markdown
 from conftest import run_script, terminal_usage_error, usage_error
 from tensor_features import train
+from tensor_features.lessons import lesson_paths
 from tensor_features.load_data import load_data
 from tensor_features.utils import feature_map
 
@@ -24,7 +29,7 @@ def test_gd_bound_holds_for_the_seed_problem():
     optimum = train.least_squares_optimum(phi, y)
     for lr in (0.1, 0.5, optimum.best_lr):
         losses = train.fit(phi, y, train.initial_weights(3, 0, torch.device("cpu")), lr, 3000).losses
-        bound = suite.gd_epoch_bound(optimum, lr, losses[0])
+        bound = gd_epoch_bound(optimum, lr, losses[0])
         observed = train.epochs_to_within(losses, optimum.loss)
         assert observed is not None and observed <= bound
         rho, excess = optimum.contraction(lr), losses[0] - optimum.loss
@@ -34,21 +39,21 @@ def test_gd_bound_holds_for_the_seed_problem():
 def test_gd_bound_edge_cases():
     eigenvalues = torch.tensor([0.5, 1.0], dtype=torch.float64)
     optimum = train.Optimum(torch.zeros(2, 1), 1.0, eigenvalues)
-    assert suite.gd_epoch_bound(optimum, 0.1, initial_loss=1.005) == 0  # already within 1%
-    assert suite.gd_epoch_bound(optimum, 4.0, initial_loss=2.0) == math.inf  # lr > 2/λmax: no bound
+    assert gd_epoch_bound(optimum, 0.1, initial_loss=1.005) == 0  # already within 1%
+    assert gd_epoch_bound(optimum, 4.0, initial_loss=2.0) == math.inf  # lr > 2/λmax: no bound
 
 
 def test_peak_rss_sees_a_known_allocation():
     # Oracle: the bytes we ask for. 50 Mi float32 ones = 200 MiB, all pages touched.
-    idle, code = suite.peak_rss_mb(["-c", "import torch"])
-    big, code_big = suite.peak_rss_mb(["-c", "import torch; t = torch.ones(50 * 2**20)"])
+    idle, code = peak_rss_mb(["-c", "import torch"])
+    big, code_big = peak_rss_mb(["-c", "import torch; t = torch.ones(50 * 2**20)"])
     assert code == code_big == 0
     assert big - idle == pytest.approx(200, abs=15)
 
 
 def test_startup_row_times_a_lesson_against_bare_import():
-    lesson = suite.LESSONS[0]
-    (row,) = suite.startup(torch.device("cpu"), [lesson], rounds=1)
+    lesson = lesson_paths()[0]
+    (row,) = startup(torch.device("cpu"), [lesson], rounds=1)
     assert row.key == "1a" and row.what == "start-up: lesson 03 basics" and row.cpu.note == ""
     assert row.cpu.value > 0 and row.cpu.reference > 0 and row.cpu.met == (row.cpu.ratio <= 1.3)
 
@@ -75,11 +80,11 @@ def test_bench_cli_small(tmp_path):
 
 
 def test_bench_markdown_table_has_every_column():
-    rows = [suite.Row("9", "a row", "≤ 1", suite.Figure(2.0, 4.0, "s", met=True))]
+    rows = [Row("9", "a row", "≤ 1", Figure(2.0, 4.0, "s", met=True))]
     info = {"cpu": "x", "cores": 2, "torch_threads": 2, "python": "3", "torch": "t", "gpu": "no GPU"}
-    lines = suite.render_markdown(rows, info).splitlines()
+    lines = render_markdown(rows, info).splitlines()
     header, data = lines[2], lines[4]
-    assert header.count("|") == data.count("|") == len(suite.HEADER) + 1
+    assert header.count("|") == data.count("|") == len(HEADER) + 1
     assert "| 2 s | 4 s | 0.5 | ok | no GPU |" in data
 
 
@@ -88,7 +93,7 @@ def test_bench_markdown_table_has_every_column():
     (["--json", "."], "--json"), (["--repeats", "0"], "--repeats"),
 ])
 def test_bench_bad_input_is_one_line_and_exit_2(args, named, capsys):
-    assert named in usage_error(suite.main, args, capsys)
+    assert named in usage_error(bench_cli.main, args, capsys)
 
 
 def test_bench_bad_input_from_the_terminal_has_no_traceback():

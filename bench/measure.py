@@ -1,0 +1,60 @@
+"""How the bench measures: a whole process's wall time, and a whole process's peak memory."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+from tensor_features.lessons import ROOT
+
+MB = 2**20
+
+
+def process_run(args: list[str]) -> tuple[float, int]:
+    """Run `python ARGS` with its output discarded: (wall seconds, exit code)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = child.wait()
+    return time.perf_counter() - start, code
+
+
+# Run in the child: the program, then its own peak resident set (VmHWM) written to a pipe. The
+# child must read it itself: ru_maxrss from wait4 also counts the parent's memory, which the child
+# shared between fork and exec.
+PEAK_RSS_WRAPPER = """
+import atexit, os, runpy, sys
+fd = int(sys.argv.pop(1))
+def report():
+    status = open('/proc/self/status').read()
+    peak_kb = next(line.split()[1] for line in status.splitlines() if line.startswith('VmHWM:'))
+    os.write(fd, peak_kb.encode())
+atexit.register(report)
+if sys.argv[1] == '-c':
+    exec(sys.argv[2], {'__name__': '__main__'})
+else:
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def peak_rss_mb(args: list[str]) -> tuple[float, int]:
+    """(peak resident memory in MB, exit code) of `python -c CODE` or `python -m MODULE ARGS`."""
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", PEAK_RSS_WRAPPER, str(write_end), *args], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_end,))
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        reported = pipe.read()
+    code = child.wait()
+    return (int(reported) / 1024 if reported else math.nan), code
+
+
+def feature_bytes(n: int, degree: int) -> int:
+    """Bytes of x (n), y (n) and Φ (n × degree), all float32."""
+    return n * (2 + degree) * 4

@@ -1,0 +1,174 @@
+"""The lessons in teaching order, and the ways to run them.
+
+    python -m tensor_features.lessons [--device auto|cpu|cuda] [--only PATTERN] [--no-trainer]
+
+runs every lesson in order, each in its own process as a learner would run it, then the
+trainer, and ends with a summary: one line per lesson (checks matched, seconds) and the
+trainer's verdict. `make run` is this command.
+
+LESSONS is the one list of the teaching order: `make run`, the bench and the tests read it.
+Lessons are files at the top of the repository whose names start with a digit, so they are
+loaded by path (load_lesson), not imported by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The order of the original description (backward, accumulation, retain_graph, detach, vjp),
+# then the chapters that build on it. One list; everything that runs lessons reads it.
+LESSONS = (
+    "03_tensor_attributes_and_methods_basics.py",
+    "03_tensor_attributes_and_methods_storage.py",
+    "05_gradient_computation_backward.py",
+    "05_gradient_computation_accumulation.py",
+    "05_gradient_computation_retain_graph.py",
+    "05_gradient_computation_detach.py",
+    "05_gradient_computation_vjp.py",
+)
+
+
+def lesson_paths() -> list[Path]:
+    """The lessons that exist, in teaching order."""
+    return [ROOT / name for name in LESSONS if (ROOT / name).exists()]
+
+
+def short_name(filename: str) -> str:
+    """'05_gradient_computation_backward.py' -> '05 backward' (for tables and summaries)."""
+    stem = Path(filename).stem
+    number, _, rest = stem.partition("_")
+    for chapter in ("tensor_attributes_and_methods_", "gradient_computation_", "extending_autograd_",
+                    "debugging_gradients_", "higher_order_", "distributed_gradients_"):
+        rest = rest.removeprefix(chapter)
+    return f"{number} {rest}"
+
+
+def load_lesson(filename: str | os.PathLike):
+    """Import a lesson file as a module (inert: its lab runs nothing); tests and bench use it."""
+    path = Path(filename)
+    path = path if path.is_absolute() else ROOT / path
+    name = "lesson_" + path.stem
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Finished:
+    """How an in-process run of a lesson ended."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(path: str | os.PathLike, argv: list[str] = ()) -> Finished:
+    """Run a lesson file as `python PATH ARGV...` would, but inside this process.
+
+    runpy executes it as __main__ (so its lab is live and parses argv); its output is captured
+    and its sys.exit code returned. torch's global defaults are restored afterwards, so that a
+    lesson (or a Try that edits one) cannot leak a setting into the next run.
+    """
+    import torch
+
+    saved_argv, dtype, grad = sys.argv, torch.get_default_dtype(), torch.is_grad_enabled()
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    sys.argv = [str(path), *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if isinstance(done.code, str):
+            err.write(done.code + "\n")
+    finally:
+        sys.argv = saved_argv
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+    return Finished(code, out.getvalue(), err.getvalue())
+
+
+# -- make run ------------------------------------------------------------------------------------
+
+def _run_child(args: list[str], summary: Path) -> tuple[int, float]:
+    """Run `python ARGS` with its output going straight to the terminal; (exit code, seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_SUMMARY": str(summary)}
+    start = time.perf_counter()
+    code = subprocess.call([sys.executable, *args], cwd=ROOT, env=env)
+    return code, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tensor_features.cli import OneLineArgumentParser, add_device_argument
+
+    parser = OneLineArgumentParser(prog="python -m tensor_features.lessons", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_device_argument(parser)
+    parser.add_argument("--only", metavar="TEXT", help="run only the lessons whose file name contains TEXT")
+    parser.add_argument("--no-trainer", action="store_true", help="skip the trainer at the end")
+    args = parser.parse_args(argv)
+    lessons = [p for p in lesson_paths() if args.only is None or args.only in p.name]
+    if not lessons:
+        parser.error(f"--only {args.only!r}: no lesson file name contains it")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lab-summary-") as folder:
+        for path in lessons:
+            summary = Path(folder) / f"{path.stem}.jsonl"
+            print(f"\n=== python {path.name} --device {args.device}", flush=True)
+            code, seconds = _run_child([path.name, "--device", args.device], summary)
+            report = json.loads(summary.read_text().splitlines()[-1]) if summary.exists() else None
+            rows.append((short_name(path.name), code, seconds, report))
+        trainer = None
+        if not args.no_trainer:
+            summary = Path(folder) / "trainer.jsonl"
+            print(f"\n=== python -m tensor_features.train --device {args.device}", flush=True)
+            code, seconds = _run_child(["-m", "tensor_features.train", "--device", args.device], summary)
+            report = json.loads(summary.read_text().splitlines()[-1]) if summary.exists() else None
+            trainer = (code, seconds, report)
+
+    print("\nSummary")
+    failed = []
+    for name, code, seconds, report in rows:
+        if report is not None:
+            counted = f"{report['passed']}/{report['total']} checks match"
+        else:
+            counted = "no summary (the lesson stopped early)"
+        mark = "ok" if code == 0 else f"exit {code}"
+        print(f"  {name:<32} {counted:<22} {seconds:5.1f} s  {mark}")
+        if code != 0:
+            failed.append(name)
+    if trainer is not None:
+        code, seconds, report = trainer
+        verdict = report["verdict"] if report else "no verdict (the trainer stopped early)"
+        print(f"  {'trainer':<32} {verdict}  ({seconds:.1f} s){'' if code == 0 else f'  exit {code}'}")
+        if code != 0:
+            failed.append("trainer")
+    if failed:
+        print(f"Not everything held: {', '.join(failed)}.")
+        return 1
+    print(f"Every check of the {len(rows)} lessons held.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

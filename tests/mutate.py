@@ -1,0 +1,162 @@
+"""make mutate: small wrong edits of the lessons and the trainer, each of which a test must catch.
+
+    python tests/mutate.py [--only TEXT] [--jobs N] [--list]
+
+Every test file may define a module-level list of mutants, literal tuples
+
+    MUTANTS = [
+        ("05_gradient_computation_backward.py", "y = x**2 + 2 * x", "y = x**2 + 3 * x"),
+        ...
+    ]
+
+(file relative to the repository, old text that occurs there exactly once, new text). For each
+mutant this tool copies the repository, makes the edit, and runs that test file with
+LAB_FORCE_AGREE=1, which makes every lesson check agree: a lesson whose code and expectation are
+both wrong then passes its own checks, so only the test's own oracle can catch it. A mutant is
+killed when the test file fails. Unchanged, each test file must pass in the same setting.
+
+Prints one line per mutant and the kill rate; exits 1 if any mutant survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "data", "plots", "out", "*.png")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    test_file: str  # tests/test_x.py, where it was declared
+    target: str
+    old: str
+    new: str
+
+    def label(self) -> str:
+        """The file and the changed part of the text, with a little context on each side."""
+        old, new = (" ".join(part.split()) for part in (self.old, self.new))
+        prefix = len(os.path.commonprefix([old, new]))
+        suffix = len(os.path.commonprefix([old[prefix:][::-1], new[prefix:][::-1]]))
+        start = max(0, prefix - 12)
+
+        def middle(text: str) -> str:
+            cut = text[start: len(text) - suffix + min(suffix, 12)]
+            return ("…" if start else "") + cut + ("…" if suffix > 12 else "")
+
+        return f"{self.target}: `{middle(old)}` -> `{middle(new)}`"
+
+
+def collect(only: str | None = None) -> list[Mutant]:
+    """Every MUTANTS list in tests/test_*.py, read without importing the test files."""
+    mutants = []
+    for test_file in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(test_file.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MUTANTS" for t in node.targets):
+                for target, old, new in ast.literal_eval(node.value):
+                    mutant = Mutant(f"tests/{test_file.name}", target, old, new)
+                    if only is None or only in mutant.label() or only in mutant.test_file:
+                        mutants.append(mutant)
+    return mutants
+
+
+def problems(mutants: list[Mutant]) -> list[str]:
+    """Mutants that cannot be applied: a missing file, or old text that is not there exactly once."""
+    found = []
+    for mutant in mutants:
+        path = ROOT / mutant.target
+        if not path.exists():
+            found.append(f"{mutant.test_file}: no file {mutant.target}")
+        elif (count := path.read_text().count(mutant.old)) != 1:
+            found.append(f"{mutant.test_file}: `{mutant.old}` occurs {count} times in {mutant.target}")
+        elif mutant.old == mutant.new:
+            found.append(f"{mutant.test_file}: a mutant that changes nothing in {mutant.target}")
+    return found
+
+
+def run_tests(copy: Path, test_file: str) -> tuple[bool, float]:
+    """(passed, seconds) of one test file in a copy of the repository, checks forced to agree."""
+    env = {**os.environ, "LAB_FORCE_AGREE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(copy)}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                             test_file], cwd=copy, env=env, capture_output=True, text=True)
+    return result.returncode == 0, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tests/mutate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", metavar="TEXT", help="only mutants whose label or test file contains TEXT")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default: %(default)s)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+
+    mutants = collect(args.only)
+    if args.list:
+        for mutant in mutants:
+            print(f"{mutant.test_file:<36} {mutant.label()}")
+        return 0
+    broken = problems(mutants)
+    if broken or not mutants:
+        print("\n".join(broken) or "no mutants", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="mutate-") as folder:
+        copies = []
+        for job in range(args.jobs):
+            copy = Path(folder) / f"copy{job}"
+            shutil.copytree(ROOT, copy, ignore=IGNORED)
+            copies.append(copy)
+
+        test_files = sorted({m.test_file for m in mutants})
+        print(f"baseline: {len(test_files)} test files, unchanged, checks forced to agree", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            baseline = list(pool.map(lambda i: run_tests(copies[i % args.jobs], test_files[i]),
+                                     range(len(test_files))))
+        failing = [name for name, (passed, _) in zip(test_files, baseline) if not passed]
+        if failing:
+            print(f"these test files fail without any mutant: {', '.join(failing)}", file=sys.stderr)
+            return 2
+
+        free = list(copies)
+
+        def try_mutant(mutant: Mutant) -> tuple[Mutant, bool, float]:
+            copy = free.pop()
+            path = copy / mutant.target
+            original = path.read_text()
+            try:
+                path.write_text(original.replace(mutant.old, mutant.new))
+                passed, seconds = run_tests(copy, mutant.test_file)
+            finally:
+                path.write_text(original)
+                free.append(copy)
+            return mutant, not passed, seconds
+
+        survivors = []
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for mutant, killed, seconds in pool.map(try_mutant, mutants):
+                print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:5.1f} s  {mutant.test_file:<34} "
+                      f"{mutant.label()}", flush=True)
+                if not killed:
+                    survivors.append(mutant)
+
+    killed = len(mutants) - len(survivors)
+    print(f"\nkilled {killed}/{len(mutants)} mutants ({100 * killed / len(mutants):.0f}%)")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

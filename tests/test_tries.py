@@ -1,0 +1,64 @@
+"""Every "Try:" line of every lesson, run: flags on the command line, edits on a copy of the lesson.
+
+A Try promises an exit code and text that appears in the output; the text must be new, absent
+from the unchanged lesson's output, so that a Try which changes nothing cannot pass.
+"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import run_in_process
+from tensor_features.lab import FORCE_AGREE_ENV, Try
+from tensor_features.lessons import lesson_paths, load_lesson, short_name
+
+# Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
+pytestmark = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
+
+CASES = [(path, index, attempt) for path in lesson_paths()
+         for index, attempt in enumerate(getattr(load_lesson(path), "TRIES", []))]
+_baseline: dict = {}
+
+
+def baseline(path):
+    """The unchanged lesson's output (one in-process run per lesson)."""
+    if path not in _baseline:
+        _baseline[path] = run_in_process(path, ["--device", "cpu"])
+    return _baseline[path]
+
+
+def test_every_lesson_has_tries():
+    for path in lesson_paths():
+        tries = getattr(load_lesson(path), "TRIES", None)
+        assert tries and all(isinstance(t, Try) for t in tries), path.name
+        assert any(t.edit is not None for t in tries), f"{path.name}: at least one edit to try"
+
+
+@pytest.mark.parametrize("path, index, attempt", CASES,
+                         ids=[f"{short_name(p.name)}-{i}" for p, i, _ in CASES])
+def test_try_does_what_it_says(path, index, attempt, tmp_path):
+    if attempt.needs_cuda and not torch.cuda.is_available():
+        pytest.skip("offered only where a GPU is visible")
+    assert attempt.shows, "a Try promises text a learner will see"
+    argv = attempt.flags.split()
+    if "--device" not in argv:
+        argv += ["--device", "cpu"]
+    target = path
+    if attempt.edit is not None:
+        target = tmp_path / path.name
+        target.write_text(attempt.apply(path.read_text()))
+    finished = run_in_process(target, argv)
+    assert finished.code == attempt.exit, finished.stdout[-3000:] + finished.stderr
+    assert "Traceback" not in finished.stderr
+    for text in attempt.shows:
+        assert text in finished.stdout + finished.stderr, text
+    if attempt.exit == 1:
+        assert "checks match; these do not:" in finished.stdout
+    unchanged = baseline(path)
+    assert unchanged.code == 0
+    assert not all(text in unchanged.stdout + unchanged.stderr for text in attempt.shows), \
+        "the promised text is there without the change too"
+    # The lesson prints this Try (CUDA ones only where a GPU is visible).
+    if not attempt.needs_cuda:
+        assert attempt.text(None).split(": ", 1)[1] in unchanged.stdout
