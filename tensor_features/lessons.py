@@ -39,6 +39,15 @@ LESSONS = (
     "05_gradient_computation_retain_graph.py",
     "05_gradient_computation_detach.py",
     "05_gradient_computation_vjp.py",
+    "06_extending_autograd_custom_function.py",
+    "06_extending_autograd_hooks.py",
+    "06_extending_autograd_saved_tensors.py",
+    "07_debugging_gradients_inplace_and_anomaly.py",
+    "07_debugging_gradients_nan_and_kinks.py",
+    "07_debugging_gradients_clipping_and_scaling.py",
+    "08_higher_order_forward_mode.py",
+    "08_higher_order_hessians.py",
+    "09_distributed_gradients_ddp.py",
 )
 
 
@@ -117,7 +126,7 @@ def _run_child(args: list[str], summary: Path) -> tuple[int, float]:
     return code, time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from tensor_features.cli import OneLineArgumentParser, add_device_argument
 
     parser = OneLineArgumentParser(prog="python -m tensor_features.lessons", description=__doc__,
@@ -125,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(parser)
     parser.add_argument("--only", metavar="TEXT", help="run only the lessons whose file name contains TEXT")
     parser.add_argument("--no-trainer", action="store_true", help="skip the trainer at the end")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     lessons = [p for p in lesson_paths() if args.only is None or args.only in p.name]
     if not lessons:
