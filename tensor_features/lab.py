@@ -357,6 +357,7 @@ class Lab:
         else:
             lab = cls(title, "cpu", stream=io.StringIO(), live=False)
         lab.args = args
+        lab.parser = parser  # the fuzz test draws command lines from its flags
         return lab
 
     # -- printing -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from tensor_features.lessons import LESSONS, lesson_paths, main as run_all, shor
 def test_the_teaching_order_lists_every_lesson_file_once():
     on_disk = sorted(p.name for p in ROOT.glob("[0-9][0-9]_*.py"))
     assert sorted(LESSONS) == on_disk and len(set(LESSONS)) == len(LESSONS)
+    assert [p.name for p in lesson_paths()] == list(LESSONS)
     # The original description's order within chapter 05, not the alphabet's.
     chapter_05 = [short_name(name) for name in LESSONS if name.startswith("05_")]
     assert chapter_05 == ["05 backward", "05 accumulation", "05 retain_graph", "05 detach", "05 vjp"]

@@ -1,13 +1,12 @@
-"""The bench's row families, one module each, by row number. A new family is a module with a
-`measure(device, args) -> list[Row]` function, registered here."""
+"""The bench's row families, one module each. A module here that defines NUMBER (its row number)
+and `measure(device, args) -> list[Row]` is a row family; FAMILIES finds them all, in order."""
 
-from bench.rows import convergence, epoch, jacobian, memory, startup, test_suite
+import importlib
+import pkgutil
 
-FAMILIES = {
-    1: startup,
-    2: jacobian,
-    3: epoch,
-    4: convergence,
-    5: memory,
-    6: test_suite,
-}
+FAMILIES = {}
+for _info in pkgutil.iter_modules(__path__):
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    if hasattr(_module, "NUMBER") and hasattr(_module, "measure"):
+        FAMILIES[_module.NUMBER] = _module
+FAMILIES = dict(sorted(FAMILIES.items()))

@@ -13,6 +13,9 @@ from tensor_features import train
 from tensor_features.config import TrainConfig
 from tensor_features.load_data import load_data
 
+NUMBER = 4
+
+
 def gd_epoch_bound(optimum: train.Optimum, lr: float, initial_loss: float, tolerance: float = 0.01) -> int:
     """Epochs after which gradient descent on a quadratic is surely within `tolerance` of f*.
 

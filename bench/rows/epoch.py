@@ -13,6 +13,9 @@ from tensor_features import train
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds, synchronize
 
+NUMBER = 3
+
+
 def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[Row]:
     x, y = load_data(n, device=device)
     phi = train.make_features(x, degree)

@@ -8,6 +8,9 @@ from bench.table import Figure, Row
 from tensor_features.lessons import load_lesson
 from tensor_features.utils import median_seconds
 
+NUMBER = 2
+
+
 def jacobian(device: torch.device, size: int, repeats: int) -> list[Row]:
     vjp = load_lesson("05_gradient_computation_vjp.py")
     layer, x, analytic = vjp.tanh_layer(size, device)

@@ -16,6 +16,9 @@ from bench.table import Figure, Row
 from tensor_features import train
 from tensor_features.config import TrainConfig
 
+NUMBER = 5
+
+
 def memory(device: torch.device, n: int, epochs: int = 20, rounds: int = 3) -> list[Row]:
     budget = feature_bytes(n, 3) / MB
     variants = {"default": [], "--fast": ["--fast"]}

@@ -11,6 +11,9 @@ from bench.measure import process_run
 from bench.table import Figure, Row
 from tensor_features.lessons import lesson_paths, short_name
 
+NUMBER = 1
+
+
 def startup(device: torch.device, lessons: list[Path], rounds: int) -> list[Row]:
     if device.type == "cuda":  # any CUDA program pays for the context: put it in the reference too
         bare = ["-c", "import torch; torch.zeros(1, device='cuda')"]
