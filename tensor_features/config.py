@@ -1,4 +1,4 @@
-"""Every setting of the trainer in one dataclass; defaults are the seed's experiment.
+"""Every setting of the trainer in one dataclass; the defaults are the original experiment's.
 
 The command line is built from these fields (see ``build_parser``), so a new setting is
 added here once: its default, its type check and its --help line live together.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
-from tensor_features.cli import (
-    DEVICE_CHOICES, OneLineArgumentParser, int_in_range, learning_rate, non_negative_float)
+from tensor_features.cli import DEVICE_CHOICES, OneLineArgumentParser, float_in_range, int_in_range, learning_rate
+from tensor_features.model import LOSS_NAMES
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -20,27 +20,40 @@ def option(default, help: str, **argparse_kwargs):
 
 @dataclass
 class TrainConfig:
-    n: int = option(100, "number of data points on [-1, 1]", type=int_in_range(2, 2**26))
-    noise: float = option(0.1, "standard deviation of the noise added to y = x²", type=non_negative_float)
+    n: int = option(100, "number of data points, evenly spaced on [-1, 1]", type=int_in_range(2, 2**26))
+    noise: float = option(0.1, "standard deviation of the Gaussian noise added to y = x², 0..1e6",
+                          type=float_in_range(0.0, 1e6))
     degree: int = option(3, "feature dimension D: features [x, x², ..., x^D]", type=int_in_range(1, 12))
-    basis: str = option("monomial", "feature map: the seed's monomials, Legendre polynomials (same span, "
-                        "better conditioned), or a learned MLP extractor", choices=("monomial", "legendre", "mlp"))
-    lr: float | str = option(0.1, "learning rate, or 'auto' for 2/(λmax+λmin) of the loss's Hessian",
+    basis: str = option("monomial", "feature map: the original monomials, Legendre polynomials (same span, "
+                        "better conditioned), or a learned MLP extractor trained beside the monomials",
+                        choices=("monomial", "legendre", "mlp"))
+    loss: str = option("mse", "mse: the original mean((f − y)²); sobolev: + β·mean((f′ − 2x)²), the "
+                       "derivative of the clean curve as a second target; smooth: + λ·mean(f′²), a slope "
+                       "penalty. f′(x) comes from one batched VJP with create_graph=True, so training is a "
+                       "double backward", choices=LOSS_NAMES)
+    beta: float = option(1.0, "β, the weight of the derivative term of --loss sobolev, 0..1e6",
+                         type=float_in_range(0.0, 1e6))
+    penalty: float = option(0.1, "λ, the weight of the slope penalty of --loss smooth, 0..1e6",
+                            type=float_in_range(0.0, 1e6))
+    lr: float | str = option(0.1, "learning rate in (0, 1e6], or 'auto' for 2/(λmax+λmin) of the loss's Hessian",
                              type=learning_rate)
     epochs: int = option(100, "number of full-batch gradient steps", type=int_in_range(1, 10**7))
     log_every: int = option(10, "print the loss every this many epochs", type=int_in_range(1))
-    update: str = option("both", "which update to run: the seed's manual one, torch.optim.SGD, or both "
+    update: str = option("both", "which update to run: the original manual one, torch.optim.SGD, or both "
                          "from the same initial w", choices=("manual", "sgd", "both"))
-    seed: int = option(0, "seed for the noise and the initial w", type=int)
+    seed: int = option(0, "seed for the noise and the initial w, 0..2**32-1", type=int_in_range(0, 2**32 - 1))
     device: str = option("auto", "auto picks CUDA when a GPU is visible, else the CPU", choices=DEVICE_CHOICES)
+    batchnorm: bool = option(False, "with --basis mlp: BatchNorm1d (train mode) after the extractor's first layer, "
+                             "and the per-sample trap measured: the batched VJP against the diagonal of the "
+                             "batch Jacobian (needs --n <= 2048)")
     no_zero_grad: bool = option(False, "observation point: leave out w.grad.zero_() and watch the "
                                 "gradients accumulate")
     outside_no_grad: bool = option(False, "observation point: update w outside torch.no_grad(), "
-                                   "in place and by rebinding, and see what breaks")
-    fast: bool = option(False, "fast path: Φ stored feature by feature (d×n) and the loss compiled with "
-                        "torch.compile into one pass over memory forward and one backward; same update, "
-                        "gradient still from autograd; the first epoch compiles (seconds; torch caches the "
-                        "result in the system temp folder, TORCHINDUCTOR_CACHE_DIR moves it)")
+                                   "in place and by rebinding, and see what breaks (with --loss mse)")
+    fast: bool = option(False, "fast path (--loss mse): Φ stored feature by feature (d×n) and the loss compiled "
+                        "with torch.compile; same update, gradient still from autograd; the first epoch compiles "
+                        "(seconds; torch caches the result in the system temp folder, TORCHINDUCTOR_CACHE_DIR "
+                        "moves it)")
     sweep: bool = option(False, "observation point: feature dimension vs convergence, degrees 1..6")
     plot: str | None = option(None, "write PNG plots into this folder (created if needed)", metavar="DIR")
 

@@ -1,4 +1,7 @@
-"""PNG pictures of a training run (matplotlib, Agg backend: no display needed)."""
+"""PNG pictures of a training run (matplotlib, Agg backend: no display needed).
+
+Everything drawn comes from the fields of a train.RunResult; nothing here computes a figure.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +11,64 @@ import matplotlib
 
 matplotlib.use("Agg")  # write files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 
-def write_plots(folder: Path, outputs: dict, config) -> list[Path]:
-    """Write the loss curves, the fitted curve and (if swept) the degree sweep into folder."""
+def write_plots(folder: Path, result) -> list[Path]:
+    """Write into folder: the loss curves, the fitted curve, its derivative (losses with f′) and the sweep."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    results = outputs.get("results", {})
-    optimum = outputs["optimum"]
+    config, optimum = result.config, result.optimum
+    curves = [*result.fits, *([result.mlp] if result.mlp else []), *([result.mse_fit] if result.mse_fit else [])]
 
-    if results:
+    if curves:
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for name, result in results.items():
-            ax.plot(range(len(result.losses)), result.losses, label=name,
-                    linestyle="--" if name == "sgd" else "-")
-        ax.axhline(optimum.loss, color="black", linewidth=1, label=f"least-squares optimum {optimum.loss:.4f}")
+        for fit in curves:
+            label = f"{fit.update} (mse, for comparison)" if fit is result.mse_fit else fit.update
+            ax.plot(range(len(fit.losses)), fit.losses, label=label, linestyle="--" if fit.update == "sgd" else "-")
+        ax.axhline(optimum.loss, color="black", linewidth=1, label=f"exact optimum {optimum.loss:.4f}")
+        if result.mse_problem is not None:
+            ax.axhline(result.mse_problem.optimum.loss, color="gray", linewidth=1, linestyle=":",
+                       label=f"mse optimum {result.mse_problem.optimum.loss:.4f}")
         ax.set_yscale("log")
-        ax.set(xlabel="epoch", ylabel="mean squared error (log)",
-               title=f"degree {config.degree}, {config.basis}, lr {outputs['lr']:.3g}")
+        ax.set(xlabel="epoch", ylabel=f"{result.loss.name} loss (log)",
+               title=f"degree {config.degree}, {config.basis}, {result.loss.name}, lr {result.lr:.3g}")
         ax.legend()
         written.append(_save(fig, folder / "loss_curves.png"))
 
-    if "prediction" in outputs:
-        step = max(1, len(outputs["x"]) // 2000)  # a scatter of millions of points is one blot
-        x, y = outputs["x"][::step].cpu().flatten(), outputs["y"][::step].cpu().flatten()
-        x_new = outputs["x_new"].cpu().flatten()
+    if result.curve is not None:
+        step = max(1, len(result.problem.x) // 2000)  # a scatter of millions of points is one blot
+        x, y = result.problem.x[::step].cpu().flatten(), result.problem.y[::step].cpu().flatten()
+        x_new = result.curve.x.cpu().flatten()
         fig, ax = plt.subplots(figsize=(7, 4.2))
         ax.scatter(x, y, s=10, alpha=0.6, label="data: x² + noise" + (f" (every {step}th point)" if step > 1 else ""))
         ax.plot(x_new, x_new**2, color="gray", linewidth=1, label="x²")
-        ax.plot(x_new, outputs["prediction"].cpu().flatten(), color="C3", label="fit: predict() at new x")
-        ax.set(xlabel="x", ylabel="y", title="fitted curve over the data")
+        ax.plot(x_new, result.curve.values.cpu().flatten(), color="C3", label="fit: predict() at new x")
+        ax.set(xlabel="x", ylabel="y", title=f"fitted curve over the data ({result.loss.name})")
         ax.legend()
         written.append(_save(fig, folder / "fit.png"))
 
-    if "sweep" in outputs:
-        rows = outputs["sweep"]
+    if result.curve is not None and result.loss.uses_derivative:
+        x_new = result.curve.x.cpu().flatten()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        left.plot(x_new, x_new**2, color="gray", linewidth=1, label="x²")
+        right.plot(x_new, 2 * x_new, color="gray", linewidth=1, label="2x, the derivative target")
+        for curve, label, color in ((result.curve, result.loss.formula, "C3"), (result.mse_curve, "mse", "C0")):
+            if curve is not None:
+                left.plot(x_new, curve.values.cpu().flatten(), color=color, label=label)
+                right.plot(x_new, curve.slopes.cpu().flatten(), color=color, label=label)
+        left.set(xlabel="x", ylabel="f(x)", title="the fit")
+        right.set(xlabel="x", ylabel="f′(x)", title="its derivative (batched VJP at new x)")
+        left.legend(fontsize=8)
+        right.legend(fontsize=8)
+        written.append(_save(fig, folder / "derivative.png"))
+
+    if result.sweep is not None:
+        rows = result.sweep
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
         degrees = [r.degree for r in rows]
         left.semilogy(degrees, [r.condition_number for r in rows], marker="o")
         left.set(xlabel="feature dimension D", ylabel="condition number of the Hessian",
-                 title="conditioning grows with D")
+                 title=f"conditioning vs D ({result.loss.name})")
         gaps = [(r.final_loss - r.optimum_loss) if r.final_loss is not None else float("nan") for r in rows]
         right.semilogy(degrees, [max(g, 1e-12) for g in gaps], marker="o", color="C1")
         right.set(xlabel="feature dimension D", ylabel="final loss - optimum (log)",

@@ -1,5 +1,6 @@
-"""Small helpers shared by the lessons, the trainer and the bench: feature maps, timing, and
-writing an image grid. (Command-line parsing and the device choice live in cli.py.)
+"""Small helpers shared by the lessons, the trainer and the bench: timing, and writing an image
+grid. (Command-line parsing and the device choice live in cli.py; the feature maps live in
+model.py and are re-exported here for code that imported them from utils.)
 
 Nothing here hides an autograd event; these are plumbing.
 """
@@ -11,40 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
-    """Monomial features [x, x**2, ..., x**degree] of a column x of shape (n, 1).
-
-    With degree=3 this is exactly the seed's ``torch.cat([x, x**2, x**3], dim=1)``.
-    There is no constant column, as in the seed: the bias is left out on purpose.
-    """
-    if degree < 1:
-        raise ValueError(f"degree must be >= 1, got {degree}")
-    return torch.cat([x**k for k in range(1, degree + 1)], dim=1)
-
-
-def legendre_feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
-    """Legendre features [P1(x) - P1(0), ..., P_D(x) - P_D(0)] of a column x in [-1, 1].
-
-    Each column is a degree-k polynomial with no constant term, so together they span
-    exactly the seed's monomials [x, ..., x^D] and reach the same least-squares optimum.
-    Unlike the monomials they are nearly orthogonal on [-1, 1]: the Gram matrix stays well
-    conditioned (about 3 instead of 27 at D = 3, 7 instead of 2800 at D = 6) and gradient
-    descent converges in far fewer epochs at the same learning rate. Built with Bonnet's
-    recursion (k+1) P_{k+1} = (2k+1) x P_k - k P_{k-1}.
-    """
-    if degree < 1:
-        raise ValueError(f"degree must be >= 1, got {degree}")
-
-    def legendre(t: torch.Tensor) -> torch.Tensor:
-        previous, current = torch.ones_like(t), t
-        columns = [current]
-        for k in range(1, degree):
-            previous, current = current, ((2 * k + 1) * t * current - k * previous) / (k + 1)
-            columns.append(current)
-        return torch.cat(columns, dim=1)
-
-    return legendre(x) - legendre(torch.zeros_like(x[:1]))
+from tensor_features.model import feature_map, legendre_feature_map  # noqa: F401 (re-exported)
 
 
 def stderr_line(message: str) -> None:
