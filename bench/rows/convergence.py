@@ -9,14 +9,14 @@ import statistics
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import train
+from tensor_features import model, train
 from tensor_features.config import TrainConfig
 from tensor_features.load_data import load_data
 
 NUMBER = 4
 
 
-def gd_epoch_bound(optimum: train.Optimum, lr: float, initial_loss: float, tolerance: float = 0.01) -> int:
+def gd_epoch_bound(optimum: model.Optimum, lr: float, initial_loss: float, tolerance: float = 0.01) -> int:
     """Epochs after which gradient descent on a quadratic is surely within `tolerance` of f*.
 
     With Hessian H and e = w - w*, each step maps e to (I - lr H) e, and the excess loss
@@ -33,15 +33,15 @@ def gd_epoch_bound(optimum: train.Optimum, lr: float, initial_loss: float, toler
 
 
 def time_to_solution(device: torch.device, max_epochs: int = 20000, starts: int = 20) -> list[Row]:
-    seed = TrainConfig()  # the seed's data: n = 100, noise 0.1, degree 3
-    x, y = load_data(seed.n, seed.noise, seed.seed, device)
-    phi = train.make_features(x, seed.degree)
-    optimum = train.least_squares_optimum(phi, y)
-    w0 = train.initial_weights(seed.degree, seed.seed, device)
+    original = TrainConfig()  # the original data: n = 100, noise 0.1, degree 3
+    x, y = load_data(original.n, original.noise, original.seed, device)
+    phi = model.make_features(x, original.degree)
+    optimum = model.least_squares_optimum(phi, y)
+    w0 = model.initial_weights(original.degree, original.seed, device)
     found = {}
     for label, lr in (("0.1", 0.1), ("auto", optimum.best_lr)):
         losses = train.fit(phi, y, w0, lr, max_epochs).losses
-        epochs = train.epochs_to_within(losses, optimum.loss)
+        epochs = model.epochs_to_within(losses, optimum.loss)
         found[label] = Figure(epochs, gd_epoch_bound(optimum, lr, losses[0]), "epochs",
                               note=f"lr {lr:.4g}, ρ = {optimum.contraction(lr):.4f}")
         if epochs is None:
@@ -53,8 +53,8 @@ def time_to_solution(device: torch.device, max_epochs: int = 20000, starts: int 
     # The ratio depends on where w starts: how much of w0 - w* lies along the flat direction.
     ratios = []
     for start in range(1, starts + 1):
-        w_start = train.initial_weights(seed.degree, seed.seed + start, device)
-        epochs = [train.epochs_to_within(train.fit(phi, y, w_start, lr, 2000).losses, optimum.loss)
+        w_start = model.initial_weights(original.degree, original.seed + start, device)
+        epochs = [model.epochs_to_within(train.fit(phi, y, w_start, lr, 2000).losses, optimum.loss)
                   for lr in (0.1, optimum.best_lr)]
         if None not in epochs:
             ratios.append(epochs[0] / epochs[1])

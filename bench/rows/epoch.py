@@ -9,7 +9,7 @@ import time
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import train
+from tensor_features import model, train
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds, synchronize
 
@@ -18,20 +18,20 @@ NUMBER = 3
 
 def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[Row]:
     x, y = load_data(n, device=device)
-    phi = train.make_features(x, degree)
+    phi = model.make_features(x, degree)
 
     def read_floor():
         # Φ read twice (forward and backward each need it) and y once, by the plainest kernel there is.
         return phi.sum(), phi.sum(), y.sum()
 
     floor = median_seconds(read_floor, repeats=repeats, device=device) * 1e3
-    w0 = train.initial_weights(degree, 0, device)
+    w0 = model.initial_weights(degree, 0, device)
 
     def epoch_ms(step) -> float:
         w = w0.clone().requires_grad_()
         return median_seconds(lambda: step(w), repeats=repeats, device=device) * 1e3
 
-    seed_loop = epoch_ms(lambda w: train.manual_step(phi, y, w, 0.1))
+    original_loop = epoch_ms(lambda w: train.manual_step(phi, y, w, 0.1))
     rows_phi = train.rows_layout(phi)
     eager = train.FastLoss(rows_phi, y, compile=False)
     eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))
@@ -45,7 +45,7 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
 
     what = f"epoch n=2^{int(math.log2(n))}" if n & (n - 1) == 0 else f"epoch n={n}"
     return [
-        Row("3a", f"{what}, default (the seed's loop)", "report", Figure(seed_loop, floor, "ms")),
+        Row("3a", f"{what}, default (the original loop)", "report", Figure(original_loop, floor, "ms")),
         Row("3b", f"{what}, Φ as d×n rows, eager", "report", Figure(eager_rows, floor, "ms")),
         Row("3c", f"{what}, --fast (d×n + torch.compile)", "≤ 3",
             Figure(compiled, floor, "ms", met=compiled <= 3 * floor)),
