@@ -1,136 +1,223 @@
-"""05 · gradient accumulation: .grad is a running sum, and who resets it.
+"""05 · accumulation: backward() adds into .grad, so something has to reset it.
 
-backward() adds into .grad; it never overwrites. The seed's example shows it (2x + 3 = 7
-at x = 2), but as written in the seed it then crashes: the second y2.backward() walks a
-graph whose saved tensors were already freed. This lesson shows that failure, fixes it, and
-then compares the three ways to reset (.grad.zero_(), .grad = None, optimizer.zero_grad()),
-uses accumulation on purpose (micro-batches) and forgets to reset by accident.
+The original example adds two gradients into x.grad (2x + 3 = 7 at x = 2) and, as written,
+its second y2.backward() then raises: the first one freed what y2's graph had saved. The
+lesson shows that error and two fixes; compares the three resets (.grad.zero_(),
+.grad = None, optimizer.zero_grad()); adds micro-batch gradients up to the full-batch one on
+purpose, counting what each pass saves for its backward; and answers the original
+description's question of what a loop without the reset does: on loss = (3w)², plain SGD on
+the summed gradient oscillates, neither settling nor growing, while lr · 18 < 4.
 """
 
 # %% Setup
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
-
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.lab import Lab, Try
+
+lab = Lab.start("05 · accumulation", __doc__, __name__)
 
 
-# %% [1] The seed's code, exactly as written
-def seed_as_written(lab: Lab) -> dict:
-    lab.show("x = 2; y1 = x**2; y2 = 3*x; y1.backward(); y2.backward()\n"
-             "x.grad.zero_(); y2.backward()      # the seed's second call")
+# %% [1] The original example, as written
+def original_as_written(lab: Lab) -> dict:
+    """The original example as written: 7, then the second y2.backward() raises"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y1 = x**2
     y2 = 3 * x
+    # For x's gradient, y2's MulBackward0 node saved the other factor, the 3, as a tensor.
+    lab.check(y2.grad_fn._saved_other, 3, "the 3 of 3 * x, kept for the backward pass")
     y1.backward()
     y2.backward()  # adds 3 to the 4 already in x.grad
-    first = x.grad.item()
-    lab.check("x.grad", x.grad, 2 * 2 + 3, "2x + 3: the two backward calls add up")
+    lab.check(x.grad, 7.0, "2x + 3 at x = 2: the two backward calls add up")
+    after_two_calls = x.grad.item()
     x.grad.zero_()
-    # MulBackward0 saved its inputs to compute the gradient; the first y2.backward() freed them.
     with lab.expect_error("Trying to backward through the graph a second time",
-                          "3*x saved a tensor, freed after the first backward") as caught:
+                          "the first y2.backward() freed what y2's graph saved (the 3); [2] keeps it") as caught:
         y2.backward()
-    lab.check("x.grad after the failed call", x.grad, 0.0, "zeroed, and nothing was added")
-    return {"first": first, "after_failure": x.grad, "error": caught.error}
+    lab.check(x.grad, 0.0, "zeroed, and the failed call added nothing")
+    return {"after_two_calls": after_two_calls, "after_failure": x.grad.item(), "error": caught.error}
 
 
-# %% [2] The fixed version: prints 7, then 3
-def seed_fixed(lab: Lab) -> tuple[float, float]:
-    lab.show("y1.backward(); y2.backward(retain_graph=True); print(x.grad)\n"
-             "x.grad.zero_(); y2.backward(); print(x.grad)")
+lab.run(original_as_written)
+
+
+# %% [2] Two fixes: keep the graph, or build it again
+def original_fixed(lab: Lab) -> tuple[float, float, float]:
+    """The original example, fixed: 7, then 3"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y1 = x**2
     y2 = 3 * x
     y1.backward()
-    y2.backward(retain_graph=True)  # keep y2's saved tensors: we walk this graph again
+    # retain_graph=True: this backward keeps what y2's graph saved, so y2 can be walked
+    # again (the next lesson, 05 retain_graph, is about it).
+    y2.backward(retain_graph=True)
+    lab.check(x.grad, 7.0, "2x + 3")
     first = x.grad.item()
-    lab.check("x.grad", first, 7.0, "2x + 3")
     x.grad.zero_()
-    y2.backward()  # allowed once more; this call frees the graph
+    y2.backward()  # the second walk; this one frees the graph
+    lab.check(x.grad, 3.0, "only dy2/dx = 3, after zero_()")
     second = x.grad.item()
-    lab.check("x.grad", second, 3.0, "only dy2/dx = 3 after zero_()")
-    lab.note("Equally good: rebuild y2 = 3 * x before the second backward; a fresh graph is cheap.")
-    return first, second
+    x.grad.zero_()
+    y2 = 3 * x  # the other fix: a new graph, with its own saved 3
+    y2.backward()
+    lab.check(x.grad, 3.0, "a freshly built y2 needs no retain_graph")
+    return first, second, x.grad.item()
+
+
+lab.run(original_fixed)
 
 
 # %% [3] Three ways to reset, and what each leaves behind
 def three_resets(lab: Lab) -> dict:
-    lab.show("x.grad.zero_()  vs  x.grad = None  vs  optimizer.zero_grad()")
+    """Three resets: x.grad.zero_(), x.grad = None, optimizer.zero_grad()"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     (x**2).backward()
-    grad_before = x.grad
-    x.grad.zero_()  # in place: same tensor, now 0; anyone holding it sees 0 too
-    lab.check("after x.grad.zero_(): x.grad", x.grad, 0.0, "zeroed in place")
-    lab.check("same tensor object as before", x.grad is grad_before, True, "zero_() writes in place")
-
-    x.grad = None  # drop it: the next backward allocates a fresh tensor instead of adding
-    lab.check("after x.grad = None: x.grad", x.grad, None, "nothing to add into")
+    held = x.grad  # a second name for the gradient tensor
+    x.grad.zero_()  # in place: the same tensor, now 0
+    after_zero_ = (x.grad is held, held.item())
+    lab.check(after_zero_, (True, 0.0), "zero_() wrote 0 into the tensor that held also names")
     (x**2).backward()
-    lab.check("then (x**2).backward(): x.grad", x.grad, 4.0, "2x, written, not added")
-
+    lab.check(held, 4.0, "the next backward adds 2x into that same tensor")
+    x.grad = None  # drop it: the next backward stores a new tensor instead of adding
+    (x**2).backward()
+    after_none = (x.grad is held, x.grad.item())
+    lab.check(after_none, (False, 4.0), "a new tensor holding 2x; held keeps its old 4")
+    # An optimizer is given the parameters; its zero_grad() resets the .grad of each one.
     optimizer = torch.optim.SGD([x], lr=0.1)
-    optimizer.zero_grad()  # set_to_none=True is the default since PyTorch 2.0
-    lab.check("after optimizer.zero_grad(): x.grad", x.grad, None, "set_to_none=True by default")
+    optimizer.zero_grad()
+    after_zero_grad = x.grad
+    lab.check(after_zero_grad, None, "set_to_none=True is the default: each .grad becomes None")
     (x**2).backward()
     optimizer.zero_grad(set_to_none=False)
-    lab.check("zero_grad(set_to_none=False)", x.grad, 0.0, "the old behaviour: zeros in place")
-    return {"zeroed": x.grad}
+    lab.check(x.grad, 0.0, "set_to_none=False: zeroed in place instead")
+    return {"after_zero_": after_zero_, "held": held.item(),
+            "after_none": after_none, "after_zero_grad": after_zero_grad,
+            "after_zero_grad_in_place": x.grad.item()}
 
 
-# %% [4] Accumulation on purpose: k micro-batches equal one full batch
-def micro_batches(lab: Lab, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    lab.show(f"loss = mean((w*x - y)**2) over 8 points: one batch vs {k} micro-batches, each loss / {k}")
-    x = torch.linspace(-1.0, 1.0, 8, device=lab.device)
+lab.run(three_resets)
+
+
+# %% [4] Accumulation on purpose: micro-batches add up to the full batch
+def saved_elements(make_loss) -> tuple[torch.Tensor, int]:
+    """Run make_loss() and count the elements of the tensors autograd saves for the backward pass."""
+    count = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal count
+        count += tensor.numel()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = make_loss()
+    return loss, count
+
+
+def micro_batches(lab: Lab, k: int = 4, n: int = 8) -> dict:
+    """Mean-squared-error gradient: one batch of n points vs k micro-batches, each loss / k"""
+    x = torch.linspace(-1.0, 1.0, n, device=lab.device)
     y = 2 * x + 1
     w = torch.tensor(0.5, requires_grad=True, device=lab.device)
-
-    ((w * x - y) ** 2).mean().backward()
+    loss, full_saved = saved_elements(lambda: ((w * x - y) ** 2).mean())
+    loss.backward()
     full_batch = w.grad.clone()
     w.grad = None
-
+    micro_saved = []
     for xb, yb in zip(x.chunk(k), y.chunk(k)):
-        # Dividing by k makes the sum of the k micro-batch means equal the full-batch mean.
-        (((w * xb - yb) ** 2).mean() / k).backward()
-    by_hand = (2 * (w.detach() * x - y) * x).mean()
-    lab.check("full-batch w.grad", full_batch, by_hand, "2/n Σ (w x - y) x")
-    lab.check(f"sum of {k} micro-batch grads", w.grad, full_batch, "same gradient, a quarter of the memory")
-    return full_batch, w.grad
+        # Dividing by k makes the k micro-batch means add up to the full-batch mean.
+        loss, saved = saved_elements(lambda: ((w * xb - yb) ** 2).mean() / k)
+        loss.backward()  # adds into w.grad; frees this pass's saved tensors
+        micro_saved.append(saved)
+    points = [-1 + 2 * i / (n - 1) for i in range(n)]
+    by_hand = sum(2 * (0.5 * p - (2 * p + 1)) * p for p in points) / n  # 2/n Σ (w x - y) x
+    lab.check(full_batch, by_hand, "2/n Σ (w x - y) x at w = 0.5")
+    lab.check(w.grad, by_hand, f"the {k} micro-batch gradients add up to the full-batch one")
+    lab.check(full_saved, 2 * n, "one pass over all n points saves x and w x - y: n elements each")
+    lab.check(micro_saved, [2 * n // k] * k, f"each micro-batch pass saves n/{k} of each")
+    lab.note("Only what one pass saves for its backward shrinks, k-fold; the data x, y and the gradient\n"
+             "w.grad are the same size either way.")
+    return {"full_batch": full_batch, "accumulated": w.grad, "full_saved": full_saved, "micro_saved": micro_saved}
+
+
+lab.run(micro_batches)
 
 
 # %% [5] A loop that forgets to reset
 def forgotten_reset(lab: Lab, steps: int = 3) -> list[float]:
-    lab.show(f"for step in range({steps}): loss = (w * 3)**2; loss.backward()    # no zero_()")
+    """A loop that never resets: loss = (3w)**2, loss.backward() each step, w fixed at 1"""
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
     seen = []
     for step in range(1, steps + 1):
-        loss = (w * 3) ** 2
+        loss = (3 * w) ** 2
         loss.backward()
         seen.append(w.grad.item())
-        # Each step's gradient is 18; without a reset, .grad holds step * 18.
-        lab.check(f"step {step}: w.grad", w.grad, step * 18.0, f"{step} x d/dw (3w)^2 = {step} x 18w")
-    lab.note("An optimizer stepping on this .grad takes ever larger steps: see the trainer's --no-zero-grad.")
+        lab.check(w.grad, step * 18.0, f"{step} × d/dw (3w)² = {step} × 18w at w = 1",
+                  label=f"step {step}: w.grad")
     return seen
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("05 · gradient accumulation", __doc__, argv)
-    seed_as_written(lab)
-    seed_fixed(lab)
-    three_resets(lab)
-    micro_batches(lab)
-    forgotten_reset(lab)
-    return lab.finish([
-        "--device cuda",
-        "in [2], drop retain_graph=True and the second y2.backward() raises as in [1]",
-        "in [4], remove the '/ k' and the micro-batch gradient becomes k times too large",
-        "python -m tensor_features.train --no-zero-grad: the seed's trainer without .grad.zero_()",
-    ])
+lab.run(forgotten_reset)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% [6] Stepping on the summed gradient: an oscillation, not a divergence
+def summed_gradient_recurrence(lr_times_curvature: float, steps: int) -> list[float]:
+    """w_0 .. w_steps of gradient descent on the summed gradient, from w_0 = 1, in plain floats.
+
+    With gradient λw and g_k = λ(w_0 + ... + w_k), w_{k+1} = w_k - lr g_k. Subtracting the
+    same line one step earlier: w_{k+1} = (2 - lr λ) w_k - w_{k-1}. The roots of
+    r² - (2 - lr λ) r + 1 multiply to 1 and, for 0 < lr λ < 4, are complex: both lie on the
+    unit circle, so w oscillates with a constant amplitude.
+    """
+    a = lr_times_curvature
+    trajectory = [1.0, 1.0 - a]
+    while len(trajectory) < steps + 1:
+        trajectory.append((2 - a) * trajectory[-1] - trajectory[-2])
+    return trajectory[: steps + 1]
+
+
+def summed_gradient_steps(lab: Lab, lr: float = 0.05, steps: int = 30) -> dict:
+    """Plain SGD on loss = (3w)**2, with and without optimizer.zero_grad() each step"""
+    curvature = 18.0  # d²/dw² (3w)² = 18, so the gradient is 18w
+    runs = {}
+    for reset in (True, False):
+        w = torch.tensor(1.0, requires_grad=True, device=lab.device)
+        optimizer = torch.optim.SGD([w], lr=lr)  # step(): w -= lr * w.grad (no momentum)
+        trajectory = [w.item()]
+        for _ in range(steps):
+            if reset:
+                optimizer.zero_grad()
+            ((3 * w) ** 2).backward()
+            optimizer.step()
+            trajectory.append(w.item())
+        runs["reset" if reset else "summed"] = trajectory
+    with_reset, summed = runs["reset"], runs["summed"]
+    lab.note("with zero_grad():    " + " ".join(f"{v:+.2f}" for v in with_reset[:11]) + " ...")
+    lab.note("without zero_grad(): " + " ".join(f"{v:+.2f}" for v in summed[:11]) + " ...")
+    lab.check(torch.tensor(with_reset), torch.tensor([(1 - lr * curvature) ** k for k in range(steps + 1)]),
+              f"w_k = (1 - lr·18)^k = {1 - lr * curvature:g}^k: settles at 0", rtol=1e-4,
+              label=f"with zero_grad(): w_0 … w_{steps}")
+    lab.check(torch.tensor(summed), torch.tensor(summed_gradient_recurrence(lr * curvature, steps)),
+              "the summed-gradient recurrence w_k+1 = (2 - lr·18) w_k - w_k-1", rtol=1e-4, atol=1e-5,
+              label=f"without zero_grad(): w_0 … w_{steps}")
+    early = max(abs(v) for v in summed[1:11])
+    late = max(abs(v) for v in summed[-10:])
+    late_over_early = late / early
+    lab.check(0.5 < late_over_early < 2, True,
+              f"lr·18 = {lr * curvature:g} < 4: roots on the unit circle, so no decay and no growth")
+    return runs
+
+
+lab.run(summed_gradient_steps)
+
+
+# %% The end
+TRIES = [
+    Try("the same values; the tensors live on the GPU", flags="--device cuda", needs_cuda=True,
+        shows=("device cuda",)),
+    Try("each micro-batch loss is k = 4 times too large, so w.grad is 4 times the full-batch gradient",
+        edit=("mean() / k", "mean()"), where=micro_batches, exit=1,
+        shows=("FAIL  w.grad",)),
+    Try("lr·18 = 4.5 > 4: the run without zero_grad() now grows every step, and its bounded check fails",
+        edit=("lr: float = 0.05", "lr: float = 0.25"), where=summed_gradient_steps, exit=1,
+        shows=("FAIL  0.5 < late_over_early < 2 = False",)),
+]
+lab.finish(TRIES)

@@ -1,133 +1,168 @@
-"""05 · detach vs no_grad vs inference_mode: three ways to step outside the graph.
+"""05 · detach: detach() vs torch.no_grad() vs torch.inference_mode(), three ways out of the graph.
 
-detach() makes one tensor that shares storage with the original but has no history;
-torch.no_grad() records nothing for a whole block; torch.inference_mode() does the same
-and also marks its results as inference tensors, which autograd refuses to save later.
-Sharing storage has a cost: an in-place change through a detached tensor is caught by the
-version counter at backward time. The lesson ends with the update step of a training
-loop, written outside no_grad the two wrong ways.
+detach() gives one tensor with no history that shares the original's storage and its version
+counter (it is not a copy, and autograd does not record it as a view either);
+torch.no_grad() records nothing for a whole block; torch.inference_mode() records nothing
+and also marks its results as inference tensors, which autograd refuses to save later. The
+shared storage has a cost: an in-place write through a detached tensor is caught by the
+version counter at backward time. The lesson ends with the update step of the original
+training loop written outside no_grad, the two wrong ways, and then as written.
 """
 
 # %% Setup
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
+import math
 
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.lab import Lab, Try
+
+lab = Lab.start("05 · detach", __doc__, __name__)
 
 
-# %% [1] The seed's example
-def seed_example(lab: Lab) -> dict:
-    lab.show("x = 2; y = x * 3; z = y.detach(); w = z**2\nwith torch.no_grad(): u = x**2")
+# %% [1] The original example
+def original_example(lab: Lab) -> dict:
+    """The original example: z = (x * 3).detach(), w = z**2; u = x**2 inside torch.no_grad()"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x * 3
-    z = y.detach()  # same numbers as y, no grad_fn: the graph stops here
+    z = y.detach()  # the same number as y, with no grad_fn: the graph stops here
     w = z**2
-    lab.check("w.requires_grad", w.requires_grad, False, "w's only input z has no history")
-    lab.check("z.is_leaf, z.grad_fn", (z.is_leaf, z.grad_fn), (True, None), "detach() cuts the edge to x")
+    lab.check((y.requires_grad, z.requires_grad, w.requires_grad), (True, False, False),
+              "y is recorded; z has no history, so nothing computed from it is recorded")
+    lab.check((z.grad_fn, z.is_leaf), (None, True), "no edge back to x; a tensor that needs no grad counts as a leaf (docs: Tensor.is_leaf)")
     with torch.no_grad():
         u = x**2  # x requires grad, but nothing in this block is recorded
-    lab.check("u.requires_grad", u.requires_grad, False, "no_grad: no graph for the whole block")
-    return {"w": w.requires_grad, "u": u.requires_grad}
+    lab.check((u.requires_grad, u.grad_fn), (False, None), "no_grad: no graph for the whole block")
+    return {"y": y.requires_grad, "z": z.requires_grad, "w": w.requires_grad, "z.grad_fn": z.grad_fn,
+            "u": u.requires_grad, "values": (z.item(), w.item(), u.item())}
+
+
+lab.run(original_example)
 
 
 # %% [2] Three ways side by side
 def three_ways(lab: Lab) -> dict:
-    lab.show("x.detach() * 2  |  with torch.no_grad(): x * 2  |  with torch.inference_mode(): x * 2")
+    """x * 2 three ways: x.detach() * 2, under no_grad(), under inference_mode()"""
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     detached = x.detach() * 2
     with torch.no_grad():
         no_grad = x * 2
     with torch.inference_mode():
         inference = x * 2
-    lab.check("requires_grad of the three", (detached.requires_grad, no_grad.requires_grad,
-              inference.requires_grad), (False, False, False), "none of them is recorded")
-    lab.check("is_inference() of the three", (detached.is_inference(), no_grad.is_inference(),
-              inference.is_inference()), (False, False, True), "only inference_mode marks its results")
+    lab.check((detached.requires_grad, no_grad.requires_grad, inference.requires_grad), (False, False, False),
+              "none of the three products is recorded")
+    lab.check((detached.is_inference(), no_grad.is_inference(), inference.is_inference()), (False, False, True),
+              "only inference_mode marks its results as inference tensors")
     return {"detached": detached, "no_grad": no_grad, "inference": inference}
 
 
-# %% [3] detach() shares storage, and the version counter notices writes
+lab.run(three_ways)
+
+
+# %% [3] detach() shares storage and the version counter
 def detach_shares_storage(lab: Lab) -> dict:
-    lab.show("y = x.exp(); z = y.detach(); z.add_(1); y.sum().backward()")
+    """z = x.exp().detach(); z.add_(1); then backward through the exp"""
     x = torch.tensor([0.0, 1.0], requires_grad=True, device=lab.device)
-    y = x.exp()  # ExpBackward0 saves its output y: d/dx exp(x) = exp(x)
+    y = x.exp()  # ExpBackward0 saves its result y: d/dx exp(x) = exp(x)
     z = y.detach()
-    lab.check("z.data_ptr() == y.data_ptr()", z.data_ptr() == y.data_ptr(), True,
-              "detach() is a view without history, not a copy")
-    z.add_(1)  # writes into y's memory too, and bumps the shared version counter
-    lab.check("y after z.add_(1)", y, torch.exp(torch.tensor([0.0, 1.0])) + 1, "the same memory")
-    lab.check("y._version", y._version, 1, "one in-place write through z")
+    # docs, torch.Tensor.detach: "Returned Tensor shares the same storage with the original one."
+    same_storage = z.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+    lab.check(same_storage, True, "no copy: z reads y's memory")
+    lab.check((z._is_view(), z._base), (False, None), "yet autograd does not record z as a view of y")
+    z.add_(1)  # writes into y's memory, and bumps the version counter z shares with y
+    lab.check(y, [math.exp(0.0) + 1, math.exp(1.0) + 1], "exp(x) + 1: the write through z changed y")
+    lab.check((y._version, z._version), (1, 1), "one counter for both: one in-place write")
     with lab.expect_error("modified by an inplace operation",
-                          "exp saved y at version 0; backward finds version 1") as caught:
+                          "ExpBackward0 saved y at version 0; backward finds version 1") as caught:
         y.sum().backward()
-    lab.note("Fix: z = y.detach().clone() when you mean to change the copy.")
-    return {"y": y, "error": caught.error}
+    return {"y": y, "same_storage": same_storage, "versions": (y._version, z._version), "error": caught.error}
+
+
+lab.run(detach_shares_storage)
 
 
 # %% [4] Inference tensors cannot be saved for backward
 def inference_tensors(lab: Lab) -> dict:
-    lab.show("with torch.inference_mode(): scale = torch.ones(2) * 2\n(x * scale).sum().backward()")
+    """A scale made under inference_mode, then used with a tensor that requires grad"""
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     with torch.inference_mode():
         scale = torch.ones(2, device=lab.device) * 2
-    # x * scale must save scale for x's gradient; an inference tensor cannot be saved.
+    # x * scale must save scale for x's gradient (d/dx (x * scale) = scale).
     with lab.expect_error("Inference tensors cannot be saved for backward",
-                          "inference_mode skips the bookkeeping autograd needs") as caught:
-        (x * scale).sum().backward()
+                          "the multiplication itself raises: it cannot save the inference tensor scale"
+                          ) as caught:
+        product = x * scale
     with torch.no_grad():
-        scale = torch.ones(2, device=lab.device) * 2  # a normal tensor that merely has no history
-    (x * scale).sum().backward()
-    lab.check("with no_grad instead: x.grad", x.grad, [2.0, 2.0], "d/dx sum(2x) = 2")
+        scale = torch.ones(2, device=lab.device) * 2  # the message's second way: a normal tensor, no history
+    product = x * scale
+    product.sum().backward()
+    lab.check(x.grad, [2.0, 2.0], "d/dx sum(2x) = 2")
     return {"grad": x.grad, "error": caught.error}
 
 
-# %% [5] The update step outside no_grad
-def update_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
-    lab.show(f"w = 1; (w * 2).backward(); w -= {lr} * w.grad        # no torch.no_grad()")
-    w = torch.tensor(1.0, requires_grad=True, device=lab.device)
-    (w * 2).backward()
-    # Recording an in-place change of a leaf would rewrite the very value the graph started from.
-    with lab.expect_error("a leaf Variable that requires grad is being used in an in-place operation",
-                          "the in-place update must not be recorded") as caught:
-        w -= lr * w.grad
+lab.run(inference_tensors)
 
-    lab.show(f"w = w - {lr} * w.grad     # rebinding instead: no error, but ...")
-    w = w - lr * w.grad  # a new tensor computed from the old leaf: recorded, so not a leaf
-    lab.check("w", w, 1.0 - lr * 2, f"1 - {lr} x 2")
-    lab.check("w.is_leaf, w.grad_fn", (w.is_leaf, type(w.grad_fn).__name__), (False, "SubBackward0"),
-              "w is now an intermediate of the old w")
-    (w * 2).backward()
-    with lab.expect_warning("is not a leaf Tensor", "next epoch: w.grad of a non-leaf"):
-        next_grad = w.grad
-    lab.check("next epoch's w.grad", next_grad, None, "the optimiser would get nothing")
-    lab.show(f"with torch.no_grad(): w -= {lr} * w.grad     # the seed's update")
+
+# %% [5] The update in place, outside no_grad
+def update_in_place_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
+    """w -= lr * w.grad without torch.no_grad()"""
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
+    (w * 2).backward()
+    with lab.expect_error("a leaf Variable that requires grad is being used in an in-place operation",
+                          "outside no_grad the update would be recorded on the leaf w itself, and autograd refuses"
+                          ) as caught:
+        w -= lr * w.grad
+    lab.check(w, 1.0, "refused: w keeps its value")
+    return {"w": w.item(), "error": caught.error}
+
+
+lab.run(update_in_place_outside_no_grad)
+
+
+# %% [6] The update by rebinding, outside no_grad
+def update_by_rebinding(lab: Lab, lr: float = 0.1) -> dict:
+    """w = w - lr * w.grad without torch.no_grad(): no error, but ..."""
+    w = torch.tensor(1.0, requires_grad=True, device=lab.device)
+    first_w = w
+    (w * 2).backward()
+    w = w - lr * w.grad  # a new tensor computed from the old leaf, and recorded
+    lab.check((w.item(), w.is_leaf, type(w.grad_fn).__name__), (1.0 - lr * 2, False, "SubBackward0"),
+              f"1 - {lr} × 2, but w now names an intermediate of first_w")
+    (w * 2).backward()  # the next epoch's backward
+    lab.check(first_w.grad, 4.0, "2 + 2: the gradient went through the new w to the old leaf")
+    with lab.expect_warning("is not a leaf Tensor", "the new w is not a leaf; the leaf the message points to is first_w"):
+        next_grad = w.grad
+    lab.check(next_grad, None, "so the next update has no w.grad to use")
+    return {"w": w.item(), "first_w.grad": first_w.grad.item(), "next_grad": next_grad}
+
+
+lab.run(update_by_rebinding)
+
+
+# %% [7] The original training loop's update: in place, inside no_grad
+def update_inside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
+    """with torch.no_grad(): w -= lr * w.grad, as the original training loop writes it"""
+    w = torch.tensor(1.0, requires_grad=True, device=lab.device)
+    first_w = w
     (w * 2).backward()
     with torch.no_grad():
-        w -= lr * w.grad  # not recorded: w stays the same leaf with a new value
-    lab.check("w, w.is_leaf", (w.item(), w.is_leaf), (1.0 - lr * 2, True), "updated in place, still a leaf")
-    return {"w": w, "next_grad": next_grad, "error": caught.error}
+        w -= lr * w.grad  # not recorded: w stays the same leaf, with a new value
+    lab.check((w.item(), w.is_leaf, w is first_w), (1.0 - lr * 2, True, True),
+              f"1 - {lr} × 2, updated in place: still the same leaf")
+    return {"w": w.item(), "is_leaf": w.is_leaf, "same_object": w is first_w}
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("05 · detach / no_grad / inference_mode", __doc__, argv)
-    seed_example(lab)
-    three_ways(lab)
-    detach_shares_storage(lab)
-    inference_tensors(lab)
-    update_outside_no_grad(lab)
-    return lab.finish([
-        "--device cuda",
-        "in [3], write z = y.detach().clone(): y stays exp(x) and backward succeeds",
-        "in [4], swap no_grad for inference_mode in the second block: it raises again",
-        "python -m tensor_features.train --outside-no-grad: both mistakes inside the seed's loop",
-    ])
+lab.run(update_inside_no_grad)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% The end
+TRIES = [
+    Try("the same values; the tensors live on the GPU", flags="--device cuda", needs_cuda=True,
+        shows=("device cuda",)),
+    Try("z keeps x's history, so w is recorded too, and the checks of [1] that expect no history fail",
+        edit=("z = y.detach()", "z = y"), where=original_example, exit=1,
+        shows=("FAIL  (y.requires_grad, z.requires_grad, w.requires_grad) = (True, True, True)",)),
+    Try("z is a copy: y keeps exp(x), and backward goes through (the checks that expect sharing fail)",
+        edit=("z = y.detach()", "z = y.detach().clone()"), where=detach_shares_storage, exit=1,
+        shows=("FAIL  same_storage = False", "FAIL  no error")),
+]
+lab.finish(TRIES)

@@ -1,97 +1,126 @@
-"""05 · retain_graph: when a graph may be walked twice, and what happens to .grad if it is.
+"""05 · retain_graph: what backward() frees, when a graph can be walked twice, and what .grad does then.
 
-backward() frees the tensors a graph saved for its backward pass, so a second walk fails
-unless the first one said retain_graph=True. The seed's loop keeps the graph and prints
-12 then 24: the gradient is not recomputed "fresh", it accumulates. A graph that saved
-nothing can be walked twice with no error at all, silently doubling .grad. And
-create_graph=True makes the gradient itself differentiable: a second derivative.
+The original loop calls y.backward(retain_graph=True) twice on y = x**3 and prints 12, then
+24: keeping the graph does not make the gradient start afresh, it still adds up. Without
+retain_graph the second call raises, because the first one freed the x that y's graph saved.
+A graph that saved no tensor can be walked twice with no error at all, silently doubling
+.grad. And create_graph=True records the backward pass itself, so the derivative can be
+differentiated again.
 """
 
 # %% Setup
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
-
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.lab import Lab, Try
+
+lab = Lab.start("05 · retain_graph", __doc__, __name__)
 
 
-# %% [1] The seed's loop: 12, then 24
-def seed_loop(lab: Lab) -> list[float]:
-    lab.show("x = 2; y = x**3\nfor _ in range(2): y.backward(retain_graph=True); print(x.grad)")
+# %% [1] The original loop: 12, then 24
+def original_loop(lab: Lab) -> list[float]:
+    """The original loop: y = x**3 at x = 2, y.backward(retain_graph=True) twice"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x**3
     printed = []
     for call in range(1, 3):
-        y.backward(retain_graph=True)  # keep PowBackward0's saved x for the next call
+        y.backward(retain_graph=True)  # keep what y's graph saved, for the next call
         printed.append(x.grad.item())
-        lab.check(f"call {call}: x.grad", x.grad, call * 3 * 2**2,
-                  f"{call} x 3x^2 = {call * 12}: retain_graph keeps the graph, .grad still adds")
+        lab.check(x.grad, call * 3 * 2.0**2, f"{call} × 3x² at x = 2: the graph is kept, and .grad still adds",
+                  label=f"call {call}: x.grad")
     return printed
 
 
-# %% [2] The same loop without retain_graph
-def without_retain_graph(lab: Lab) -> dict:
-    lab.show("y = x**3; y.backward(); y.backward()")
+lab.run(original_loop)
+
+
+# %% [2] What backward() frees
+def what_backward_frees(lab: Lab) -> dict:
+    """y = x**3: what its graph saved, and what is left after y.backward()"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x**3
-    y.backward()  # frees the x that PowBackward0 saved to compute 3x^2
+    # Attributes named _saved_* show what a node saved (docs: notes/autograd.rst, "Saved tensors").
+    lab.check(y.grad_fn._saved_self is x, True, "PowBackward0 saved x itself, to compute 3x² later")
+    y.backward()  # no retain_graph: this frees what the graph saved
+    lab.check(x.grad, 12.0, "3x² at x = 2")
+    with lab.expect_error("after they have already been freed", "the backward freed the saved x") as read_caught:
+        y.grad_fn._saved_self
     with lab.expect_error("Trying to backward through the graph a second time",
-                          "x**3 saved x; the first backward freed it") as caught:
+                          "a second walk needs the x that is gone; retain_graph=True on the first call keeps it"
+                          ) as backward_caught:
         y.backward()
-    lab.check("x.grad", x.grad, 12.0, "only the first call got through")
-    return {"grad": x.grad, "error": caught.error}
+    lab.check(x.grad, 12.0, "only the first call got through")
+    return {"grad": x.grad.item(), "read_error": read_caught.error, "backward_error": backward_caught.error}
 
 
-# %% [3] The pitfall: a graph with nothing saved runs twice, silently
-def nothing_saved(lab: Lab) -> tuple[torch.Tensor, torch.Tensor]:
-    lab.show("y = x + 1; y.backward(); y.backward()      # and s = v.sum(); twice")
+lab.run(what_backward_frees)
+
+
+# %% [3] The pitfall: a graph that saved nothing runs twice, silently
+def saved_tensor_names(node) -> list[str]:
+    """The _saved_* attributes of a backward node that hold a tensor (read before it is freed)."""
+    return [name for name in dir(node) if name.startswith("_saved_") and isinstance(getattr(node, name), torch.Tensor)]
+
+
+def nothing_saved(lab: Lab) -> dict:
+    """y = x + 1 and s = v.sum(): nothing saved, so a second backward() goes through"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x + 1
-    # AddBackward0 needs no saved tensor (d/dx (x + 1) = 1), so nothing is freed and nothing fails.
+    add_saved = saved_tensor_names(y.grad_fn)
+    lab.check(add_saved, [], "d/dx (x + 1) = 1 needs no tensor from the forward pass")
     y.backward()
-    y.backward()
-    lab.check("x.grad", x.grad, 2.0, "1 + 1: no error, and the gradient is doubled")
+    y.backward()  # no error: there was nothing to free
+    lab.check(x.grad, 2.0, "1 + 1: no error, and the gradient is doubled")
     v = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
     s = v.sum()
+    sum_saved = saved_tensor_names(s.grad_fn)
+    lab.check((sum_saved, list(s.grad_fn._saved_self_sym_sizes)), ([], [3]), "SumBackward0 keeps v's shape, no tensor")
     s.backward()
-    s.backward()  # SumBackward0 only remembers a shape, not a tensor
-    lab.check("v.grad", v.grad, [2.0, 2.0, 2.0], "ones + ones, silently")
-    lab.note("No error is not proof of correctness: an error in [2] is the lucky case.")
-    return x.grad, v.grad
+    s.backward()
+    lab.check(v.grad, [2.0, 2.0, 2.0], "ones + ones, silently")
+    pow_saved = saved_tensor_names((x**3).grad_fn)
+    lab.check(pow_saved, ["_saved_self"], "x**3 does save a tensor: that is why [2] raised")
+    return {"x.grad": x.grad, "v.grad": v.grad, "saved": {"add": add_saved, "sum": sum_saved, "pow": pow_saved}}
+
+
+lab.run(nothing_saved)
 
 
 # %% [4] create_graph=True: differentiate the derivative
-def second_derivative(lab: Lab) -> tuple[torch.Tensor, torch.Tensor]:
-    lab.show("y = x**3; (dy,) = torch.autograd.grad(y, x, create_graph=True); (d2y,) = torch.autograd.grad(dy, x)")
+def second_derivative(lab: Lab) -> dict:
+    """y = x**3 at x = 2: autograd.grad with and without create_graph=True"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
+    y = x**3
+    (plain,) = torch.autograd.grad(y, x)  # a number with no graph behind it
+    lab.check((plain, plain.requires_grad), (12.0, False), "3x² = 12, recorded nowhere")
+    with lab.expect_error("element 0 of tensors does not require grad",
+                          "plain has no grad_fn, so there is nothing to differentiate") as caught:
+        torch.autograd.grad(plain, x)
     y = x**3
     # create_graph=True records the backward pass itself, so dy has a grad_fn of its own.
     (dy,) = torch.autograd.grad(y, x, create_graph=True)
-    lab.check("dy", dy, 3 * 2.0**2, "3x^2 = 12")
-    lab.check("dy.requires_grad", dy.requires_grad, True, "the derivative is part of a graph")
+    lab.check((dy, dy.requires_grad), (12.0, True), "3x² = 12, and part of a graph")
     (d2y,) = torch.autograd.grad(dy, x)
-    lab.check("d2y", d2y, 6 * 2.0, "d²/dx² x³ = 6x = 12")
-    lab.check("x.grad", x.grad, None, "autograd.grad returns gradients; it does not touch .grad")
-    return dy, d2y
+    lab.check(d2y, 12.0, "d²/dx² x³ = 6x = 12 at x = 2")
+    lab.check(x.grad, None, "autograd.grad returns gradients; it leaves .grad alone")
+    # retain_graph defaults to create_graph (docs: torch.autograd.grad), so y's graph is still there.
+    y.backward()
+    lab.check(x.grad, 12.0, "y's graph survived the create_graph=True call")
+    return {"plain": plain, "dy": dy, "d2y": d2y, "x.grad": x.grad, "error": caught.error}
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("05 · retain_graph", __doc__, argv)
-    seed_loop(lab)
-    without_retain_graph(lab)
-    nothing_saved(lab)
-    second_derivative(lab)
-    return lab.finish([
-        "--device cuda",
-        "in [1], add x.grad.zero_() inside the loop: both calls print 12",
-        "in [3], use y = x * x instead of x + 1: the second backward raises",
-        "in [4], drop create_graph=True: the second grad raises (dy has no grad_fn)",
-    ])
+lab.run(second_derivative)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% The end
+TRIES = [
+    Try("the same values; the tensors live on the GPU", flags="--device cuda", needs_cuda=True,
+        shows=("device cuda",)),
+    Try(".grad starts from None before each call, so both calls give 12 and the check of call 2 fails",
+        edit=("y.backward(retain_graph=True)  #", "x.grad = None; y.backward(retain_graph=True)  #"),
+        where=original_loop, exit=1, shows=("FAIL  call 2: x.grad = 12",)),
+    Try("the saved x survives: reading it and the second backward both work (no error where one was "
+        "expected), and x.grad ends at 24",
+        edit=("y.backward()  #", "y.backward(retain_graph=True)  #"),
+        where=what_backward_frees, exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24")),
+]
+lab.finish(TRIES)

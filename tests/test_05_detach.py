@@ -1,46 +1,69 @@
-"""05 detach: what each way out of the graph leaves behind, and the update outside no_grad."""
+"""05 detach: every value the lesson returns, against an oracle written here: the products and
+exponentials by hand, one shared storage and version counter, the errors by their stable
+substrings, and the three updates replayed in plain floats."""
 
 import math
 
 import pytest
 
-from conftest import assert_caught, load_lesson, run_script
+from conftest import assert_caught, load_lesson
 
 lesson = load_lesson("05_gradient_computation_detach.py")
 
+MUTANTS = [
+    ("05_gradient_computation_detach.py", "    z = y.detach()  # the same number", "    z = y  # the same number"),
+    ("05_gradient_computation_detach.py", "    z = y.detach()\n", "    z = y.detach().clone()\n"),
+    ("05_gradient_computation_detach.py", "    with torch.inference_mode():\n        inference = x * 2",
+     "    with torch.no_grad():\n        inference = x * 2"),
+    ("05_gradient_computation_detach.py", "    y = x.exp()  #", "    y = x.exp() * 1  #"),
+    ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        scale = torch.ones(2, device=lab.device) * 2",
+     "    if True:\n        scale = torch.ones(2, device=lab.device) * 3"),
+    ("05_gradient_computation_detach.py", "    w = w - lr * w.grad  #", "    w = w.detach() - lr * w.grad  #"),
+    ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        w -= lr * w.grad",
+     "    with torch.no_grad():\n        w = w - lr * w.grad"),
+]
 
-def test_seed_example(lab):
-    assert lesson.seed_example(lab) == {"w": False, "u": False}
+
+def test_original_example(lab):
+    seen = lesson.original_example(lab)
+    assert (seen["y"], seen["z"], seen["w"], seen["u"]) == (True, False, False, False)
+    assert seen["z.grad_fn"] is None
+    x = 2.0
+    assert seen["values"] == (pytest.approx(3 * x), pytest.approx((3 * x) ** 2), pytest.approx(x**2))
 
 
 def test_three_ways(lab):
-    results = lesson.three_ways(lab)
-    assert [t.requires_grad for t in results.values()] == [False, False, False]
-    assert [t.is_inference() for t in results.values()] == [False, False, True]
-    assert results["inference"].cpu().tolist() == [2.0, 4.0]
+    seen = lesson.three_ways(lab)
+    assert [t.requires_grad for t in seen.values()] == [False, False, False]
+    assert [t.is_inference() for t in seen.values()] == [False, False, True]
+    for name, product in seen.items():
+        assert product.cpu().tolist() == [2.0, 4.0], name  # 2 · [1, 2]
 
 
-def test_detach_shares_storage_and_the_version_counter_catches_it(lab):
+def test_detach_shares_storage_and_the_version_counter(lab):
     seen = lesson.detach_shares_storage(lab)
-    assert seen["y"].cpu().tolist() == pytest.approx([math.exp(0) + 1, math.exp(1) + 1])
+    assert seen["same_storage"] is True
+    assert seen["y"].detach().cpu().tolist() == pytest.approx([math.exp(0) + 1, math.exp(1) + 1])
+    assert seen["versions"] == (1, 1)  # one add_, counted once, seen by both
     assert_caught(seen["error"], RuntimeError, "modified by an inplace operation")
 
 
 def test_inference_tensors_cannot_be_saved(lab):
     seen = lesson.inference_tensors(lab)
     assert_caught(seen["error"], RuntimeError, "Inference tensors cannot be saved for backward")
-    assert seen["grad"].cpu().tolist() == [2.0, 2.0]  # d/dx Σ 2x
+    assert seen["grad"].cpu().tolist() == [2.0, 2.0]  # d/dx Σ 2x, once
 
 
-def test_update_outside_no_grad(lab):
-    seen = lesson.update_outside_no_grad(lab, lr=0.1)
-    assert_caught(seen["error"], RuntimeError, "a leaf Variable that requires grad is being used in an in-place operation")
-    assert seen["next_grad"] is None
-    assert seen["w"].item() == pytest.approx(1.0 - 0.1 * 2)  # w - lr * d/dw (2w)
-    assert seen["w"].is_leaf
+@pytest.mark.parametrize("lr", [0.1, 0.25])
+def test_the_three_updates(lab, lr):
+    refused = lesson.update_in_place_outside_no_grad(lab, lr=lr)
+    assert_caught(refused["error"], RuntimeError, "a leaf Variable that requires grad is being used in an in-place operation")
+    assert refused["w"] == 1.0
 
+    rebound = lesson.update_by_rebinding(lab, lr=lr)
+    assert rebound["w"] == pytest.approx(1.0 - lr * 2)  # w - lr · d/dw (2w)
+    assert rebound["first_w.grad"] == pytest.approx(2.0 + 2.0)  # d(2w)/dw, then d(2(w - c))/dw
+    assert rebound["next_grad"] is None
 
-def test_runs_as_a_script():
-    result = run_script("05_gradient_computation_detach.py", "--device", "cpu")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "a leaf Variable that requires grad" in result.stdout
+    updated = lesson.update_inside_no_grad(lab, lr=lr)
+    assert updated == {"w": pytest.approx(1.0 - lr * 2), "is_leaf": True, "same_object": True}

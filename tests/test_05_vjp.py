@@ -1,64 +1,102 @@
-"""05 vjp: vᵀJ, the Jacobian three ways against diag(1 - y²) W, the loop traps, the batch trap."""
+"""05 vjp: every value the lesson returns, against an oracle written here: vᵀ diag(2x) by hand,
+float64 central differences of the tanh layer, their running sums for the loop traps, the
+fallback warnings by substring, and the per-sample trap against a full Jacobian of the model."""
 
 import pytest
 import torch
 
-from conftest import load_lesson, run_script, terminal_usage_error
+from conftest import load_lesson, run_in_process
 
 lesson = load_lesson("05_gradient_computation_vjp.py")
 
+MUTANTS = [
+    ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",
+     "y.backward(torch.tensor([0.5, 1.0], device=lab.device))"),
+    ("05_gradient_computation_vjp.py", "        jacobians[name] = method(layer, x)", "        jacobians[name] = 2 * method(layer, x)"),
+    ("05_gradient_computation_vjp.py", "    return vmap(vjp_fn)(basis)[0]", "    return vmap(vjp_fn)(basis)[0].T"),
+    ("05_gradient_computation_vjp.py", "    analytic = (1 - layer(x) ** 2)[:, None] * weight", "    analytic = (1 - layer(x) ** 2)[None, :] * weight"),
+    ("05_gradient_computation_vjp.py", "        x.grad = None  # the next backward stores a new tensor\n", ""),
+    ("05_gradient_computation_vjp.py", "        no_reset.append(x.grad.clone())", "        no_reset.append(x.grad.clone())\n        x.grad = None"),
+    ("05_gradient_computation_vjp.py", "torch.autograd.grad(outputs[i], inputs, retain_graph=True)[0][i]",
+     "torch.autograd.grad(outputs.sum(), inputs, retain_graph=True)[0][i]"),
+    ("05_gradient_computation_vjp.py", 'model.train(mode == "train")', 'model.train(mode == "eval")'),
+]
 
-def hand_built_jacobian(size: int, device) -> torch.Tensor:
-    """The oracle, built independently: float64 central differences of the same layer."""
+
+def finite_difference_jacobian(size: int, device) -> torch.Tensor:
+    """The oracle, built independently: central differences of the same seeded layer, differenced in float64."""
     layer, x, _ = lesson.tanh_layer(size, torch.device(device))
-    layer64 = lambda v: layer(v.float()).double()  # noqa: E731
+    layer64 = lambda v: layer(v.float()).double()  # noqa: E731 - the layer's weights are float32
     x = x.double()
     h = 1e-3
-    columns = [(layer64(x + h * e) - layer64(x - h * e)) / (2 * h) for e in torch.eye(size, dtype=torch.float64, device=x.device)]
+    columns = [(layer64(x + h * e) - layer64(x - h * e)) / (2 * h)
+               for e in torch.eye(size, dtype=torch.float64, device=x.device)]
     return torch.stack(columns, dim=1)
 
 
-def test_seed_example_is_v_transpose_j(lab):
-    ones, halves = lesson.seed_example(lab)
-    x = torch.tensor([1.0, 2.0])
-    jacobian = torch.diag(2 * x)  # d(x²)/dx
+def test_original_example_is_v_transpose_j(lab):
+    ones, halves = lesson.original_example(lab)
+    jacobian = torch.diag(2 * torch.tensor([1.0, 2.0]))  # d(x²)/dx at x = [1, 2]
     assert torch.allclose(ones.cpu(), torch.tensor([1.0, 1.0]) @ jacobian)
     assert torch.allclose(halves.cpu(), torch.tensor([1.0, 0.5]) @ jacobian)
 
 
+def test_tanh_layer_analytic_jacobian_matches_finite_differences():
+    _, _, analytic = lesson.tanh_layer(5, torch.device("cpu"))
+    assert torch.allclose(analytic.double(), finite_difference_jacobian(5, "cpu"), atol=1e-3)
+
+
 def test_three_ways_agree_with_finite_differences(lab):
     results = lesson.jacobian_three_ways(lab, size=4)
-    oracle = hand_built_jacobian(4, lab.device).float()
+    oracle = finite_difference_jacobian(4, lab.device).float()
+    assert set(results) == {"grad loop", "is_grads_batched", "vmap(vjp)", "jacrev"}
     for name, jacobian in results.items():
         assert torch.allclose(jacobian, oracle, atol=1e-3), name
 
 
 def test_loop_traps(lab):
     seen = lesson.loop_traps(lab, size=3)
-    oracle = hand_built_jacobian(3, lab.device).float()
-    assert torch.allclose(seen["cumulative"], oracle.cumsum(0), atol=1e-3)
-    assert torch.allclose(seen["aliased"], oracle[-1].expand(3, 3), atol=1e-3)
+    oracle = finite_difference_jacobian(3, lab.device).float()
+    assert torch.allclose(seen["no_reset"], oracle.cumsum(0), atol=1e-3)  # J_0, J_0 + J_1, ...
+    assert seen["one_object"] is True
+    assert torch.allclose(seen["no_clone"], oracle[-1].expand(3, 3), atol=1e-3)
+    assert torch.allclose(seen["fixed"], oracle, atol=1e-3)
 
 
-def test_timings_are_positive_and_all_methods_agree(lab):
-    seconds = lesson.jacobian_timings(lab, size=32, repeats=1)
-    assert set(seconds) == {"grad loop", "is_grads_batched", "vmap(vjp)"}
-    assert all(s > 0 for s in seconds.values())
+def test_timed_jacobians_are_right_too(lab):
+    seen = lesson.jacobian_timings(lab, size=24, repeats=1)
+    oracle = finite_difference_jacobian(24, lab.device).float()
+    assert set(seen["jacobians"]) == set(seen["seconds"]) == {"grad loop", "is_grads_batched", "vmap(vjp)"}
+    for name, jacobian in seen["jacobians"].items():
+        assert torch.allclose(jacobian, oracle, atol=1e-3), name
+    assert all(s > 0 for s in seen["seconds"].values())
 
 
-def test_is_grads_batched_falls_back_for_tanh(lab):
-    warnings = lesson.batched_grad_fallback(lab)
-    assert any("aten::tanh_backward" in w for w in warnings)
+def test_only_the_legacy_vmap_falls_back_for_tanh(lab):
+    seen = lesson.batched_grad_fallback(lab)
+    assert any("batching rule for aten::tanh_backward" in w for w in seen["legacy"])
+    assert seen["func"] == []
+    # The switches are off again afterwards.
+    assert not torch._C._debug_only_are_vmap_fallback_warnings_enabled()
 
 
 def test_batchnorm_train_mode_breaks_per_sample_gradients(lab):
-    gaps = lesson.per_sample_trap(lab)
-    assert gaps["train"] > 1e-3
-    assert gaps["eval"] == pytest.approx(0.0, abs=1e-6)
+    seen = lesson.per_sample_trap(lab, batch=4, features=3)
+    model, x = seen["model"], seen["x"]
+    for mode in ("eval", "train"):  # eval first: a train-mode forward updates the running statistics
+        model.train(mode == "train")
+        # Full Jacobian d y_i / d x_j (y_i = Σ_k model(x)[i, k]), shape [batch, batch, features].
+        full = torch.autograd.functional.jacobian(lambda inputs: model(inputs).sum(dim=1), x)
+        summed = full.sum(dim=0)  # grad of Σ_i y_i
+        diagonal = torch.stack([full[i, i] for i in range(x.shape[0])])  # d y_i / d x_i
+        assert torch.allclose(seen["summed"][mode], summed, atol=1e-5), mode
+        assert torch.allclose(seen["per_sample"][mode], diagonal, atol=1e-5), mode
+        assert seen["gaps"][mode] == pytest.approx((summed - diagonal).abs().max().item(), abs=1e-5)
+    assert seen["gaps"]["train"] > 1e-3
+    assert seen["gaps"]["eval"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_runs_as_a_script_and_rejects_a_bad_size():
-    result = run_script("05_gradient_computation_vjp.py", "--device", "cpu", "--size", "64")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "vmap(vjp)" in result.stdout
-    assert "--size" in terminal_usage_error("05_gradient_computation_vjp.py", "--size", "0")
+def test_size_flag_rejects_a_bad_size_in_one_line():
+    for bad in ("1", "513", "x"):
+        finished = run_in_process(lesson.__file__, ["--size", bad])
+        assert finished.code == 2 and finished.stderr.count("\n") == 1 and "--size" in finished.stderr, bad
