@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -24,14 +23,30 @@ def load_data(n: int = 100, noise: float = 0.1, seed: int = 0, device: torch.dev
 
 
 EMBEDDED_CAT = Path(__file__).resolve().parent / "assets" / "chelsea.png"
+CAT_SIZE = 32  # the side of a CIFAR-10 image; the views of the embedded photo are cut to the same size
 
 
-def load_cat_images(n: int = 16, root: str | os.PathLike | None = None) -> torch.Tensor:
-    """Up to n cat photos as a uint8 tensor [N, 3, H, W].
+def cat_images_source(root: str | os.PathLike | None = None) -> str:
+    """In words, where ``load_cat_images(root=root)`` takes its images from (for the learner to read)."""
+    from tensor_features.download import CATS_FILE, data_dir
 
-    From the cache that ``python -m tensor_features.download`` fills (CIFAR-10 cats, 32×32);
-    when nothing was downloaded, from the photo that ships with the package (one 300×451
-    image, CC0), announced in one line so the learner knows which data they see.
+    cached = data_dir(root) / CATS_FILE
+    if cached.exists():
+        return f"CIFAR-10 cats from {cached}"
+    return (f"views of one photo, {EMBEDDED_CAT.name}: random crops and flips of the same cat "
+            f"(no CIFAR-10 download in {cached.parent})")
+
+
+def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: int = 0) -> torch.Tensor:
+    """n cat images as a uint8 tensor [n, 3, 32, 32] (fewer only if a download holds fewer).
+
+    From the cache that ``python -m tensor_features.download`` fills: the first n CIFAR-10 cats.
+    When nothing was downloaded: n distinct views of the one photo that ships with the package
+    (chelsea.png, CC0), each a random crop (a quarter to all of its area, aspect 3:4 to 4:3)
+    resized to 32×32 and flipped left-right half of the time, by torchvision.transforms.v2.
+    They are views of one photo, not n photos. The same seed gives the same views, and the
+    global random state is left as it was (the draws happen inside torch.random.fork_rng).
+    ``cat_images_source(root)`` says which of the two a call returns.
     """
     from tensor_features.download import CATS_FILE, data_dir
 
@@ -40,10 +55,23 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None) -> torch
     cached = data_dir(root) / CATS_FILE
     if cached.exists():
         return torch.load(cached, weights_only=True)[:n]
-    from torchvision.io import ImageReadMode, decode_png, read_file  # torchvision only for images
+    from PIL import Image  # torchvision's own dependency; its decode_png is deprecated since 0.29
+    from torchvision.transforms import v2  # torchvision only for images
 
-    print(f"no downloaded images in {cached.parent}; using the embedded photo {EMBEDDED_CAT.name} "
-          "(see tensor_features/assets/README.md)", file=sys.stderr)
-    image = decode_png(read_file(str(EMBEDDED_CAT)), mode=ImageReadMode.RGB)
-    # decode_png returns a view of H×W×C pixels; copy to the plain [N, C, H, W] layout the cache has.
-    return image.unsqueeze(0).contiguous()
+    with Image.open(EMBEDDED_CAT) as file:
+        photo = v2.functional.pil_to_tensor(file.convert("RGB"))  # uint8 [3, 300, 451]
+    augment = v2.Compose([
+        v2.RandomResizedCrop(CAT_SIZE, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+    ])
+    views: list[torch.Tensor] = []
+    seen: set[bytes] = set()
+    with torch.random.fork_rng(devices=[]):  # v2 draws from the global generator; restore it after
+        torch.manual_seed(seed)
+        while len(views) < n:
+            view = augment(photo)
+            key = view.numpy().tobytes()
+            if key not in seen:  # two draws can round to the same crop; keep the views distinct
+                seen.add(key)
+                views.append(view)
+    return torch.stack(views)

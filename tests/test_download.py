@@ -14,10 +14,18 @@ import pytest
 import torch
 
 from tensor_features import download
-from tensor_features.load_data import load_cat_images
+from tensor_features.load_data import CAT_SIZE, EMBEDDED_CAT, cat_images_source, load_cat_images
 from tensor_features.utils import display_images
 
 LABELS = [3, 0, 3, 5, 3]  # three cats among five images
+
+MUTANTS = [  # the image loader (the download itself is tested against the local server)
+    ("tensor_features/load_data.py", "        torch.manual_seed(seed)", "        torch.manual_seed(0)"),
+    ("tensor_features/load_data.py", "with torch.random.fork_rng(devices=[]):", "with torch.no_grad():"),
+    ("tensor_features/load_data.py", "return torch.load(cached, weights_only=True)[:n]",
+     "return torch.load(cached, weights_only=True)[-n:]"),
+    ("tensor_features/load_data.py", "        while len(views) < n:", "        while len(views) < max(n - 1, 1):"),
+]
 
 
 def tiny_cifar_archive() -> bytes:
@@ -135,12 +143,39 @@ def test_load_cat_images_from_the_cache(server, tmp_path):
     download.main(["--dest", str(tmp_path)], source=server.source)
     batch = load_cat_images(n=2, root=tmp_path)
     assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.uint8
+    # Oracle: the archive the test built; its first two cats are filled with 0 and 20.
+    assert [int(c.unique()) for c in batch] == [0, 20]
+    assert cat_images_source(tmp_path).startswith("CIFAR-10 cats from")
 
 
-def test_load_cat_images_falls_back_to_the_embedded_photo(tmp_path, capsys):
-    batch = load_cat_images(root=tmp_path / "empty")
-    assert batch.shape == (1, 3, 300, 451) and batch.dtype == torch.uint8  # chelsea.png is 451×300
-    assert "embedded photo" in capsys.readouterr().err
+def test_the_embedded_photo_is_the_451_by_300_rgb_png_its_readme_names():
+    from PIL import Image
+
+    with Image.open(EMBEDDED_CAT) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (451, 300))
+
+
+def test_offline_n_distinct_seeded_views_of_the_embedded_photo(tmp_path):
+    empty = tmp_path / "empty"
+    torch.manual_seed(123)
+    expected_next_draw = torch.rand(3)
+    torch.manual_seed(123)
+    views = load_cat_images(12, root=empty, seed=7)
+    assert torch.equal(torch.rand(3), expected_next_draw)  # the caller's random state is untouched
+    assert views.shape == (12, 3, CAT_SIZE, CAT_SIZE) and CAT_SIZE == 32 and views.dtype == torch.uint8
+    assert len({view.numpy().tobytes() for view in views}) == 12  # 12 distinct views
+    assert torch.equal(load_cat_images(12, root=empty, seed=7), views)  # the same seed, the same views
+    other = load_cat_images(12, root=empty, seed=8)
+    assert not any(torch.equal(a, b) for a, b in zip(other, views))
+    assert torch.equal(load_cat_images(3, root=empty, seed=7), views[:3])  # a smaller n: the first views
+    source = cat_images_source(empty)
+    assert source.startswith("views of one photo, chelsea.png") and str(empty) in source
+    assert not empty.exists()  # looking for the cache creates nothing
+
+
+def test_load_cat_images_needs_at_least_one(tmp_path):
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        load_cat_images(0, root=tmp_path)
 
 
 def test_display_images_writes_a_png_of_the_grid_size(tmp_path):
