@@ -1,161 +1,225 @@
 """03 · tensor attributes: what a tensor carries besides its numbers.
 
-Every tensor has data, a shape, a dtype and a device; for autograd it also has
-requires_grad, is_leaf and grad_fn, and these depend on how the tensor was made. The
-lesson makes tensors in different ways and reads all of them, then shows the rules that
-surprise people: dtype promotion, .to() of a leaf giving a non-leaf, and how tensors and
-NumPy arrays share (or refuse to share) memory.
+Every tensor has a shape, a dtype and a device; for autograd it also has requires_grad,
+is_leaf and grad_fn, and these depend on how the tensor was made. The lesson makes tensors
+in different ways and reads these attributes, then shows the rules that surprise people:
+dtype promotion (and uint8 arithmetic that wraps around), .to() of a leaf giving a non-leaf
+that an optimiser refuses, and NumPy arrays that share a tensor's memory, even behind
+autograd's back. With --images N (or --save-grid PNG) it adds a batch of cat images: uint8,
+[N, C, H, W], a channels-last view, and a float copy to normalise. Without the CIFAR-10
+download (python -m tensor_features.download) those images are N random crops and flips of
+one photo, not N photos.
 """
 
 # %% Setup
-import sys
+import argparse
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
 
 import numpy as np
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.cli import int_in_range, new_file
+from tensor_features.lab import Lab, Try
+
+
+def png_to_write(text: str) -> Path:
+    """A .png path the lesson can write: a file name in a folder that exists, where a file can be made."""
+    if Path(text).name.lower() == ".png":
+        raise argparse.ArgumentTypeError(f"{text!r} needs a name before .png")
+    path = new_file((".png",))(text)
+    if not path.parent.is_dir():  # Path("cats.png").parent is Path("."), the working directory
+        raise argparse.ArgumentTypeError(f"{text!r}: there is no folder {str(path.parent)!r} to write it into")
+    existed = path.exists()
+    try:  # the one sure test of "writable" (permissions, read-only disks, /proc): open it to append
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {err.strerror}") from None
+    if not existed:
+        path.unlink()  # leave nothing behind until the grid is written
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images", type=int_in_range(1, 64), metavar="N",
+        help="add observation [5]: a batch of N cat images (1..64), the CIFAR-10 cats if "
+             "`python -m tensor_features.download` fetched them, else N random crops and flips of one "
+             "embedded photo; it imports torchvision, a few seconds more (default: off)")
+    parser.add_argument(
+        "--save-grid", type=png_to_write, metavar="PNG",
+        help="also write the batch of [5] as one grid image to this .png file (with --images N, else "
+             "8 images); nothing else is written (default: off)")
+
+
+lab = Lab.start("03 · tensor attributes", __doc__, __name__, add_arguments=add_arguments)
 
 
 # %% [1] The attributes of tensors made in different ways
 def attributes(lab: Lab) -> dict:
-    lab.show("a = torch.tensor([[1., 2.], [3., 4.]]); w = torch.ones(2, requires_grad=True); y = a @ w")
-    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=lab.device)
-    w = torch.ones(2, requires_grad=True, device=lab.device)
-    y = a @ w
-    lab.check("a.shape, a.dtype", (a.shape, a.dtype), (torch.Size([2, 2]), torch.float32),
-              "Python floats become float32, the default dtype")
-    lab.check("a.device.type", a.device.type, lab.device.type, "created where we asked")
-    lab.check("a: requires_grad, is_leaf, grad_fn", (a.requires_grad, a.is_leaf, a.grad_fn),
-              (False, True, None), "data: a leaf that autograd ignores")
-    lab.check("w: requires_grad, is_leaf, grad_fn", (w.requires_grad, w.is_leaf, w.grad_fn),
-              (True, True, None), "a parameter: a leaf whose .grad will be filled")
-    lab.check("y: requires_grad, is_leaf", (y.requires_grad, y.is_leaf), (True, False),
-              "made by an op from w: a node in the graph")
-    lab.check("type(y.grad_fn)", type(y.grad_fn).__name__, "MvBackward0", "the op that made y (matrix @ vector)")
-    lab.check("y.data", y, [3.0, 7.0], "[1+2, 3+4]")
+    """Data, a parameter, and a result: shape, dtype, device, requires_grad, is_leaf, grad_fn"""
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=lab.device)  # data
+    w = torch.ones(2, requires_grad=True, device=lab.device)  # a parameter
+    y = a @ w  # a result
+    lab.check((a.shape, a.dtype), ((2, 2), torch.float32), "Python floats become float32, the default dtype")
+    lab.check(str(a.device), "cuda:0" if lab.device.type == "cuda" else "cpu",
+              "a tensor records a concrete device: 'cuda' becomes cuda:0, the current GPU")
+    lab.check(str(torch.zeros(1).device), "cpu", "made without device=: the CPU, torch's default device")
+    lab.check((a.requires_grad, a.is_leaf, a.grad_fn), (False, True, None), "data: a leaf that autograd ignores")
+    lab.check((w.requires_grad, w.is_leaf, w.grad_fn), (True, True, None),
+              "a parameter: a leaf whose .grad backward() will fill")
+    lab.check((y.requires_grad, y.is_leaf), (True, False), "made by an op from w: a node in the graph")
+    lab.check(type(y.grad_fn).__name__, "MvBackward0", "the op that made y: matrix @ vector")
+    lab.check(y, [3.0, 7.0], "[1·1 + 2·1, 3·1 + 4·1]")
     return {"a": a, "w": w, "y": y}
 
 
-# %% [2] dtype promotion
+lab.run(attributes)
+
+
+# %% [2] dtype promotion, and uint8 arithmetic that wraps
 def dtype_promotion(lab: Lab) -> dict:
-    lab.show("i = torch.tensor([1, 2, 3]); i * 1.5; i + torch.tensor(1.0, dtype=float64); half + float32")
+    """dtype promotion: the result's dtype when two dtypes meet"""
+    # The rules: https://docs.pytorch.org/docs/stable/tensor_attributes.html#type-promotion-doc
     i = torch.tensor([1, 2, 3], device=lab.device)
+    lab.check(i.dtype, torch.int64, "Python ints become int64")
+    int_times_float = i * 1.5
+    lab.check(int_times_float.dtype, torch.float32, "a Python float lifts ints to the default float dtype")
+    double_scalar = torch.tensor(1.0, dtype=torch.float64, device=lab.device)  # 0-dim: shape ()
+    int_plus_double = i + double_scalar
+    lab.check(int_plus_double.dtype, torch.float64,
+              "a 0-dim tensor of a higher category (float above int) sets the dtype")
     half = torch.ones(2, dtype=torch.float16, device=lab.device)
-    results = {
-        "int": i.dtype,
-        "int * python float": (i * 1.5).dtype,
-        "int + 0-dim float64": (i + torch.tensor(1.0, dtype=torch.float64, device=lab.device)).dtype,
-        "float16 + 0-dim float64": (half + torch.tensor(1.0, dtype=torch.float64, device=lab.device)).dtype,
-        "float16 + float32 vector": (half + torch.ones(2, device=lab.device)).dtype,
-    }
-    lab.check("torch.tensor([1, 2, 3]).dtype", results["int"], torch.int64, "Python ints become int64")
-    lab.check("(i * 1.5).dtype", results["int * python float"], torch.float32,
-              "a float scalar lifts ints to the default float")
-    lab.check("(i + 0-dim float64).dtype", results["int + 0-dim float64"], torch.float64,
-              "a 0-dim tensor of a higher kind decides")
-    lab.check("(half + 0-dim float64).dtype", results["float16 + 0-dim float64"], torch.float16,
-              "same kind: the 0-dim tensor does not widen")
-    lab.check("(half + float32 vector).dtype", results["float16 + float32 vector"], torch.float32,
-              "two dimensioned tensors: the wider wins")
-    return results
+    half_plus_double = half + double_scalar
+    lab.check(half_plus_double.dtype, torch.float16,
+              "same category (float): a 0-dim tensor does not widen a dimensioned one")
+    half_plus_float = half + torch.ones(2, device=lab.device)  # float32, dimensioned
+    lab.check(half_plus_float.dtype, torch.float32, "two dimensioned tensors: the wider float wins")
+    pixels = torch.tensor([200, 100], dtype=torch.uint8, device=lab.device)
+    brighter = pixels + 100  # a Python int does not widen uint8
+    lab.check(brighter.dtype, torch.uint8, "a Python int is the same category (integer) as uint8")
+    lab.check(brighter, [44, 200], "uint8 holds 0..255 and wraps around: 200 + 100 = 300 - 256 = 44")
+    return {"i": i, "int_times_float": int_times_float, "int_plus_double": int_plus_double,
+            "half_plus_double": half_plus_double, "half_plus_float": half_plus_float, "brighter": brighter}
+
+
+lab.run(dtype_promotion)
 
 
 # %% [3] .to() of a leaf makes a non-leaf; dtype= at creation keeps a leaf
 def to_makes_non_leaf(lab: Lab) -> dict:
-    lab.show("w = torch.ones(2, requires_grad=True).to(torch.float64)   vs   torch.ones(2, dtype=float64, requires_grad=True)")
-    converted = torch.ones(2, requires_grad=True, device=lab.device).to(torch.float64)
-    created = torch.ones(2, dtype=torch.float64, requires_grad=True, device=lab.device)
-    # .to() is an op: the float64 copy remembers the float32 leaf it came from.
-    lab.check("converted: is_leaf, grad_fn", (converted.is_leaf, type(converted.grad_fn).__name__),
-              (False, "ToCopyBackward0"), "a copy made by an op")
-    lab.check("created: is_leaf, grad_fn", (created.is_leaf, created.grad_fn), (True, None),
-              "made directly with the dtype")
+    """.to() that converts a leaf is an op: the result is not a leaf, and an optimiser refuses it"""
+    source = torch.ones(2, requires_grad=True, device=lab.device)  # a float32 leaf
+    converted = source.to(torch.float64)  # an op: a float64 copy that remembers source
+    created = torch.ones(2, dtype=torch.float64, requires_grad=True, device=lab.device)  # a float64 leaf
+    lab.check((converted.is_leaf, type(converted.grad_fn).__name__), (False, "ToCopyBackward0"),
+              "a copy made by an op, with a node in the graph")
+    lab.check((created.is_leaf, created.grad_fn), (True, None), "made directly with the dtype it needs")
     (converted.sum() + created.sum()).backward()
-    with lab.expect_warning("is not a leaf Tensor", "an optimiser given `converted` would see no grad"):
+    with lab.expect_warning("is not a leaf Tensor", "reading .grad of a non-leaf warns, then gives None"):
         converted_grad = converted.grad
-    lab.check("converted.grad, created.grad", (converted_grad, created.grad), (None, [1.0, 1.0]),
-              "only the leaf keeps .grad")
-    same = torch.ones(2, requires_grad=True)
-    lab.check(".to(its own dtype and device) is self", same.to(torch.float32) is same, True,
-              "no copy needed, so no new node")
-    return {"converted": converted, "created": created}
+    lab.check(converted_grad, None, "backward() fills .grad of leaves only (unless retain_grad(): 05 backward)")
+    lab.check((source.grad, source.grad.dtype), ([1.0, 1.0], torch.float32),
+              "the gradient went on, through ToCopyBackward0, to the float32 leaf, in its dtype")
+    lab.check(created.grad, [1.0, 1.0], "d(sum)/dx = 1 for each element")
+    with lab.expect_error("can't optimize a non-leaf Tensor", "an optimiser updates leaves only; give it created, "
+                          "or source", error_type=ValueError) as caught:
+        torch.optim.SGD([converted], lr=0.1)
+    same = source.to(torch.float32)  # already float32, already on this device
+    lab.check(same is source, True, ".to() with nothing to change returns the tensor itself (Tensor.to docs)")
+    moved = torch.ones(2, requires_grad=True).to(lab.device)  # made on the CPU, then moved
+    lab.check(moved.is_leaf, lab.device.type == "cpu",
+              "to the CPU it is already on: the leaf itself; to a GPU: a copy, a non-leaf, as .cuda() gives")
+    return {"source": source, "converted": converted, "converted_grad": converted_grad, "created": created,
+            "same": same, "moved": moved, "error": caught.error}
+
+
+lab.run(to_makes_non_leaf)
 
 
 # %% [4] NumPy: refused while tracked, shared when converted
 def numpy_interop(lab: Lab) -> dict:
-    lab.show("w = torch.ones(2, requires_grad=True); w.numpy(); w.detach().numpy(); torch.from_numpy(n)")
-    w = torch.ones(2, requires_grad=True)  # NumPy lives on the CPU
+    """NumPy: refused while tracked; shared, not copied, once detached"""
+    w = torch.ones(2, requires_grad=True)  # NumPy arrays live on the CPU, so this observation does too
     with lab.expect_error("Can't call numpy() on Tensor that requires grad",
-                          "NumPy cannot record a graph; detach first") as caught:
+                          "NumPy cannot record a graph; the message says what to do") as caught:
         w.numpy()
-    array = w.detach().numpy()
-    lab.check("w.detach().numpy()", array.tolist(), [1.0, 1.0], "the same memory, without history")
+    array = w.detach().numpy()  # no history, the same memory
+    lab.check(array.ctypes.data == w.data_ptr(), True, "the array's buffer starts at w's first byte: no copy")
+    y = w * w  # mul saves w for backward
+    array[0] = 5.0  # a write through NumPy, which autograd cannot see
+    lab.check((w.tolist(), w._version), ([5.0, 1.0], 0), "w changed, and its version counter did not count it")
+    y.sum().backward()
+    lab.check(w.grad, [10.0, 2.0], "no error: backward used the new w, 2·5, though y was computed with w = 1")
 
     numbers = np.zeros(3, dtype=np.float32)
     shared = torch.from_numpy(numbers)  # wraps the array's buffer: no copy
-    copied = torch.tensor(numbers)  # torch.tensor always copies
+    copied = torch.tensor(numbers)  # the docs: "torch.tensor() always copies data"
+    lab.check(shared.dtype, torch.float32, "from_numpy keeps NumPy's dtype")
     numbers[0] = 5.0
-    lab.check("torch.from_numpy(n) after n[0] = 5", shared, [5.0, 0.0, 0.0], "shares memory with n")
-    lab.check("torch.tensor(n) after n[0] = 5", copied, [0.0, 0.0, 0.0], "a copy, taken before the write")
+    lab.check(shared, [5.0, 0.0, 0.0], "from_numpy shares the array's memory")
+    lab.check(copied, [0.0, 0.0, 0.0], "a copy, taken before the write")
     shared[1] = 7.0
-    lab.check("n after shared[1] = 7", numbers.tolist(), [5.0, 7.0, 0.0], "both directions")
-    return {"array": array, "shared": shared, "copied": copied, "error": caught.error}
+    lab.check(numbers.tolist(), [5.0, 7.0, 0.0], "and the other way: a write into shared lands in numbers")
+    return {"error": caught.error, "w": w, "array": array, "shared": shared, "copied": copied, "numbers": numbers}
 
 
-# %% [5] A real image batch (with --images PATH)
-def image_batch(lab: Lab, grid_path: str, root: str | None = None) -> dict:
-    from tensor_features.load_data import load_cat_images  # torchvision only for this observation
+lab.run(numpy_interop)
+
+
+# %% [5] A batch of images (with --images N or --save-grid PNG: it imports torchvision, seconds)
+def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = None) -> dict:
+    """A batch of N cat images: uint8 [N, C, H, W], a channels-last view, a float copy to normalise"""
+    from tensor_features.load_data import cat_images_source, load_cat_images
     from tensor_features.utils import display_images
 
-    lab.show("batch = load_cat_images(16); batch.permute(0, 2, 3, 1); batch.float() / 255, per-channel mean/std")
-    batch = load_cat_images(16, root=root).to(lab.device)
-    n, channels, height, width = batch.shape
-    lab.check("batch.dtype, channels", (batch.dtype, channels), (torch.uint8, 3), "photos are bytes, RGB")
-    lab.check("min >= 0 and max <= 255", (batch.min().item() >= 0, batch.max().item() <= 255), (True, True),
-              f"uint8 range; this batch spans {batch.min().item()}..{batch.max().item()}")
-    lab.note(f"layout [N, C, H, W] = {list(batch.shape)}: PyTorch keeps channels before pixels")
-    channels_last = batch.permute(0, 2, 3, 1)  # [N, H, W, C], what image viewers expect
-    lab.check("permute(0, 2, 3, 1): contiguous, same storage",
-              (channels_last.is_contiguous(), channels_last.data_ptr() == batch.data_ptr()), (False, True),
-              "a view with reordered strides, no copy")
-    scaled = batch.float() / 255  # a copy: uint8 cannot hold fractions
-    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)
+    lab.note(cat_images_source(root))  # offline: crops and flips of one photo, not N photos
+    batch = load_cat_images(n, root=root, seed=0).to(lab.device)
+    lab.check((batch.dtype, batch.shape), (torch.uint8, (n, 3, 32, 32)),
+              "bytes; N images, 3 channels (red, green, blue), 32×32 pixels")
+    lab.check(batch.stride(), (3 * 32 * 32, 32 * 32, 32, 1), "next image, channel, row, pixel: C·H·W, H·W, W, 1")
+    channels_last = batch.permute(0, 2, 3, 1)  # [N, H, W, C]: pixel by pixel, as PIL and matplotlib lay images out
+    lab.check((channels_last.shape, channels_last.stride()), ((n, 32, 32, 3), (3 * 32 * 32, 32, 1, 32 * 32)),
+              "permute reorders shape and strides together")
+    lab.check(channels_last.data_ptr() == batch.data_ptr(), True, "a view: the same bytes, read in another order")
+    scaled = batch / 255  # true division: a new float32 tensor, since uint8 cannot hold 0.5
+    lab.check((scaled.dtype, scaled.untyped_storage().nbytes()), (torch.float32, 4 * n * 3 * 32 * 32),
+              "4 bytes per value where uint8 took 1")
+    channel_mean = scaled.mean(dim=(0, 2, 3))  # one mean per channel: shape [3]
+    with lab.expect_error("must match the size of tensor b (3) at non-singleton dimension 3",
+                          "broadcasting lines up the LAST axes: W = 32 against the 3 channel means") as caught:
+        scaled - channel_mean
+    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)  # keepdim: shape [1, 3, 1, 1], lined up with C
     std = scaled.std(dim=(0, 2, 3), keepdim=True)
     normalized = (scaled - mean) / std
-    lab.check("normalized per-channel mean", normalized.mean(dim=(0, 2, 3)), [0.0, 0.0, 0.0],
-              "(x - mean) / std per channel", atol=1e-4)
-    lab.check("normalized per-channel std", normalized.std(dim=(0, 2, 3)), [1.0, 1.0, 1.0],
-              "unit spread per channel", atol=1e-4)
-    path = display_images(batch.cpu(), grid_path)
-    lab.note(f"wrote the grid of {n} image(s), {height}×{width} each, to {path}")
-    return {"batch": batch, "normalized": normalized, "path": path}
+    lab.check((mean.shape, normalized.shape), ((1, 3, 1, 1), (n, 3, 32, 32)),
+              "the size-1 axes stretch over N, H and W; C meets C")
+    if grid is not None:
+        written = display_images(batch.cpu(), grid)  # a grid of 8 images per row
+        lab.note(f"wrote the {n} images as one grid to {written}")
+    return {"batch": batch, "channels_last": channels_last, "scaled": scaled, "mean": mean, "std": std,
+            "normalized": normalized, "error": caught.error, "grid": grid}
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv(
-        "03 · tensor attributes", __doc__, argv,
-        add_arguments=lambda parser: parser.add_argument(
-            "--images", metavar="PNG",
-            help="also inspect a real cat-photo batch (downloaded CIFAR-10 cats, else the embedded "
-                 "photo) and write its grid to this PNG path"),
-    )
-    attributes(lab)
-    dtype_promotion(lab)
-    to_makes_non_leaf(lab)
-    numpy_interop(lab)
-    if lab.args.images:
-        image_batch(lab, lab.args.images)
-    return lab.finish([
-        "--device cuda: a.device becomes cuda:0 and .to('cuda') of a leaf is a non-leaf too",
-        "in [2], torch.set_default_dtype(torch.float64) first: every float32 above becomes float64",
-        "in [4], numbers = np.zeros(3) (float64): from_numpy still shares, now as float64",
-        "--images cats.png: a real photo batch (run python -m tensor_features.download first for CIFAR-10 cats)",
-    ])
+# In a notebook, set lab.args.images = 8 in this cell to run it.
+if lab.args.images or lab.args.save_grid:
+    lab.run(image_batch, lab.args.images or 8, lab.args.save_grid)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% The end
+TRIES = [
+    Try("a is made on the GPU (cuda:0); moved, a CPU leaf sent .to(cuda), is a non-leaf", flags="--device cuda",
+        needs_cuda=True, shows=("device cuda",)),
+    Try("observation [5]: 8 cat images as one uint8 batch (without the download: 8 crops and flips of one photo)",
+        flags="--images 8", shows=("[5] A batch of N cat images",)),
+    Try("a dimensioned float64 widens float16, so that dtype check disagrees",
+        edit=("half + double_scalar", "half + double_scalar.reshape(1)"), where=dtype_promotion,
+        exit=1, shows=("FAIL  half_plus_double.dtype = torch.float64",)),
+    Try("an int16 sum does not wrap at 256: 300, so the wrap check disagrees",
+        edit=("dtype=torch.uint8", "dtype=torch.int16"), where=dtype_promotion, exit=1,
+        shows=("FAIL  brighter = [300, 200]",)),
+    Try("from_numpy still shares the memory, but keeps NumPy's float64, so the dtype check disagrees",
+        edit=("np.zeros(3, dtype=np.float32)", "np.zeros(3)"), where=numpy_interop, exit=1,
+        shows=("FAIL  shared.dtype = torch.float64",)),
+]
+lab.finish(TRIES)

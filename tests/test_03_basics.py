@@ -1,56 +1,157 @@
-"""03 basics: attributes, promotion, .to() of a leaf, NumPy sharing."""
+"""03 basics: every value the observations return, against oracles written here: dtypes from the
+documented promotion rules, uint8 sums done in Python ints modulo 256, gradients by hand, NumPy's
+own view of the shared buffers, and the image batch rebuilt in float64 NumPy from its bytes; and
+the --images / --save-grid command line (one-line errors, nothing written but the grid)."""
 
+import re
+
+import numpy as np
+import pytest
 import torch
 
-from conftest import assert_caught, load_lesson, run_script
+from conftest import ROOT, assert_caught, load_lesson, run_in_process
 
-lesson = load_lesson("03_tensor_attributes_and_methods_basics.py")
+LESSON = "03_tensor_attributes_and_methods_basics.py"
+lesson = load_lesson(LESSON)
+
+MUTANTS = [
+    ("03_tensor_attributes_and_methods_basics.py", "    y = a @ w  # a result", "    y = w @ a  # a result"),
+    ("03_tensor_attributes_and_methods_basics.py", "double_scalar = torch.tensor(1.0, dtype=torch.float64",
+     "double_scalar = torch.tensor([1.0], dtype=torch.float64"),
+    ("03_tensor_attributes_and_methods_basics.py", "    brighter = pixels + 100", "    brighter = pixels.int() + 100"),
+    ("03_tensor_attributes_and_methods_basics.py", "    converted = source.to(torch.float64)  #",
+     "    converted = source.detach().to(torch.float64).requires_grad_()  #"),
+    ("03_tensor_attributes_and_methods_basics.py", "    array = w.detach().numpy()  #", "    array = w.detach().numpy().copy()  #"),
+    ("03_tensor_attributes_and_methods_basics.py", "    shared = torch.from_numpy(numbers)", "    shared = torch.tensor(numbers)"),
+    ("03_tensor_attributes_and_methods_basics.py", "    copied = torch.tensor(numbers)", "    copied = torch.as_tensor(numbers)"),
+    ("03_tensor_attributes_and_methods_basics.py", "channels_last = batch.permute(0, 2, 3, 1)", "channels_last = batch.permute(0, 3, 2, 1)"),
+    ("03_tensor_attributes_and_methods_basics.py", "    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)",
+     "    mean = scaled.mean(dim=(0, 1, 2, 3), keepdim=True)"),
+    ("03_tensor_attributes_and_methods_basics.py", "    std = scaled.std(dim=(0, 2, 3), keepdim=True)",
+     "    std = scaled.std(dim=(0, 2, 3), keepdim=True, unbiased=False)"),
+]
 
 
 def test_attributes(lab):
     seen = lesson.attributes(lab)
-    a = [[1.0, 2.0], [3.0, 4.0]]
-    assert seen["y"].cpu().tolist() == [a[0][0] + a[0][1], a[1][0] + a[1][1]]  # a @ ones
-    assert seen["w"].is_leaf and not seen["y"].is_leaf
-    assert seen["a"].device.type == lab.device.type
+    a, w, y = seen["a"], seen["w"], seen["y"]
+    rows = [[1.0, 2.0], [3.0, 4.0]]
+    assert a.cpu().tolist() == rows and a.dtype == torch.float32 and tuple(a.shape) == (2, 2)
+    assert str(a.device) == {"cpu": "cpu", "cuda": "cuda:0"}[lab.device.type]
+    assert (a.requires_grad, a.is_leaf, a.grad_fn) == (False, True, None)
+    assert (w.requires_grad, w.is_leaf, w.grad_fn) == (True, True, None) and w.cpu().tolist() == [1.0, 1.0]
+    assert (y.requires_grad, y.is_leaf) == (True, False)
+    assert type(y.grad_fn).__name__ == "MvBackward0"
+    assert y.detach().cpu().tolist() == [sum(row) for row in rows]  # a @ ones: the row sums
 
 
-def test_dtype_promotion_follows_torch_result_type(lab):
+def test_dtype_promotion_follows_the_documented_rules(lab):
     seen = lesson.dtype_promotion(lab)
-    # Oracle: torch.result_type, the documented promotion function, on CPU tensors.
-    i = torch.tensor([1, 2, 3])
-    half = torch.ones(2, dtype=torch.float16)
-    assert seen["int * python float"] == torch.result_type(i, 1.5)
-    assert seen["int + 0-dim float64"] == torch.result_type(i, torch.tensor(1.0, dtype=torch.float64))
-    assert seen["float16 + 0-dim float64"] == torch.result_type(half, torch.tensor(1.0, dtype=torch.float64))
-    assert seen["float16 + float32 vector"] == torch.promote_types(torch.float16, torch.float32)
+    # Oracle: the rules of the "Type promotion" section of the tensor_attributes docs, by hand.
+    assert seen["i"].dtype == torch.int64  # integers without dtype=
+    assert seen["int_times_float"].dtype == torch.float32  # Python float -> default float dtype
+    assert seen["int_plus_double"].dtype == torch.float64  # 0-dim of a higher category decides
+    assert seen["half_plus_double"].dtype == torch.float16  # 0-dim of the same category does not
+    assert seen["half_plus_float"].dtype == torch.float32  # dimensioned: the wider one
+    assert seen["int_times_float"].cpu().tolist() == [1.5, 3.0, 4.5]
+    brighter = seen["brighter"]
+    assert brighter.dtype == torch.uint8
+    assert brighter.cpu().tolist() == [(200 + 100) % 256, (100 + 100) % 256]
 
 
-def test_to_makes_a_non_leaf(lab):
+def test_to_makes_a_non_leaf_that_an_optimiser_refuses(lab):
     seen = lesson.to_makes_non_leaf(lab)
-    assert not seen["converted"].is_leaf and seen["created"].is_leaf
-    assert seen["created"].grad.cpu().tolist() == [1.0, 1.0]  # d/dx Σx
+    source, converted, created = seen["source"], seen["converted"], seen["created"]
+    assert not converted.is_leaf and type(converted.grad_fn).__name__ == "ToCopyBackward0"
+    assert converted.dtype == torch.float64 and created.dtype == torch.float64 and created.is_leaf
+    assert seen["converted_grad"] is None
+    # d/dx Σ x = 1 per element, arriving in each leaf's own dtype.
+    assert source.grad.dtype == torch.float32 and source.grad.cpu().tolist() == [1.0, 1.0]
+    assert created.grad.dtype == torch.float64 and created.grad.cpu().tolist() == [1.0, 1.0]
+    assert_caught(seen["error"], ValueError, "can't optimize a non-leaf Tensor")
+    torch.optim.SGD([source, created], lr=0.1)  # the leaves are accepted
+    assert seen["same"] is source
+    assert seen["moved"].is_leaf == (lab.device.type == "cpu")
+    assert seen["moved"].device.type == lab.device.type
 
 
-def test_numpy_interop(lab):
+def test_numpy_shares_memory_behind_autograds_back(lab):
     seen = lesson.numpy_interop(lab)
     assert_caught(seen["error"], RuntimeError, "Can't call numpy() on Tensor that requires grad")
-    assert seen["shared"].tolist() == [5.0, 7.0, 0.0]
-    assert seen["copied"].tolist() == [0.0, 0.0, 0.0]
+    w, array = seen["w"], seen["array"]
+    assert np.shares_memory(array, w.detach().numpy())  # NumPy's own answer, not a value compared
+    assert w.tolist() == [5.0, 1.0] and w._version == 0
+    # y = w * w was built at w = 1, but backward read the saved w after the write: 2 · [5, 1].
+    assert w.grad.tolist() == [2 * 5.0, 2 * 1.0]
+    shared, copied, numbers = seen["shared"], seen["copied"], seen["numbers"]
+    assert shared.dtype == torch.float32 and np.shares_memory(shared.numpy(), numbers)
+    assert not np.shares_memory(copied.numpy(), numbers)
+    assert numbers.tolist() == [5.0, 7.0, 0.0] and shared.tolist() == [5.0, 7.0, 0.0]
+    assert copied.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_runs_as_a_script():
-    result = run_script("03_tensor_attributes_and_methods_basics.py", "--device", "cpu")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "ToCopyBackward0" in result.stdout
+def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
+    from PIL import Image
 
-
-def test_image_batch_from_the_embedded_photo(lab, tmp_path):
-    seen = lesson.image_batch(lab, str(tmp_path / "grid.png"), root=str(tmp_path / "no-download"))
+    n = 5
+    grid = tmp_path / "grid.png"
+    seen = lesson.image_batch(lab, n, grid, root=str(tmp_path / "no-download"))
+    assert "views of one photo" in lab.stream.getvalue()  # offline, it says what the batch is
     batch = seen["batch"]
-    assert batch.dtype == torch.uint8 and batch.shape[1] == 3
-    # Oracle: per-channel statistics recomputed in float64 from the raw bytes.
-    raw = batch.double().cpu() / 255
-    expected = (raw - raw.mean(dim=(0, 2, 3), keepdim=True)) / raw.std(dim=(0, 2, 3), keepdim=True)
-    assert torch.allclose(seen["normalized"].double().cpu(), expected, atol=1e-4)
-    assert seen["path"].exists()
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (n, 3, 32, 32)
+    assert batch.stride() == (3 * 32 * 32, 32 * 32, 32, 1)
+    raw = batch.cpu().numpy()
+
+    channels_last = seen["channels_last"]
+    assert tuple(channels_last.shape) == (n, 32, 32, 3) and channels_last.stride() == (3072, 32, 1, 1024)
+    assert channels_last.data_ptr() == batch.data_ptr()
+    assert np.array_equal(channels_last.cpu().numpy(), raw.transpose(0, 2, 3, 1))
+
+    values = raw.astype(np.float64) / 255
+    assert seen["scaled"].dtype == torch.float32
+    assert np.allclose(seen["scaled"].cpu().numpy(), values, atol=1e-7)
+    mean = values.mean(axis=(0, 2, 3), keepdims=True)
+    std = values.std(axis=(0, 2, 3), ddof=1, keepdims=True)  # torch.std is the n - 1 estimate
+    assert tuple(seen["mean"].shape) == (1, 3, 1, 1)
+    assert np.allclose(seen["mean"].cpu().numpy(), mean, atol=1e-6)
+    assert np.allclose(seen["std"].cpu().numpy(), std, atol=1e-6)
+    assert np.allclose(seen["normalized"].cpu().numpy(), (values - mean) / std, atol=1e-4)
+    assert_caught(seen["error"], RuntimeError, "The size of tensor a (32) must match the size of tensor b (3)")
+
+    # make_grid: 8 tiles a row, 2 pixels of padding around each: n tiles in one row here.
+    with Image.open(grid) as image:
+        assert image.format == "PNG" and image.size == (n * (32 + 2) + 2, 32 + 2 * 2)
+        pixels = np.asarray(image.convert("RGB"))
+    for k in range(n):
+        tile = pixels[2:34, 2 + 34 * k: 34 + 34 * k]
+        assert np.array_equal(tile, raw[k].transpose(1, 2, 0)), k
+
+
+def test_the_grid_is_the_only_file_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = run_in_process(ROOT / LESSON, ["--device", "cpu", "--images", "3", "--save-grid", "cats.png"])
+    assert done.code == 0, done.stdout[-2000:] + done.stderr
+    assert "[5] A batch of N cat images" in done.stdout and "views of one photo" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cats.png"]
+    assert re.findall(r"^\[(\d)\] ", done.stdout, re.M) == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--save-grid", "."], "is a folder"),
+    (["--save-grid", "cats"], "must end in .png"),
+    (["--save-grid", "cats.jpg"], "must end in .png"),
+    (["--save-grid", ".png"], "needs a name before .png"),
+    (["--save-grid", "missing/cats.png"], "there is no folder 'missing'"),
+    (["--save-grid", "a-file/cats.png"], "there is no folder 'a-file'"),
+    (["--images", "0"], "out of range"),
+    (["--images", "65"], "out of range"),
+    (["--images", "1e3"], "is not an integer"),
+])
+def test_bad_image_flags_are_one_line_and_write_nothing(tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    done = run_in_process(ROOT / LESSON, ["--device", "cpu", *argv])
+    assert done.code == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert argv[0] in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
