@@ -1,117 +1,135 @@
 """03 · storage: a tensor is a view (offset, shape, strides) onto a flat block of memory.
 
-untyped_storage() is that block (its size in bytes), data_ptr() where this tensor's first
-element sits in it, storage_offset() how many elements in that is, and stride() how far
-to jump per index. Many operations only change the view and share the block (view,
-slicing, t(), permute, expand); others must copy (clone(), contiguous() of a
-non-contiguous tensor, reshape when no view can express the result). A write through a
-view changes the base, and the version counter that autograd checks goes up.
+untyped_storage() is that block (its size in bytes), data_ptr() the address of this tensor's
+first element, storage_offset() how many elements into the block that is, and stride() how
+many elements to jump per index. Many operations only make a new view of the same block
+(slicing, view, t(), permute, expand); others copy (clone(), contiguous() of a non-contiguous
+tensor, reshape() when no view can express the result). A write through a view changes the
+base and raises the version counter that views share, and backward() refuses a graph whose
+saved tensor was written after it was saved.
 """
 
 # %% Setup
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find tensor_features when run from elsewhere
-
 import torch
 
-from tensor_features.lab import Lab
+from tensor_features.lab import Lab, Try
 
-
-def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when a and b are views onto the same storage block."""
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+lab = Lab.start("03 · storage, views and copies", __doc__, __name__)
 
 
 # %% [1] The storage under a tensor
 def storage_anatomy(lab: Lab) -> dict:
-    lab.show("base = torch.arange(12.).reshape(3, 4)")
-    base = torch.arange(12.0, device=lab.device).reshape(3, 4)
-    storage = base.untyped_storage()  # untyped: raw bytes, no dtype (storage() is deprecated)
-    lab.check("base.untyped_storage().nbytes()", storage.nbytes(), 12 * 4, "12 float32 elements x 4 bytes")
-    lab.check("base.stride()", base.stride(), (4, 1), "next row: 4 elements on; next column: 1")
-    lab.check("base.storage_offset(), is_contiguous()", (base.storage_offset(), base.is_contiguous()),
-              (0, True), "starts at the block's start, row by row")
-    lab.check("base.data_ptr() == storage.data_ptr()", base.data_ptr() == storage.data_ptr(), True,
-              "the first element is the block's first byte")
-    return {"base": base}
+    """The block under a tensor: bytes, strides, offset, and where an element sits"""
+    base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1, ..., 11 in rows of 4
+    storage = base.untyped_storage()  # raw bytes, no dtype (.storage() warns: TypedStorage is deprecated)
+    lab.check(storage.nbytes(), 12 * 4, "12 float32 elements, 4 bytes each")
+    lab.check(base.stride(), (4, 1), "next row: 4 elements on; next column: 1")
+    lab.check((base.storage_offset(), base.is_contiguous()), (0, True), "from the block's start, row after row")
+    lab.check(base.data_ptr() == storage.data_ptr(), True, "base's first element is the block's first byte")
+    # Element [i, j] sits at storage_offset() + i·stride(0) + j·stride(1); arange wrote k into element k.
+    lab.check(base[2, 1], 0 + 2 * 4 + 1 * 1, "[2, 1] is element 0 + 2·4 + 1·1 = 9 of the block")
+    return {"base": base, "nbytes": storage.nbytes()}
+
+
+lab.run(storage_anatomy)
 
 
 # %% [2] Operations that make views
 def views(lab: Lab) -> dict:
-    lab.show("base[1:, 1:]; base.view(4, 3); base.t(); base.permute(1, 0); torch.ones(3, 1).expand(3, 4)")
+    """Views: new offset, shape and strides over the same block; nothing is copied"""
     base = torch.arange(12.0, device=lab.device).reshape(3, 4)
+    block = base.untyped_storage().data_ptr()  # where base's block starts
     corner = base[1:, 1:]
-    lab.check("corner: shares, offset, stride", (shares_memory(corner, base), corner.storage_offset(),
-              corner.stride()), (True, 5, (4, 1)), "starts at element [1, 1] = 1*4 + 1")
-    lab.check("corner.data_ptr() - base.data_ptr()", corner.data_ptr() - base.data_ptr(), 5 * 4,
-              "5 elements x 4 bytes")
+    lab.check(corner.untyped_storage().data_ptr() == block, True, "the slice reads base's block")
+    lab.check((corner.storage_offset(), corner.stride()), (5, (4, 1)), "it starts at element [1, 1] = 1·4 + 1")
+    lab.check(corner.data_ptr() - base.data_ptr(), 5 * 4, "5 elements × 4 bytes further on")
     reshaped = base.view(4, 3)
-    lab.check("base.view(4, 3): shares, stride", (shares_memory(reshaped, base), reshaped.stride()),
-              (True, (3, 1)), "same bytes read in rows of 3")
+    lab.check(reshaped.untyped_storage().data_ptr() == block, True, "view() never copies")
+    lab.check((reshaped.shape, reshaped.stride()), ((4, 3), (3, 1)), "the same 12 numbers, read in rows of 3")
     transposed = base.t()
-    lab.check("base.t(): shares, stride, contiguous", (shares_memory(transposed, base), transposed.stride(),
-              transposed.is_contiguous()), (True, (1, 4), False), "strides swapped, nothing moved")
+    lab.check(transposed.untyped_storage().data_ptr() == block, True, "t() moves nothing")
+    lab.check((transposed.stride(), transposed.is_contiguous()), ((1, 4), False),
+              "the strides swap, so the block is no longer read row after row")
     permuted = base.permute(1, 0)
-    lab.check("base.permute(1, 0).stride()", permuted.stride(), transposed.stride(), "permute generalises t()")
-    column = torch.ones(3, 1, device=lab.device)
+    lab.check(permuted.stride(), (1, 4), "for 2-D, permute(1, 0) is t(); permute takes any order of any number of axes")
+    column = torch.tensor([[1.0], [2.0], [3.0]], device=lab.device)
     expanded = column.expand(3, 4)
-    lab.check("expand(3, 4): stride, storage bytes", (expanded.stride(), expanded.untyped_storage().nbytes()),
-              ((1, 0), 3 * 4), "stride 0 repeats a column without storing it")
-    return {"corner": corner, "transposed": transposed, "expanded": expanded}
+    lab.check((expanded.stride(), expanded.untyped_storage().nbytes()), ((1, 0), 3 * 4),
+              "stride 0 repeats the column 4 times without storing it: 3 floats, 12 bytes")
+    return {"base": base, "corner": corner, "reshaped": reshaped, "transposed": transposed, "permuted": permuted,
+            "expanded": expanded}
+
+
+lab.run(views)
 
 
 # %% [3] Operations that copy, and the view that cannot be made
 def copies(lab: Lab) -> dict:
-    lab.show("t = base.t(); t.view(12); t.reshape(12); t.contiguous(); base.clone(); base.contiguous()")
+    """Copies: when no view can express the result, and when asked for"""
     base = torch.arange(12.0, device=lab.device).reshape(3, 4)
+    block = base.untyped_storage().data_ptr()
     transposed = base.t()
-    # Flattening t() row by row would need one stride for two different jumps: impossible as a view.
+    # t() row by row is elements 0, 4, 8, 1, 5, ...: +4, +4, then -7. One stride cannot say that.
     with lab.expect_error("view size is not compatible with input tensor's size and stride",
-                          "t() is not contiguous") as caught:
+                          "t() is not contiguous; the message names the way out") as caught:
         transposed.view(12)
     flat = transposed.reshape(12)
-    lab.check("t.reshape(12): shares memory", shares_memory(flat, base), False, "reshape copied, since no view exists")
-    lab.check("t.reshape(12)", flat, [0.0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11], "column by column of base")
-    lab.check("t.contiguous(): shares, contiguous", (shares_memory(transposed.contiguous(), base),
-              transposed.contiguous().is_contiguous()), (False, True), "a row-major copy")
-    lab.check("base.contiguous() is base", base.contiguous() is base, True, "already contiguous: no copy")
-    lab.check("base.reshape(4, 3): shares", shares_memory(base.reshape(4, 3), base), True,
-              "reshape returns a view when it can")
-    lab.check("base.clone(): shares", shares_memory(base.clone(), base), False, "clone always copies")
-    return {"flat": flat, "error": caught.error}
+    lab.check(flat.untyped_storage().data_ptr() == block, False, "reshape copied, since no view exists")
+    lab.check(flat, [0.0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11], "base read column after column")
+    row_major = transposed.contiguous()
+    lab.check(row_major.untyped_storage().data_ptr() == block, False, "contiguous() of t() must copy")
+    lab.check((row_major.is_contiguous(), row_major.stride()), (True, (3, 1)), "the copy is laid out row after row")
+    lab.check(base.contiguous() is base, True, "already contiguous: contiguous() returns base itself")
+    in_rows_of_3 = base.reshape(4, 3)
+    lab.check(in_rows_of_3.untyped_storage().data_ptr() == block, True, "reshape returns a view when one exists")
+    cloned = base.clone()
+    lab.check(cloned.untyped_storage().data_ptr() == block, False, "clone() always copies")
+    return {"error": caught.error, "flat": flat, "row_major": row_major, "in_rows_of_3": in_rows_of_3,
+            "cloned": cloned, "base": base}
+
+
+lab.run(copies)
 
 
 # %% [4] Writing through a view changes the base and bumps _version
 def write_through_view(lab: Lab) -> dict:
-    lab.show("corner = base[1:, 1:]; corner[0, 0] = 100.")
+    """A write through a view lands in the base and raises the version counter they share"""
     base = torch.arange(12.0, device=lab.device).reshape(3, 4)
     corner = base[1:, 1:]
-    version_before = base._version
+    lab.check((base._version, corner._version), (0, 0), "no in-place write yet")
     corner[0, 0] = 100.0  # an in-place write into the shared block
-    lab.check("base[1, 1]", base[1, 1], 100.0, "the view's [0, 0] is the base's [1, 1]")
-    lab.check("base._version before, after", (version_before, base._version), (0, 1),
-              "views share one version counter; autograd compares it at backward")
+    lab.check(base[1, 1], 100.0, "the view's [0, 0] is the base's [1, 1]")
+    lab.check((base._version, corner._version), (1, 1), "one counter for base and its views: one write, +1")
     copy = base.clone()
     copy[0, 0] = -1.0
-    lab.check("base[0, 0] after copy[0, 0] = -1", base[0, 0], 0.0, "a clone has its own memory")
-    return {"base": base}
+    lab.check((base[0, 0], base._version, copy._version), (0.0, 1, 1), "a clone has its own memory and counter")
+
+    leaf = torch.ones(3, requires_grad=True, device=lab.device)
+    h = leaf * 2  # not a leaf, so autograd allows in-place writes into it
+    out = (h**2).sum()  # pow saves h, at version 0, for backward
+    h[1:][0] = 5.0  # a write through a view of h: h is now at version 1
+    with lab.expect_error("is at version 1; expected version 0 instead",
+                          "backward() compares h's version now with the version pow saved") as caught:
+        out.backward()
+    return {"base": base, "corner": corner, "copy": copy, "h": h, "leaf": leaf, "error": caught.error}
 
 
-# %% Run
-def main(argv: list[str] | None = None) -> int:
-    lab = Lab.from_argv("03 · storage, views and copies", __doc__, argv)
-    storage_anatomy(lab)
-    views(lab)
-    copies(lab)
-    write_through_view(lab)
-    return lab.finish([
-        "--device cuda: the same offsets and strides; data_ptr() is now a GPU address",
-        "in [1], use torch.arange(12, dtype=torch.float64): nbytes doubles, strides do not change",
-        "in [3], call base.t().contiguous().view(12): the view works after the copy",
-    ])
+lab.run(write_through_view)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# %% The end
+TRIES = [
+    Try("the same offsets and strides; data_ptr() is now a GPU address", flags="--device cuda", needs_cuda=True,
+        shows=("device cuda",)),
+    Try("float64: nbytes doubles to 96, while strides, counted in elements, stay (4, 1)",
+        edit=("torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1",
+              "torch.arange(12.0, dtype=torch.float64, device=lab.device).reshape(3, 4)  # 0, 1"),
+        where=storage_anatomy, exit=1, shows=("FAIL  storage.nbytes() = 96",)),
+    Try("the view works on the row-major copy, so the expected error never comes",
+        edit=("transposed.view(12)", "transposed.contiguous().view(12)"), where=copies, exit=1,
+        shows=("FAIL  no error",)),
+    Try("the write lands in a copy: base[1, 1] stays 5 and base's counter stays at 0",
+        edit=("corner = base[1:, 1:]", "corner = base[1:, 1:].clone()"), where=write_through_view, exit=1,
+        shows=("FAIL  base[1, 1] = 5",)),
+]
+lab.finish(TRIES)

@@ -1,58 +1,127 @@
-"""03 storage: offsets and strides computed by hand, views vs copies, the version counter."""
+"""03 storage: every value the observations return, against oracles written here: the block's raw
+bytes read back with NumPy, every view's elements looked up in those bytes at a hand-computed
+offset + i·stride(0) + j·stride(1), values of the 3×4 arange written out by hand, byte counts from
+shapes, and the version counter's steps counted by hand."""
 
-import pytest
+import numpy as np
 import torch
 
-from conftest import ROOT, assert_caught, load_lesson, run_script, usage_error
+from conftest import assert_caught, load_lesson
 
-lesson = load_lesson("03_tensor_attributes_and_methods_storage.py")
+LESSON = "03_tensor_attributes_and_methods_storage.py"
+lesson = load_lesson(LESSON)
+
+MUTANTS = [
+    ("03_tensor_attributes_and_methods_storage.py", "    base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1",
+     "    base = torch.arange(12.0, device=lab.device).reshape(4, 3).t()  # 0, 1"),
+    ("03_tensor_attributes_and_methods_storage.py", "    corner = base[1:, 1:]\n    lab.check(corner.untyped", "    corner = base[1:, :3]\n    lab.check(corner.untyped"),
+    ("03_tensor_attributes_and_methods_storage.py", "    reshaped = base.view(4, 3)", "    reshaped = base.view(3, 4)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    permuted = base.permute(1, 0)", "    permuted = base.view(4, 3)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    expanded = column.expand(3, 4)", "    expanded = column.repeat(1, 4)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    flat = transposed.reshape(12)", "    flat = base.reshape(12)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    row_major = transposed.contiguous()", "    row_major = transposed"),
+    ("03_tensor_attributes_and_methods_storage.py", "    corner[0, 0] = 100.0", "    corner[0, 1] = 100.0"),
+    ("03_tensor_attributes_and_methods_storage.py", "    copy = base.clone()", "    copy = base.view(3, 4)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0", "    h[1:].clone()[0] = 5.0"),
+]
+
+ARANGE_3x4 = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]]
+
+
+def block(tensor: torch.Tensor) -> np.ndarray:
+    """The whole storage block under a float32 tensor, from its raw bytes (not through its view)."""
+    return np.frombuffer(bytes(tensor.untyped_storage().cpu().tolist()), dtype=np.float32)
+
+
+def same_block(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def assert_view_reads(tensor: torch.Tensor, offset: int, strides: tuple[int, int]) -> None:
+    """Element [i, j] is element offset + i·strides[0] + j·strides[1] of the block, for every i, j."""
+    flat = block(tensor)
+    rows, cols = tensor.shape
+    values = tensor.cpu().tolist()
+    for i in range(rows):
+        for j in range(cols):
+            assert values[i][j] == flat[offset + i * strides[0] + j * strides[1]], (i, j)
 
 
 def test_storage_anatomy(lab):
-    base = lesson.storage_anatomy(lab)["base"]
-    assert base.untyped_storage().nbytes() == 3 * 4 * base.element_size()
+    seen = lesson.storage_anatomy(lab)
+    base = seen["base"]
+    assert base.dtype == torch.float32 and base.cpu().tolist() == ARANGE_3x4
+    assert block(base).tolist() == list(range(12))  # the block holds 0..11 in order
+    assert seen["nbytes"] == 12 * 4
+    assert base.stride() == (4, 1) and base.storage_offset() == 0 and base.is_contiguous()
+    assert_view_reads(base, 0, (4, 1))
 
 
-def test_views_share_and_have_hand_computed_strides(lab):
+def test_views_share_the_block_at_hand_computed_offsets_and_strides(lab):
     seen = lesson.views(lab)
-    rows, cols = 3, 4
-    assert seen["corner"].storage_offset() == 1 * cols + 1
-    assert seen["transposed"].stride() == (1, cols)
-    assert seen["expanded"].stride() == (1, 0)
+    base = seen["base"]
+    assert base.cpu().tolist() == ARANGE_3x4
+
+    corner = seen["corner"]
+    assert same_block(corner, base) and corner.cpu().tolist() == [[5.0, 6.0, 7.0], [9.0, 10.0, 11.0]]
+    assert corner.storage_offset() == 1 * 4 + 1 and corner.stride() == (4, 1)
+    assert corner.data_ptr() - base.data_ptr() == (1 * 4 + 1) * 4  # elements × bytes
+    assert_view_reads(corner, 5, (4, 1))
+
+    reshaped = seen["reshaped"]
+    assert same_block(reshaped, base) and tuple(reshaped.shape) == (4, 3) and reshaped.stride() == (3, 1)
+    assert reshaped.cpu().tolist() == [[0.0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert_view_reads(reshaped, 0, (3, 1))
+
+    columns_of_base = [[0.0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
+    for name in ("transposed", "permuted"):
+        view = seen[name]
+        assert same_block(view, base) and view.stride() == (1, 4) and not view.is_contiguous(), name
+        assert view.cpu().tolist() == columns_of_base, name
+        assert_view_reads(view, 0, (1, 4))
+
+    expanded = seen["expanded"]
+    assert expanded.stride() == (1, 0) and expanded.untyped_storage().nbytes() == 3 * 4
+    assert expanded.cpu().tolist() == [[1.0] * 4, [2.0] * 4, [3.0] * 4]
+    assert_view_reads(expanded, 0, (1, 0))
 
 
 def test_copies_and_the_impossible_view(lab):
     seen = lesson.copies(lab)
+    base = seen["base"]
     assert_caught(seen["error"], RuntimeError, "view size is not compatible with input tensor's size and stride")
-    # Oracle: the transpose of [[0..3], [4..7], [8..11]] read row by row, written out by hand.
-    assert seen["flat"].cpu().tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    # The transpose of [[0..3], [4..7], [8..11]] read row by row, written out by hand.
+    by_columns = [0.0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    flat = seen["flat"]
+    assert not same_block(flat, base) and flat.cpu().tolist() == by_columns
+    assert block(flat).tolist() == by_columns  # its own block, in that order
+
+    row_major = seen["row_major"]
+    assert not same_block(row_major, base) and row_major.is_contiguous() and row_major.stride() == (3, 1)
+    assert block(row_major).tolist() == by_columns
+
+    in_rows_of_3 = seen["in_rows_of_3"]
+    assert same_block(in_rows_of_3, base) and in_rows_of_3.stride() == (3, 1)
+    assert in_rows_of_3.cpu().flatten().tolist() == list(range(12))
+
+    cloned = seen["cloned"]
+    assert not same_block(cloned, base) and cloned.cpu().tolist() == ARANGE_3x4
+    assert base.cpu().tolist() == ARANGE_3x4
 
 
-def test_write_through_view(lab):
-    base = lesson.write_through_view(lab)["base"]
-    assert base[1, 1].item() == 100.0 and base._version == 1
+def test_write_through_a_view_and_the_version_counter(lab):
+    seen = lesson.write_through_view(lab)
+    base, corner, copy = seen["base"], seen["corner"], seen["copy"]
+    written = [row[:] for row in ARANGE_3x4]
+    written[1][1] = 100.0  # the corner's [0, 0] is base's [1, 1]
+    assert base.cpu().tolist() == written and same_block(corner, base)
+    assert (base._version, corner._version) == (1, 1)  # one write, one shared counter
+    cloned_then_written = [row[:] for row in written]
+    cloned_then_written[0][0] = -1.0
+    assert copy.cpu().tolist() == cloned_then_written and not same_block(copy, base)
+    assert copy._version == 1
 
-
-def test_runs_as_a_script_without_storage_warnings():
-    result = run_script("03_tensor_attributes_and_methods_storage.py", "--device", "cpu")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "TypedStorage" not in result.stderr
-
-
-@pytest.mark.parametrize("name", sorted(path.name for path in ROOT.glob("[0-9][0-9]_*.py")))
-def test_every_lesson_has_help_and_rejects_an_unavailable_device(name, capsys):
-    # In process (each lesson's main(argv)); the subprocess test below covers the terminal.
-    lesson = load_lesson(name)
-    with pytest.raises(SystemExit) as exit_info:
-        lesson.main(["--help"])
-    assert exit_info.value.code == 0 and "--device" in capsys.readouterr().out
-    for flag, message in ((["--device", "tpu"], "invalid choice"), (["--device", "cuda"], "no CUDA device")):
-        if flag[1] == "cuda" and torch.cuda.is_available():
-            continue
-        assert message in usage_error(lesson.main, flag, capsys), name
-
-
-def test_there_are_seven_lessons_and_help_works_from_the_terminal():
-    assert len(list(ROOT.glob("[0-9][0-9]_*.py"))) == 7
-    result = run_script("05_gradient_computation_vjp.py", "--help")
-    assert result.returncode == 0 and "--size" in result.stdout and result.stderr == ""
+    assert seen["h"].cpu().tolist() == [2.0, 5.0, 2.0]  # leaf * 2, then h[1] = 5 through a view
+    assert seen["h"]._version == 1
+    assert_caught(seen["error"], RuntimeError, "is at version 1; expected version 0 instead")
+    assert seen["leaf"].grad is None  # backward stopped before reaching the leaf
