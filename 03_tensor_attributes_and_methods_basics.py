@@ -122,8 +122,8 @@ def to_makes_non_leaf(lab: Lab) -> dict:
     lab.check((source.grad, source.grad.dtype), ([1.0, 1.0], torch.float32),
               "the gradient went on, through ToCopyBackward0, to the float32 leaf, in its dtype")
     lab.check(created.grad, [1.0, 1.0], "d(sum)/dx = 1 for each element")
-    with lab.expect_error("can't optimize a non-leaf Tensor", "an optimiser updates leaves only; give it created, "
-                          "or source", error_type=ValueError) as caught:
+    with lab.expect_error("can't optimize a non-leaf Tensor", "torch/optim/optimizer.py takes leaves (and tensors "
+                          "that retain_grad()) only: give it created, or source", error_type=ValueError) as caught:
         torch.optim.SGD([converted], lr=0.1)
     same = source.to(torch.float32)  # already float32, already on this device
     lab.check(same is source, True, ".to() with nothing to change returns the tensor itself (Tensor.to docs)")
