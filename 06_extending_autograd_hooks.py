@@ -22,7 +22,8 @@ def tensor_hook(lab: Lab) -> dict:
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     seen = []
     # A hook that returns None leaves the gradient as it is; one that returns a tensor replaces it
-    # (torch/_tensor.py, Tensor.register_hook). Hooks on one tensor run in the order registered.
+    # (torch/_tensor.py, Tensor.register_hook). Hooks on one tensor run in the order registered
+    # (docs/source/notes/autograd.rst).
     x.register_hook(lambda grad: seen.append(grad.item()))  # returns None
     x.register_hook(lambda grad: grad * 10)  # returns a tensor
     y = x * x * x  # x is used three times
@@ -93,7 +94,8 @@ def hook_order(lab: Lab) -> dict:
     def record(who, grad):
         events.append((who, grad.item(), None if t.grad is None else t.grad.item()))
 
-    # Registered in the reverse of the order they fire in: the order is by kind, not by registration.
+    # The kinds are registered in the reverse of the order they fire in; within a kind, hooks fire in the
+    # order registered (docs/source/notes/autograd.rst, "Backward Hooks execution").
     t.grad_fn.register_hook(lambda grad_inputs, grad_outputs: record("Node post-hook", grad_inputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: record("Node pre-hook", grad_outputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: (grad_outputs[0] * 100,))  # after the recording pre-hook

@@ -1,0 +1,234 @@
+"""06 · saved tensors: what the graph keeps for backward, how to hook it, and checkpointing.
+
+Backward needs some forward values (d(a·b)/da = b), so the graph keeps them: the saved tensors.
+Here: which tensors mul and exp save; saved_tensors_hooks, a pack/unpack pair that runs when a
+tensor is saved and when backward reads it back (counted; a ÷4/×4 round trip; moving saved
+tensors to the CPU); allow_mutation_on_saved_tensors; and torch.utils.checkpoint, which saves
+almost nothing in the forward and runs the forward again during backward, counted both ways.
+
+The `return` lines of the small helper functions below are not printed (the lab leaves out
+`return` statements); the comment on each def line says what it returns.
+"""
+
+# %% Setup
+import math
+
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+from torch.utils.checkpoint import checkpoint
+
+from tensor_features.lab import Lab, Try
+
+lab = Lab.start("06 · saved tensors", __doc__, __name__)
+
+
+# %% [1] Which tensors a graph saves
+def what_is_saved(lab: Lab) -> dict:
+    """What y = a * b and e = exp(a) save for backward, read from grad_fn._saved_*"""
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
+    b = torch.tensor([4.0, 5.0, 6.0], requires_grad=True, device=lab.device)
+    y = a * b  # dy/da = b, dy/db = a: mul saves both inputs
+    lab.check((y.grad_fn._saved_self is a, y.grad_fn._saved_other is b), (True, True),
+              "the very tensor objects a and b, not copies")
+    e = torch.exp(a)  # d exp(a)/da = exp(a): exp saves its own result
+    saved = e.grad_fn._saved_result
+    # The graph cannot hold its own output without a reference cycle, so it packs e and hands back
+    # a new tensor object on the same memory (pytorch/tutorials:
+    # intermediate_source/autograd_saved_tensors_hooks_tutorial.py).
+    lab.check(saved is e, False, "a new Python object ...")
+    lab.check(torch.equal(saved, e), True, "... with e's values")
+    lab.check(saved.data_ptr() == e.data_ptr(), True, "... on e's memory: nothing was copied")
+    return {"y": y, "a": a, "b": b, "e": e, "saved": saved}
+
+
+lab.run(what_is_saved)
+
+
+# %% [2] saved_tensors_hooks: pack in the forward, unpack in the backward
+def pack_unpack_counts(lab: Lab) -> dict:
+    """Count pack calls during the forward and unpack calls during the backward"""
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
+    b = torch.tensor([4.0, 5.0, 6.0], requires_grad=True, device=lab.device)
+    packs, unpacks = [], []
+
+    def count_pack(tensor):  # returns tensor itself: only the count changes
+        packs.append(tuple(tensor.shape))
+        return tensor
+
+    def count_unpack(packed):  # returns what count_pack returned
+        unpacks.append(tuple(packed.shape))
+        return packed
+
+    with saved_tensors_hooks(count_pack, count_unpack):
+        y = a * b
+    lab.check((len(packs), len(unpacks)), (2, 0), "the forward saved a and b; nothing was read back yet")
+    y.sum().backward()  # outside the with: the hooks stay attached to what was saved inside it
+    lab.check((len(packs), len(unpacks)), (2, 2), "backward read each saved tensor back once")
+    lab.check((a.grad, b.grad), ([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]), "dy/da = b, dy/db = a")
+    return {"packs": packs, "unpacks": unpacks, "a.grad": a.grad, "b.grad": b.grad}
+
+
+lab.run(pack_unpack_counts)
+
+
+# %% [3] A pack that changes the tensor, and an unpack that undoes it
+def divide_and_multiply(lab: Lab) -> dict:
+    """pack divides by 4, unpack multiplies by 4: the gradient stays right"""
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
+    with saved_tensors_hooks(lambda tensor: tensor / 4, lambda packed: packed * 4):
+        y = x**2  # pow saves x; the graph keeps x / 4 instead
+    y.sum().backward()
+    lab.check(x.grad, [2.0, 4.0, 6.0], "2x: backward got x back from (x / 4) · 4")
+    return {"x.grad": x.grad}
+
+
+lab.run(divide_and_multiply)
+
+
+# %% [4] Saved tensors moved to the CPU
+def offload_to_cpu(lab: Lab) -> dict:
+    """Pack each saved tensor to the CPU, unpack it back to its device: the offload idea"""
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, requires_grad=True, device=lab.device)
+    h = torch.randn(32, 64, device=lab.device)  # an input that needs no gradient
+    held = []
+
+    def to_cpu(tensor):  # returns (its device, the tensor on the CPU)
+        held.append(tensor.to("cpu"))
+        return (tensor.device, held[-1])
+
+    def back_to_device(packed):  # returns the tensor on its own device again
+        device, on_cpu = packed
+        return on_cpu.to(device)
+
+    with saved_tensors_hooks(to_cpu, back_to_device):
+        out = torch.tanh(h @ w)
+    lab.check([tuple(t.shape) for t in held], [(32, 64), (32, 64)],
+              "h, for dL/dw = hᵀ·g, and tanh's output, for 1 - out²")
+    lab.check(sum(t.numel() * t.element_size() for t in held), 2 * 32 * 64 * 4, "two 32×64 float32 tensors")
+    # Tensor.to returns self when the tensor already has that device and dtype (torch/_tensor_docs.py,
+    # Tensor.to): on the CPU nothing moves; with --device cuda each saved tensor is copied off the GPU.
+    lab.check(held[0] is h, lab.device.type == "cpu", "h itself on the CPU, a copy from a GPU")
+    out.sum().backward()
+    lab.check(w.grad, h.T @ (1 - out**2), "hᵀ(1 - out²): the gradient survives the round trip", atol=1e-5)
+    return {"held": held, "w.grad": w.grad, "h": h, "w": w}
+
+
+lab.run(offload_to_cpu)
+
+
+# %% [5] Changing a saved tensor in place
+def mutation_on_saved(lab: Lab) -> dict:
+    """An in-place change to a saved tensor: an error, unless allow_mutation_on_saved_tensors"""
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
+    b = a.clone()
+    y = (b**2).sum()  # pow saves b
+    b.sin_()  # b changes after it was saved
+    with lab.expect_error("modified by an inplace operation",
+                          "sin_ moved b to version 1; the graph saved it at version 0") as caught:
+        y.backward()
+    with torch.autograd.graph.allow_mutation_on_saved_tensors():
+        b = a.clone()
+        y = (b**2).sum()
+        b.sin_()  # inside the context the saved b is cloned before sin_ changes it (torch/autograd/graph.py)
+        y.backward()
+    lab.check(a.grad, [2.0, 4.0, 6.0], "2a: backward used b as it was when saved")
+    lab.check(b, [math.sin(1.0), math.sin(2.0), math.sin(3.0)], "while b itself did change")
+    return {"error": caught.error, "a.grad": a.grad, "b": b}
+
+
+lab.run(mutation_on_saved)
+
+
+# %% [6] Checkpointing: what the forward saves
+def tanh_layers(count: int, width: int, device: torch.device | str) -> torch.nn.Sequential:
+    """count layers of tanh(h @ Wᵀ): a Linear without bias, then Tanh, each width → width."""
+    layers = torch.nn.Sequential()
+    for _ in range(count):
+        layers.append(torch.nn.Linear(width, width, bias=False, device=device))
+        layers.append(torch.nn.Tanh())
+    return layers
+
+
+def checkpoint_saves(lab: Lab) -> dict:
+    """Four tanh(h @ Wᵀ) layers on 32×64: tensors packed without and with checkpoint(use_reentrant=False)"""
+    torch.manual_seed(0)
+    layers = tanh_layers(4, 64, lab.device)
+    x = torch.randn(32, 64, requires_grad=True, device=lab.device)
+    packed = []
+
+    def record(tensor):  # returns tensor itself: only the record changes
+        packed.append(tensor)
+        return tensor
+
+    with saved_tensors_hooks(record, lambda kept: kept):
+        out = layers(x)
+    plain = (len(packed), sum(t.numel() for t in packed))
+    lab.check(plain, (12, 32768), "per layer, h (32×64) and W (64×64) for the matmul, out (32×64) for tanh")
+    packed.clear()
+    with saved_tensors_hooks(record, lambda kept: kept):
+        out = checkpoint(layers, x, use_reentrant=False)
+    checkpointed = (len(packed), sum(t.numel() for t in packed))
+    # Only the innermost pair of hooks applies (torch/autograd/graph.py), and checkpoint puts its own
+    # pair around the layers; it saves its input x just before (torch/utils/checkpoint.py).
+    lab.check(checkpointed, (1, 2048), "only checkpoint's input, 32×64; the layers' saves are not kept")
+    lab.check(packed[0] is x, True, "the one saved tensor is x itself")
+    lab.note("12 packs are references, not 12 allocations: tanh's output is packed again as the next\n"
+             "layer's input, and the weights exist anyway. The activations held are x and 4 outputs.")
+    return {"plain": plain, "checkpointed": checkpointed, "packed": packed, "x": x, "out": out}
+
+
+lab.run(checkpoint_saves)
+
+
+# %% [7] Checkpointing: the forward runs again in backward, and the gradient is the same
+def checkpoint_recomputes(lab: Lab) -> dict:
+    """checkpoint runs the forward twice; the gradient equals the plain one"""
+    torch.manual_seed(0)
+    layers = tanh_layers(4, 64, lab.device)
+    x = torch.randn(32, 64, requires_grad=True, device=lab.device)
+    runs = []
+    layers.register_forward_pre_hook(lambda module, args: runs.append("forward"))
+    out = checkpoint(layers, x, use_reentrant=False)
+    lab.check(len(runs), 1, "the forward ran once")
+    checkpointed_grads = torch.autograd.grad(out.sum(), [x, *layers.parameters()])
+    lab.check(len(runs), 2, "backward ran the forward again, to rebuild what was not saved")
+    plain_grads = torch.autograd.grad(layers(x).sum(), [x, *layers.parameters()])
+    largest_difference = max((c - p).abs().max().item() for c, p in zip(checkpointed_grads, plain_grads))
+    lab.check(largest_difference, 0.0, "the same ops on the same values: the same gradient", atol=1e-6)
+    return {"runs": runs, "checkpointed": checkpointed_grads, "plain": plain_grads, "layers": layers, "x": x}
+
+
+lab.run(checkpoint_recomputes)
+
+
+# %% [8] The reentrant checkpoint and autograd.grad
+def reentrant_and_grad(lab: Lab) -> dict:
+    """checkpoint(use_reentrant=True) with torch.autograd.grad"""
+    torch.manual_seed(0)
+    layers = tanh_layers(4, 64, lab.device)
+    x = torch.randn(32, 64, requires_grad=True, device=lab.device)
+    out = checkpoint(layers, x, use_reentrant=True)
+    with lab.expect_error("torch.utils.checkpoint is incompatible with .grad()",
+                          "the reentrant variant supports only .backward() without inputs (torch/utils/checkpoint.py)") \
+            as caught:
+        torch.autograd.grad(out.sum(), x)
+    out.sum().backward()
+    lab.check(x.grad.shape, (32, 64), ".backward() without inputs works")
+    return {"error": caught.error, "x.grad": x.grad, "layers": layers, "x": x}
+
+
+lab.run(reentrant_and_grad)
+
+
+# %% The end
+TRIES = [
+    Try("the same checks with the saved tensors on the GPU; in [4] they are copied to the CPU", flags="--device cuda",
+        needs_cuda=True, shows=("device cuda",)),
+    Try("unpack no longer undoes the ÷4: backward computes 2 · x/4", edit=("lambda packed: packed * 4", "lambda packed: packed"),
+        where=divide_and_multiply, exit=1, shows=("FAIL  x.grad = [0.5, 1, 1.5]",)),
+    Try("eight layers: the plain forward packs twice as much, the checkpoint still only x",
+        edit=("layers = tanh_layers(4, 64, lab.device)", "layers = tanh_layers(8, 64, lab.device)"),
+        where=checkpoint_saves, exit=1, shows=("FAIL  plain = (24, 65536)", "  ok  checkpointed = (1, 2048)")),
+]
+lab.finish(TRIES)
