@@ -1,0 +1,114 @@
+"""07 in-place and anomaly: every value the lesson returns, against an oracle written here: version
+numbers counted by hand from the in-place ops, analytic derivatives with float64 gradcheck and
+finite differences, and the line numbers of the lesson's own source read with inspect."""
+
+import inspect
+import math
+
+import torch
+
+from conftest import assert_caught, load_lesson
+
+lesson = load_lesson("07_debugging_gradients_inplace_and_anomaly.py")
+
+MUTANTS = [
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    x += z  # a residual", "    x = x + z  # a residual"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "        squares = x.pow(2)  # PowBackward0", "        squares = x.exp()  # PowBackward0"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    x = x + z  # out of place", "    x = x * z  # out of place"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    h.mul_(3)  # times a constant again", "    h.mul_(4)  # times a constant again"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    y = (torch.sqrt(x) * 0).sum()\n    y.backward()", "    y = (torch.sqrt(x) * 1).sum()\n    y.backward()"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "            with torch.autograd.detect_anomaly():",
+     "            with torch.autograd.detect_anomaly(check_nan=False):"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", '"now": int(parts["now"]), "saved": int(parts["saved"])', '"now": int(parts["saved"]), "saved": int(parts["now"])'),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "            return frames[-1][0], int(frames[-1][1])", "            return frames[0][0], int(frames[0][1])"),
+]
+
+
+def line_of(function, statement: str) -> int:
+    """The file line number of the one line of `function` that starts with `statement`."""
+    lines, first = inspect.getsourcelines(function)
+    hits = [first + i for i, line in enumerate(lines) if line.strip().startswith(statement)]
+    assert len(hits) == 1, (text, hits)
+    return hits[0]
+
+
+def float_tensor_type(device: torch.device) -> str:
+    return "torch.cuda.FloatTensor" if device.type == "cuda" else "torch.FloatTensor"
+
+
+def test_the_classic_error_names_the_tensor_the_saver_and_both_versions(lab):
+    result = lesson.inplace_error(lab)
+    assert_caught(result["error"], RuntimeError, "has been modified by an inplace operation")
+    # One in-place op (x += z) after the save: saved at 0, now 1. sigmoid saved its own output 0.
+    assert result["versions"] == (0, 1)
+    assert result["parts"] == {"type": float_tensor_type(lab.device), "shape": "3", "output": 0, "node": "Sigmoid",
+                               "now": 1, "saved": 0}
+
+
+def test_message_parts_reads_another_shape_and_version(lab):
+    w = torch.ones(2, 3, requires_grad=True, device=lab.device)
+    x = torch.exp(w)  # saves its output
+    x.mul_(2)
+    x.add_(1)  # two in-place ops after the save
+    try:
+        x.sum().backward()
+    except RuntimeError as err:
+        error = err
+    parts = lesson.message_parts(error)
+    assert parts == {"type": float_tensor_type(lab.device), "shape": "2, 3", "output": 0, "node": "Exp",
+                     "now": 2, "saved": 0}
+    assert lesson.message_parts(RuntimeError("something else")) == dict.fromkeys(
+        ["type", "shape", "output", "node", "now", "saved"])
+
+
+def test_a_saved_input_names_the_inplace_op_and_anomaly_names_the_saver(lab):
+    result = lesson.which_op_saved_it(lab)
+    assert_caught(result["error"], RuntimeError, "is at version 1; expected version 0")
+    assert result["parts"]["node"] == "Add" and result["parts"]["output"] == 0
+    assert any("Error detected in PowBackward0" in text for text in result["warnings"])
+    assert result["file"] == inspect.getsourcefile(lesson.which_op_saved_it)
+    assert result["line"] == line_of(lesson.which_op_saved_it, "squares = x.pow(2)")
+
+
+def test_the_fix_gives_the_analytic_gradient(lab):
+    result = lesson.out_of_place_fix(lab)
+    z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    s = 1 / (1 + torch.exp(-z))
+    assert torch.allclose(result["z.grad"].cpu().double(), s * (1 - s) + 1, rtol=1e-6)
+    assert result["saved._version"] == 0
+
+
+def test_the_fixed_function_passes_gradcheck():
+    z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: torch.sigmoid(t) + t, (z,))
+
+
+def test_safe_inplace_ops_count_versions_and_keep_the_gradient(lab):
+    result = lesson.safe_inplace(lab)
+    assert result["versions"] == [0, 1, 2]  # h += 1, then h.mul_(3)
+    # f(w) = sum(exp(2w) + 3(2w + 1)), by float64 central differences.
+    f = lambda v: math.exp(2 * v) + 3 * (2 * v + 1)  # noqa: E731
+    h = 1e-6
+    expected = [(f(v + h) - f(v - h)) / (2 * h) for v in (0.0, 0.5, 1.0)]
+    assert torch.allclose(result["w.grad"].cpu().double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5)
+
+
+def test_the_nan_is_silent_without_anomaly_mode(lab):
+    result = lesson.silent_nan(lab)
+    assert result["y"].item() == 0.0
+    grad = result["x.grad"].cpu()
+    # d/dx (0 * sqrt(x)) = 0 * 1/(2 sqrt(x)): 0 * inf at x = 0, 0 elsewhere.
+    assert math.isnan(grad[0].item()) and grad[1:].tolist() == [0.0, 0.0]
+
+
+def test_anomaly_mode_raises_and_names_the_sqrt_line(lab):
+    result = lesson.anomaly_names_the_line(lab)
+    assert_caught(result["error"], RuntimeError, "Function 'SqrtBackward0' returned nan values in its 0th output.")
+    assert result["file"] == inspect.getsourcefile(lesson.anomaly_names_the_line)
+    assert result["line"] == line_of(lesson.anomaly_names_the_line, "y = (torch.sqrt(x)")
+    assert result["x.grad"] is None
+
+
+def test_anomaly_cost_measures_both(lab):
+    result = lesson.anomaly_cost(lab)
+    assert result["off"] > 0 and result["on"] > 0  # the ratio itself is printed, not asserted
