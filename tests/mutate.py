@@ -61,14 +61,25 @@ def collect(only: str | None = None) -> list[Mutant]:
     """Every MUTANTS list in tests/test_*.py, read without importing the test files."""
     mutants = []
     for test_file in sorted((ROOT / "tests").glob("test_*.py")):
+        if only is not None and not _may_hold(test_file, only):
+            continue
         tree = ast.parse(test_file.read_text())
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MUTANTS" for t in node.targets):
-                for target, old, new in ast.literal_eval(node.value):
+                try:
+                    entries = ast.literal_eval(node.value)
+                except ValueError:
+                    raise SystemExit(f"{test_file.name}: MUTANTS must be a literal list of (file, old, new) tuples")
+                for target, old, new in entries:
                     mutant = Mutant(f"tests/{test_file.name}", target, old, new)
                     if only is None or only in mutant.label() or only in mutant.test_file:
                         mutants.append(mutant)
     return mutants
+
+
+def _may_hold(test_file: Path, only: str) -> bool:
+    """Whether a test file can hold a mutant matching --only (by its name, or by text it contains)."""
+    return only in f"tests/{test_file.name}" or only in test_file.read_text()
 
 
 def problems(mutants: list[Mutant]) -> list[str]:
