@@ -22,24 +22,6 @@ from tensor_features.cli import int_in_range, new_file
 from tensor_features.lab import Lab, Try
 
 
-def png_to_write(text: str) -> Path:
-    """A .png path the lesson can write: a file name in a folder that exists, where a file can be made."""
-    if Path(text).name.lower() == ".png":
-        raise argparse.ArgumentTypeError(f"{text!r} needs a name before .png")
-    path = new_file((".png",))(text)
-    if not path.parent.is_dir():  # Path("cats.png").parent is Path("."), the working directory
-        raise argparse.ArgumentTypeError(f"{text!r}: there is no folder {str(path.parent)!r} to write it into")
-    existed = path.exists()
-    try:  # the one sure test of "writable" (permissions, read-only disks, /proc): open it to append
-        with open(path, "ab"):
-            pass
-    except OSError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {err.strerror}") from None
-    if not existed:
-        path.unlink()  # leave nothing behind until the grid is written
-    return path
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", type=int_in_range(1, 64), metavar="N",
@@ -47,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "`python -m tensor_features.download` fetched them, else N random crops and flips of one "
              "embedded photo; it imports torchvision, a few seconds more (default: off)")
     parser.add_argument(
-        "--save-grid", type=png_to_write, metavar="PNG",
+        "--save-grid", type=new_file((".png",)), metavar="PNG",
         help="also write the batch of [5] as one grid image to this .png file (with --images N, else "
              "8 images); nothing else is written (default: off)")
 

@@ -78,14 +78,25 @@ learning_rate.__name__ = "learning rate"
 
 
 def new_file(suffixes: tuple[str, ...]):
-    """A path the program will write: not an existing folder, and ending in one of suffixes."""
+    """A file the program will write: a name ending in one of suffixes, in a folder that exists,
+    where a file can be created. Checked before any work starts; nothing is left behind."""
 
     def parse(text: str) -> Path:
         path = Path(text)
-        if not text or path.is_dir() or text.endswith(("/", "\\")):
+        if not text.strip() or path.is_dir() or text.endswith(("/", "\\")):
             raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name ending in {'/'.join(suffixes)}")
-        if path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"{text!r} must end in {'/'.join(suffixes)}")
+        if path.suffix.lower() not in suffixes or path.name.lower() in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a file name ending in {'/'.join(suffixes)}")
+        if not path.parent.is_dir():  # Path("cats.png").parent is Path("."), the working directory
+            raise argparse.ArgumentTypeError(f"{text!r}: there is no folder {str(path.parent)!r} to write it into")
+        existed = path.exists()
+        try:  # the one sure test of "writable" (permissions, read-only disks, /proc): open it to append
+            with open(path, "ab"):
+                pass
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be written: {err.strerror}") from None
+        if not existed:
+            path.unlink()  # leave nothing behind until the program writes it
         return path
 
     parse.__name__ = "file path"

@@ -156,6 +156,8 @@ class Try:
             change = f"replace `{old.strip()}` with `{new.strip()}`" if new.strip() else f"delete `{old.strip()}`"
             place = f"[{number}]" if number is not None else (f"{self.where.__name__}()" if self.where else "")
             what = f"in {place}, {change}" if place else change
+            if self.flags:
+                what = f"{what}, and run with {self.flags}"
         else:
             what = self.flags
         outcome = {0: "", 1: " (exit 1: a check disagrees)"}.get(self.exit, f" (exit {self.exit})")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "data", "plots", "out", "*.png")
+IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "data", "plots", "out")
 
 
 @dataclass(frozen=True)

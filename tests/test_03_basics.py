@@ -138,9 +138,9 @@ def test_the_grid_is_the_only_file_written(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, words", [
     (["--save-grid", "."], "is a folder"),
-    (["--save-grid", "cats"], "must end in .png"),
-    (["--save-grid", "cats.jpg"], "must end in .png"),
-    (["--save-grid", ".png"], "needs a name before .png"),
+    (["--save-grid", "cats"], "must be a file name ending in .png"),
+    (["--save-grid", "cats.jpg"], "must be a file name ending in .png"),
+    (["--save-grid", ".png"], "must be a file name ending in .png"),
     (["--save-grid", "missing/cats.png"], "there is no folder 'missing'"),
     (["--save-grid", "a-file/cats.png"], "there is no folder 'a-file'"),
     (["--images", "0"], "out of range"),
