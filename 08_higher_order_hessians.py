@@ -1,0 +1,222 @@
+"""08 · Hessians: second derivatives three ways, Hessian-vector products without H, and the trainer's Hessian.
+
+The Hessian of a scalar f is the Jacobian of its gradient. torch.autograd.functional.hessian,
+torch.func.hessian (which is jacfwd(jacrev(f))) and a double backward through a gradient kept
+with create_graph=True all give it; without create_graph there is nothing to differentiate a
+second time. Often only H·v is needed: jvp of grad (forward-over-reverse) or vjp of grad
+(reverse-over-reverse) give it without forming H, which takes n JVPs of the gradient and n²
+numbers of memory. Last, the trainer's loss mean((Φw − y)²): its Hessian is 2ΦᵀΦ/n,
+and the eigenvalues behind the trainer's printed step-size limit and condition number are this
+matrix's.
+
+Sources: pytorch/tutorials intermediate_source/jacobians_hessians.py (hessian = jacfwd(jacrev),
+the two HVPs).
+"""
+
+# %% Setup
+import math
+import time
+import warnings
+
+import torch
+from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp
+
+from tensor_features.config import TrainConfig
+from tensor_features.lab import Lab, Try
+from tensor_features.load_data import load_data
+from tensor_features.model import feature_map, initial_weights, least_squares_optimum
+
+# The first forward-AD call of a process (jacfwd, jvp) loads torch's JVP decompositions through
+# torch.jit.script, which warns that torch.jit.script is deprecated (torch/autograd/forward_ad.py,
+# _maybe_load_decompositions): a note about torch's internals, not about this lesson's code.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+lab = Lab.start("08 · Hessians", __doc__, __name__)
+
+
+def sine_sum(x: torch.Tensor) -> torch.Tensor:
+    """f(x) = Σ sin(xᵢ): its gradient is cos(x), its Hessian diag(−sin x)."""
+    return torch.sin(x).sum()
+
+
+# %% [1] The Hessian of sin(x).sum(), three ways
+def hessian_three_ways(lab: Lab) -> dict:
+    """The Hessian of sin(x).sum() at x = [0, 1, 2], three ways"""
+    x = torch.tensor([0.0, 1.0, 2.0], device=lab.device)
+    # ∂²f/∂xᵢ∂xⱼ = −sin(xᵢ) when i = j, else 0: each sin(xᵢ) depends on xᵢ alone.
+    expected = [[-math.sin(0.0), 0.0, 0.0], [0.0, -math.sin(1.0), 0.0], [0.0, 0.0, -math.sin(2.0)]]
+    by_functional = torch.autograd.functional.hessian(sine_sum, x)
+    by_func = hessian(sine_sum)(x)
+    # Double backward: keep the gradient's own graph (create_graph=True), then differentiate each entry.
+    leaf = x.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(sine_sum(leaf), leaf, create_graph=True)
+    rows = [torch.autograd.grad(gradient[i], leaf, retain_graph=True)[0] for i in range(3)]
+    by_double_backward = torch.stack(rows)
+    lab.check(by_functional, expected, "diag(−sin x) = diag(0, −0.8415, −0.9093)")
+    lab.check(by_func, expected, "the same, from torch.func")
+    lab.check(by_double_backward, expected, "the same, one backward per row of H")
+    # torch.func.hessian(f) is jacfwd(jacrev(f)) (jacobians_hessians.py; torch/_functorch/eager_transforms.py).
+    lab.check(torch.equal(by_func, jacfwd(jacrev(sine_sum))(x)), True, "bit for bit: the same two transforms")
+    return {"functional": by_functional, "func": by_func, "double_backward": by_double_backward}
+
+
+lab.run(hessian_three_ways)
+
+
+# %% [2] Without create_graph=True, the gradient has no graph to differentiate
+def without_create_graph(lab: Lab) -> dict:
+    """A second derivative through a gradient taken without create_graph=True"""
+    x = torch.tensor([0.0, 1.0, 2.0], requires_grad=True, device=lab.device)
+    (gradient,) = torch.autograd.grad(sine_sum(x), x)  # create_graph defaults to False
+    lab.check((gradient.requires_grad, gradient.grad_fn), (False, None),
+              "cos(x) came back as plain numbers, with no graph behind them")
+    with lab.expect_error("element 0 of tensors does not require grad",
+                          "nothing to differentiate: pass create_graph=True to the first grad") as caught:
+        torch.autograd.grad(gradient[1], x)
+    return {"gradient": gradient, "error": caught.error}
+
+
+lab.run(without_create_graph)
+
+
+# %% [3] Hessian-vector products without forming H
+def hvp_two_ways(lab: Lab) -> dict:
+    """H·v two ways: jvp of grad (forward-over-reverse) and vjp of grad (reverse-over-reverse)"""
+    x = torch.tensor([0.0, 1.0, 2.0], device=lab.device)
+    v = torch.tensor([1.0, 2.0, 3.0], device=lab.device)
+    # H·v is the derivative of the gradient in the direction v: a JVP of grad(f) ...
+    _, forward_over_reverse = jvp(grad(sine_sum), (x,), (v,))
+    # ... or, H being symmetric, vᵀH: a VJP of grad(f).
+    _, vjp_fn = vjp(grad(sine_sum), x)
+    (reverse_over_reverse,) = vjp_fn(v)
+    expected = [-math.sin(0.0) * 1.0, -math.sin(1.0) * 2.0, -math.sin(2.0) * 3.0]
+    lab.check(forward_over_reverse, expected, "diag(−sin x)·v = −sin(x) ⊙ v")
+    lab.check(reverse_over_reverse, expected, "the same vector, by the other route")
+    return {"forward_over_reverse": forward_over_reverse, "reverse_over_reverse": reverse_over_reverse}
+
+
+lab.run(hvp_two_ways)
+
+
+# %% [4] On a larger function: the time and the memory of forming H
+def summed_layer(n: int, m: int, device: torch.device | str, seed: int = 0):
+    """f(x) = Σ tanh(W x + b) for x in ℝⁿ, a fixed random W (m×n) and b: a dense n×n Hessian."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(m, n, generator=generator) / n**0.5).to(device)
+    bias = torch.randn(m, generator=generator).to(device)
+    x = torch.randn(n, generator=generator).to(device)
+    v = torch.randn(n, generator=generator).to(device)
+
+    def f(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(weight @ inputs + bias).sum()
+
+    return f, x, v, weight, bias
+
+
+def best_seconds(fn, device: torch.device, repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
+
+    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: higher
+    values "are typically not caused by variability in Python's speed, but by other processes
+    interfering with your timing accuracy". The thread count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
+    """f(x) = Σ tanh(W x + b), x in ℝ⁵¹²: H·v from the formed H, and without it"""
+    f, x, v, weight, bias = summed_layer(n, m, lab.device)
+    # By hand: H = Wᵀ diag(tanh″(u)) W with u = W x + b and tanh″ = −2 tanh (1 − tanh²).
+    t = torch.tanh(weight @ x + bias)
+    hvp_by_hand = weight.T @ (-2 * t * (1 - t**2) * (weight @ v))
+    full_hessian = hessian(f)(x)  # n JVPs of grad(f): an n×n matrix
+    from_h = full_hessian @ v
+    _, forward_over_reverse = jvp(grad(f), (x,), (v,))  # one JVP of grad(f)
+    (reverse_over_reverse,) = vjp(grad(f), x)[1](v)  # one VJP of grad(f)
+    for name, hvp in {"from_h": from_h, "forward_over_reverse": forward_over_reverse,
+                      "reverse_over_reverse": reverse_over_reverse}.items():
+        lab.check((hvp - hvp_by_hand).abs().max().item(), 0.0, "Wᵀ (tanh″(u) ⊙ W v)", atol=1e-5,
+                  label=f"max |{name} − by hand|")
+    h_bytes = full_hessian.numel() * full_hessian.element_size()
+    hvp_bytes = forward_over_reverse.numel() * forward_over_reverse.element_size()
+    lab.check((h_bytes, hvp_bytes), (n * n * 4, n * 4), f"H holds n² = {n * n} float32 numbers, H·v n = {n}")
+    seconds = {
+        "forming H, then H @ v": best_seconds(lambda: hessian(f)(x) @ v, lab.device),
+        "jvp of grad": best_seconds(lambda: jvp(grad(f), (x,), (v,)), lab.device),
+        "vjp of grad": best_seconds(lambda: vjp(grad(f), x)[1](v), lab.device),
+    }
+    lab.note("measured here: " + ",  ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
+    # Forming H is checked against the faster of the two HVPs with a 2× margin, on the CPU only
+    # (where the margin was measured).
+    if lab.device.type == "cpu":
+        fastest_hvp = min(seconds["jvp of grad"], seconds["vjp of grad"])
+        lab.check(seconds["forming H, then H @ v"] > 2 * fastest_hvp, True, f"n = {n} JVPs of grad against one")
+    return {"n": n, "hvp_by_hand": hvp_by_hand, "from_h": from_h, "forward_over_reverse": forward_over_reverse,
+            "reverse_over_reverse": reverse_over_reverse, "h_bytes": h_bytes, "hvp_bytes": hvp_bytes,
+            "seconds": seconds}
+
+
+lab.run(hvp_against_forming_h)
+
+
+# %% [5] The trainer's loss: its Hessian is 2ΦᵀΦ/n
+def trainer_hessian(lab: Lab) -> dict:
+    """The trainer's loss mean((Φw − y)²) at its initial w: Hessian, H·v and eigenvalues"""
+    config = TrainConfig()  # the defaults of python -m tensor_features.train
+    x, y = load_data(config.n, config.noise, config.seed, device=lab.device)
+    phi = feature_map(x, config.degree)  # Φ = [x, x², x³], n×3
+    w0 = initial_weights(config.degree, config.seed, lab.device)  # the trainer's starting w, 3×1
+
+    loss = lambda w: ((phi @ w - y) ** 2).mean()  # noqa: E731 (the original loop's loss, as a function of w)
+    n, d = phi.shape
+    by_autograd = hessian(loss)(w0).reshape(d, d)  # hessian of a 3×1 input: shape 3×1×3×1
+    # ∇L = 2Φᵀ(Φw − y)/n, so ∇²L = 2ΦᵀΦ/n: the same at every w, for every y.
+    closed_form = 2 * phi.T @ phi / n
+    lab.check(by_autograd, closed_form, "2ΦᵀΦ/n", rtol=1e-5, atol=1e-6)
+    v = torch.tensor([[1.0], [-1.0], [0.5]], device=lab.device)
+    _, hvp = jvp(grad(loss), (w0,), (v,))
+    lab.check(hvp, closed_form @ v, "2ΦᵀΦv/n, without forming H")
+    # What the trainer computes: the normal equations in float64, and eigvalsh of their 2ΦᵀΦ/n.
+    optimum = least_squares_optimum(phi, y)
+    eigenvalues = torch.linalg.eigvalsh(by_autograd)
+    lab.check(eigenvalues, optimum.hessian_eigenvalues, "the trainer's Hessian spectrum", rtol=1e-4)
+    largest_stable_lr = 2 / eigenvalues[-1].item()
+    condition_number = (eigenvalues[-1] / eigenvalues[0]).item()
+    lab.check(largest_stable_lr, optimum.max_stable_lr, "the trainer's 'largest stable lr 2/λmax'", rtol=1e-4)
+    lab.check(condition_number, optimum.condition_number, "the trainer's 'Hessian condition number'", rtol=1e-4)
+    lab.note(f"python -m tensor_features.train prints: largest stable lr 2/λmax = {largest_stable_lr:.4g}; "
+             f"Hessian condition number {condition_number:.4g}")
+    return {"phi": phi, "y": y, "w0": w0, "v": v, "hessian": by_autograd, "hvp": hvp, "eigenvalues": eigenvalues,
+            "largest_stable_lr": largest_stable_lr, "condition_number": condition_number}
+
+
+lab.run(trainer_hessian)
+
+
+# %% The end
+TRIES = [
+    Try("the same values, computed on the GPU; the timing is checked on the CPU only", flags="--device cuda",
+        needs_cuda=True, shows=("device cuda",)),
+    Try("the gradient keeps its graph, so the second grad works and the expected error never comes",
+        edit=("torch.autograd.grad(sine_sum(x), x)", "torch.autograd.grad(sine_sum(x), x, create_graph=True)"),
+        where=without_create_graph, exit=1, shows=("FAIL  no error",)),
+    Try("a summed loss: its Hessian is 2ΦᵀΦ, n = 100 times 2ΦᵀΦ/n, and the checks against the trainer fail",
+        edit=("((phi @ w - y) ** 2).mean()", "((phi @ w - y) ** 2).sum()"), where=trainer_hessian,
+        exit=1, shows=("FAIL  by_autograd = ",)),
+]
+lab.finish(TRIES)
