@@ -6,12 +6,13 @@ The lesson's timing checks are not asserted here (tests hold no timing claims): 
 run with a lab of the test's own, and only its agreement checks must hold.
 """
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from bench.rows.forward_reverse import forward_reverse
+from bench.rows.forward_reverse import BIG, SMALL, forward_reverse
 from conftest import DEVICES, assert_caught, load_lesson, quiet_lab
 
 lesson = load_lesson("08_higher_order_forward_mode.py")
@@ -96,7 +97,9 @@ def test_columns_and_rows_rebuild_the_jacobian(lab):
 @pytest.mark.parametrize("device", DEVICES)
 def test_cost_rule_jacobians_are_diag_one_minus_tanh_squared_times_w(device):
     lab = quiet_lab(device)
+    threads = torch.get_num_threads()
     results = lesson.cost_rule(lab)
+    assert torch.get_num_threads() == threads  # best_seconds times on one thread, then restores the setting
     agreement = [line for line in lab.failed if "max |" in line]
     assert agreement == [], lab.stream.getvalue()
     assert (results["tall"]["n"], results["tall"]["m"]) == (4, 2048)  # n ≪ m
@@ -120,7 +123,11 @@ def test_tanh_layer_is_tanh_of_w_x_plus_b():
 
 
 def test_bench_row_8_small():
+    threads = torch.get_num_threads()
     rows = forward_reverse(torch.device("cpu"), small=2, big=16, repeats=1)
+    assert torch.get_num_threads() == threads  # the row times on one thread, then restores the setting
+    defaults = inspect.signature(lesson.cost_rule).parameters
+    assert (SMALL, BIG) == (defaults["small"].default, defaults["big"].default)  # the lesson's sizes
     assert [row.key for row in rows] == ["8a", "8b", "8c", "8d"]
     assert [row.what.split(":")[0] for row in rows] == ["tall ℝ^2 → ℝ^16"] * 2 + ["wide ℝ^16 → ℝ^2"] * 2
     assert "jacfwd (2 JVPs) vs jacrev (16 VJPs)" in rows[0].what
