@@ -79,19 +79,20 @@ def three_resets(lab: Lab) -> dict:
     lab.check(held, 4.0, "the next backward adds 2x into that same tensor")
     x.grad = None  # drop it: the next backward stores a new tensor instead of adding
     (x**2).backward()
-    after_none = (x.grad is held, x.grad.item())
-    lab.check(after_none, (False, 4.0), "a new tensor holding 2x; held keeps its old 4")
+    after_none = (x.grad is held, x.grad.item(), held.item())
+    lab.check(after_none, (False, 4.0, 4.0), "a new tensor holding 2x; held keeps its old 4")
     # An optimizer is given the parameters; its zero_grad() resets the .grad of each one.
     optimizer = torch.optim.SGD([x], lr=0.1)
     optimizer.zero_grad()
     after_zero_grad = x.grad
     lab.check(after_zero_grad, None, "set_to_none=True is the default: each .grad becomes None")
     (x**2).backward()
+    held = x.grad
     optimizer.zero_grad(set_to_none=False)
-    lab.check(x.grad, 0.0, "set_to_none=False: zeroed in place instead")
-    return {"after_zero_": after_zero_, "held": held.item(),
-            "after_none": after_none, "after_zero_grad": after_zero_grad,
-            "after_zero_grad_in_place": x.grad.item()}
+    after_zero_grad_in_place = (x.grad is held, x.grad.item())
+    lab.check(after_zero_grad_in_place, (True, 0.0), "set_to_none=False: the same tensor, zeroed in place")
+    return {"after_zero_": after_zero_, "after_none": after_none,
+            "after_zero_grad": after_zero_grad, "after_zero_grad_in_place": after_zero_grad_in_place}
 
 
 lab.run(three_resets)
@@ -123,7 +124,7 @@ def micro_batches(lab: Lab, k: int = 4, n: int = 8) -> dict:
     w.grad = None
     micro_saved = []
     for xb, yb in zip(x.chunk(k), y.chunk(k)):
-        # Dividing by k makes the k micro-batch means add up to the full-batch mean.
+        # Dividing by k makes the k micro-batch means (equal chunks) add up to the full-batch mean.
         loss, saved = saved_elements(lambda: ((w * xb - yb) ** 2).mean() / k)
         loss.backward()  # adds into w.grad; frees this pass's saved tensors
         micro_saved.append(saved)

@@ -1,7 +1,8 @@
 """05 · detach: detach() vs torch.no_grad() vs torch.inference_mode(), three ways out of the graph.
 
 detach() gives one tensor with no history that shares the original's storage and its version
-counter (it is not a copy, and autograd does not record it as a view either);
+counter: not a copy, and, though the docs list it among the view ops, not a view in
+autograd's sense (no ._base);
 torch.no_grad() records nothing for a whole block; torch.inference_mode() records nothing
 and also marks its results as inference tensors, which autograd refuses to save later. The
 shared storage has a cost: an in-place write through a detached tensor is caught by the
@@ -27,7 +28,7 @@ def original_example(lab: Lab) -> dict:
     z = y.detach()  # the same number as y, with no grad_fn: the graph stops here
     w = z**2
     lab.check((y.requires_grad, z.requires_grad, w.requires_grad), (True, False, False),
-              "y is recorded; z has no history, so nothing computed from it is recorded")
+              "y is recorded; z has no history, so w = z**2, made from z alone, is not recorded either")
     lab.check((z.grad_fn, z.is_leaf), (None, True), "no edge back to x; a tensor that needs no grad counts as a leaf (docs: Tensor.is_leaf)")
     with torch.no_grad():
         u = x**2  # x requires grad, but nothing in this block is recorded
@@ -67,7 +68,9 @@ def detach_shares_storage(lab: Lab) -> dict:
     # docs, torch.Tensor.detach: "Returned Tensor shares the same storage with the original one."
     same_storage = z.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
     lab.check(same_storage, True, "no copy: z reads y's memory")
-    lab.check((z._is_view(), z._base), (False, None), "yet autograd does not record z as a view of y")
+    # docs/source/tensor_view.rst lists detach() among the view ops (it shares memory), but
+    # autograd does not track z as a view of y: no ._base.
+    lab.check((z._is_view(), z._base), (False, None), "not a view in autograd's sense: no link back to y")
     z.add_(1)  # writes into y's memory, and bumps the version counter z shares with y
     lab.check(y, [math.exp(0.0) + 1, math.exp(1.0) + 1], "exp(x) + 1: the write through z changed y")
     lab.check((y._version, z._version), (1, 1), "one counter for both: one in-place write")
@@ -140,7 +143,7 @@ lab.run(update_by_rebinding)
 
 # %% [7] The original training loop's update: in place, inside no_grad
 def update_inside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
-    """with torch.no_grad(): w -= lr * w.grad, as the original training loop writes it"""
+    """with torch.no_grad(): w -= lr * w.grad, the update of the original training loop"""
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
     first_w = w
     (w * 2).backward()

@@ -5,7 +5,7 @@ the vector-Jacobian product vᵀJ. A full Jacobian is one such product per row: 
 autograd.grad calls, one autograd.grad call with is_grads_batched=True, or torch.func.vmap
 over torch.func.vjp. The three must agree with diag(1 - y²) W for a tanh layer; the lesson
 prints the time each took on this machine. Two traps of the hand-written loop (no reset, no
-clone), the legacy-vmap fallback that is_grads_batched warns about, and the batch trap:
+clone), the legacy-vmap fallback that is_grads_batched warns about when asked, and the batch trap:
 grad(y.sum(), x) is a per-sample gradient only while samples do not interact, which
 BatchNorm in train mode breaks.
 """
@@ -31,6 +31,8 @@ def original_example(lab: Lab) -> tuple[torch.Tensor, torch.Tensor]:
     """The original example: y = x**2 at x = [1, 2], y.backward(v)"""
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     y = x**2  # J = diag(2x) = diag(2, 4)
+    # "torch.autograd is an engine for computing vector-Jacobian product" (pytorch/tutorials,
+    # beginner_source/blitz/autograd_tutorial.py): y.backward(v) puts vᵀJ into x.grad.
     y.backward(torch.tensor([1.0, 1.0], device=lab.device))
     lab.check(x.grad, [2.0, 4.0], "vᵀJ = [1, 1] diag(2, 4) = [2, 4]")
     ones = x.grad.clone()
@@ -159,7 +161,8 @@ def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
         seconds[name] = median_seconds(lambda: method(layer, x), repeats=repeats, device=lab.device)
     lab.note(f"Time per Jacobian, measured here (median of {repeats}; on a busy machine, rerun to see the spread):\n"
              + "\n".join(f"  {name:<17} {seconds[name] * 1e3:9.2f} ms" for name in methods))
-    lab.note(f"The loop calls autograd.grad {size} times; the other two make one call on all {size} unit vectors.")
+    lab.note(f"The loop calls autograd.grad {size} times; is_grads_batched makes one autograd.grad call\n"
+             f"and vmap(vjp) one vmapped vjp_fn call, each on all {size} unit vectors at once.")
     return {"jacobians": jacobians, "seconds": seconds}
 
 
@@ -192,7 +195,7 @@ def batched_grad_fallback(lab: Lab, size: int = 8) -> dict:
             warnings.simplefilter("always")
             jacobian_by_vmap_vjp(layer, x)
     func_messages = [str(warning.message) for warning in func_warnings]
-    lab.check(func_messages, [], "torch.func.vmap has a batching rule for tanh's backward: no fallback")
+    lab.check(func_messages, [], "no fallback warning from torch.func.vmap: it batches tanh's backward itself")
     return {"legacy": caught.warnings, "func": func_messages}
 
 
