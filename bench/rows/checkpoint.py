@@ -3,7 +3,8 @@
 # Each figure is checkpointed / plain, both measured in this run. Memory, on the CPU: the bytes of
 # the distinct storages the forward packs for backward (counted with saved_tensors_hooks; the
 # weights are left out, they exist either way). On CUDA: the peak of torch.cuda.max_memory_allocated
-# during one step, above what was allocated before it. Time: the median of a forward+backward step.
+# during one step, above what was allocated before it. Time: the median of a forward+backward step,
+# the plain and the checkpointed steps taking turns.
 # With √L segments (torch.utils.checkpoint.checkpoint_sequential, use_reentrant=False) the forward
 # keeps each checkpointed segment's input and the last segment's activations, and backward runs the
 # checkpointed segments' forwards again (tests/test_06_saved_tensors.py counts both).
@@ -11,6 +12,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +23,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from bench.measure import MB
 from bench.table import Figure, Row
 from tensor_features.lessons import load_lesson
-from tensor_features.utils import median_seconds, synchronize
+from tensor_features.utils import synchronize
 
 NUMBER = 7
 LAYER_COUNTS = (4, 16, 64)
@@ -91,6 +94,22 @@ def peak_cuda_bytes(layers: torch.nn.Sequential, x: torch.Tensor, segments: int)
     return torch.cuda.max_memory_allocated(x.device) - start
 
 
+def interleaved_medians(steps, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each step, the steps taking turns (one warm-up each), so that a shared
+    machine's load drifts over both alike rather than over one of them."""
+    for fn in steps:
+        fn()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for fn, seconds in zip(steps, times):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return [statistics.median(seconds) for seconds in times]
+
+
 def checkpoint_cost(device: torch.device, layers: int, width: int, batch: int, repeats: int) -> CheckpointCost:
     lesson = load_lesson("06_extending_autograd_saved_tensors.py")
     torch.manual_seed(0)
@@ -105,8 +124,8 @@ def checkpoint_cost(device: torch.device, layers: int, width: int, batch: int, r
     else:
         memory = "saved"
         plain_bytes, checkpointed_bytes = (saved_activation_bytes(model, x, s) for s in (0, segments))
-    plain_seconds, checkpointed_seconds = (
-        median_seconds(lambda s=s: step(model, x, s), repeats=repeats, device=device) for s in (0, segments))
+    plain_seconds, checkpointed_seconds = interleaved_medians(
+        [lambda: step(model, x, 0), lambda: step(model, x, segments)], repeats, device)
     return CheckpointCost(layers, segments, plain_bytes, checkpointed_bytes, plain_seconds, checkpointed_seconds,
                           memory)
 
@@ -123,10 +142,10 @@ def checkpoint_rows(device: torch.device, counts=LAYER_COUNTS, width: int = WIDT
             memory_note = "saved activation bytes (saved_tensors_hooks)"
         memory = Figure(cost.checkpointed_bytes / MB, cost.plain_bytes / MB, "MiB",
                         met=cost.checkpointed_bytes < cost.plain_bytes, note=memory_note)
-        time = Figure(cost.checkpointed_seconds * 1e3, cost.plain_seconds * 1e3, "ms",
+        step_time = Figure(cost.checkpointed_seconds * 1e3, cost.plain_seconds * 1e3, "ms",
                       note="a forward+backward step; checkpointed adds the recompute and its own overhead")
         rows.append(Row(f"7{first}", f"{what}: memory for backward", "< 1", memory))
-        rows.append(Row(f"7{chr(ord(first) + 1)}", f"{what}: step time", "report", time))
+        rows.append(Row(f"7{chr(ord(first) + 1)}", f"{what}: step time", "report", step_time))
     return rows
 
 
