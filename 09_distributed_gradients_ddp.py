@@ -10,8 +10,9 @@ backward() at all: a hook on each parameter's AccumulateGrad node.
 
 `python 09_distributed_gradients_ddp.py` starts its own two worker processes (torch.multiprocessing,
 spawn); `torchrun --standalone --nproc-per-node 2 09_distributed_gradients_ddp.py` runs the same
-observations in torchrun's two processes. The backend is gloo (the CPU backend), or nccl when
-each rank can have a GPU of its own. Only rank 0 prints; every rank's checks count.
+observations in torchrun's two processes. The ranks compute on the CPU and talk through gloo;
+when --device picks CUDA and there is a GPU for each rank, they compute on their GPUs and talk
+through nccl. [1] says which. Only rank 0 prints; every rank's checks count.
 """
 
 # %% Setup
@@ -238,9 +239,10 @@ lab.run(uneven_shards)
 
 # %% [8] How DDP gets into backward()
 def record_then_all_reduce(seen: list, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """A DDP communication hook: note which autograd node is running, then do DDP's default."""
+    """A DDP communication hook: note which autograd node is running, then all-reduce as DDP would."""
     seen.append(("all-reduce starts", torch._C._current_autograd_node()))  # private API: the running node
-    return allreduce_hook(None, bucket)  # DDP's default: divide by world_size, then all-reduce
+    # Divide by world_size, all-reduce: the same result as no hook at all (default_hooks.py).
+    return allreduce_hook(None, bucket)
 
 
 @on_every_rank
@@ -280,7 +282,8 @@ TRIES = [
         where=accumulate_with_no_sync, exit=1,
         shows=("FAIL  torch.equal(after_first[0], after_first[1]) = True",)),
     Try("shards of 4 and 4 rows: the mean of the means is the full-batch mean, so the checks for 3 and 5 rows fail",
-        edit=("slice(0, 3) if dist.get_rank() == 0 else slice(3, 8)", "slice(0, 4) if dist.get_rank() == 0 else slice(4, 8)"),
+        edit=("slice(0, 3) if dist.get_rank() == 0 else slice(3, 8)",
+              "slice(0, 4) if dist.get_rank() == 0 else slice(4, 8)"),
         where=uneven_shards, exit=1, shows=("FAIL  torch.allclose(mean_of_means, full_weight_grad) = True",)),
 ]
 world.close()

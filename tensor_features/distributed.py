@@ -60,20 +60,20 @@ _in_worker = False  # True inside a worker that World.launch started
 # -- choosing the backend and each rank's device ------------------------------------------------
 
 def backend_for(device: torch.device, ranks_on_this_machine: int) -> str:
-    """nccl when every rank on this machine can have a GPU of its own, else gloo.
-
-    gloo is the CPU backend; it also moves CUDA tensors, so with one GPU all ranks share it.
-    """
+    """nccl when the device is CUDA and every rank on this machine can have a GPU of its own, else gloo."""
     if device.type == "cuda" and torch.cuda.device_count() >= ranks_on_this_machine:
         return "nccl"
     return "gloo"
 
 
 def rank_device(device: torch.device, backend: str, local_rank: int) -> torch.device:
-    """The device a rank computes on: its own GPU under nccl, the one GPU under gloo, or the CPU."""
-    if device.type != "cuda":
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank if backend == "nccl" else 0)
+    """A rank's device: its own GPU under nccl, else the CPU.
+
+    gloo is the CPU backend: on CUDA tensors it has broadcast and all_reduce but no all_gather
+    (the backend table in docs/source/distributed.rst), so with fewer GPUs than ranks the ranks
+    compute on the CPU.
+    """
+    return torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
 
 
 # -- what one rank reports after an observation ---------------------------------------------------
