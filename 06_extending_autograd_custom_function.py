@@ -6,9 +6,6 @@ with finite differences (in float64; why float32 fails shows in [3]). For a seco
 the backward must itself be differentiable: it must be computed from tensors autograd can
 trace back to the inputs, which forward's intermediates kept on ctx are not. A backward that
 cannot be differentiated can say so with @once_differentiable.
-
-The `return` lines of the Functions below are not printed (the lab leaves out `return`
-statements); each returns the variable named on the line before.
 """
 
 # %% Setup

@@ -5,9 +5,6 @@ Here: which tensors mul and exp save; saved_tensors_hooks, a pack/unpack pair th
 tensor is saved and when backward reads it back (counted; a ÷4/×4 round trip; moving saved
 tensors to the CPU); allow_mutation_on_saved_tensors; and torch.utils.checkpoint, which saves
 almost nothing in the forward and runs the forward again during backward, counted both ways.
-
-The `return` lines of the small helper functions below are not printed (the lab leaves out
-`return` statements); the comment on each def line says what it returns.
 """
 
 # %% Setup

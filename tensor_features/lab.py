@@ -189,6 +189,16 @@ def _is_lab_call(node: ast.AST) -> bool:
             and isinstance(node.func.value, ast.Name) and node.func.value.id == "lab")
 
 
+def _own_nodes(function: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a function's body, not descending into functions or classes defined inside it."""
+    stack = list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
 @dataclass
 class _FunctionSource:
     """One function of a lesson: which of its lines are shown, and how far to dedent each."""
@@ -225,7 +235,7 @@ class _FunctionSource:
         hidden: set[int] = set()
         extra: dict[int, int] = {}
         for node in ast.walk(self.node):
-            if isinstance(node, ast.Return) or (isinstance(node, (ast.Expr, ast.Assign)) and _is_lab_call(node.value)):
+            if isinstance(node, (ast.Expr, ast.Assign)) and _is_lab_call(node.value):
                 hidden.update(range(node.lineno, node.end_lineno + 1))
             elif isinstance(node, ast.With) and any(_is_lab_call(item.context_expr) for item in node.items):
                 # `with lab.expect_error(...):` is plumbing; its body is the lesson, one level less deep.
@@ -233,8 +243,11 @@ class _FunctionSource:
                 shift = node.body[0].col_offset - node.col_offset
                 for line in range(node.body[0].lineno, node.end_lineno + 1):
                     extra[line] = extra.get(line, 0) + shift
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node is not self.node:
-                pass  # a helper defined inside an observation is shown as written
+        # The observation's own `return` lines hand values to the tests; a helper defined inside
+        # the observation (a Function's backward, a hook) keeps its returns: they are its logic.
+        for node in _own_nodes(self.node):
+            if isinstance(node, ast.Return):
+                hidden.update(range(node.lineno, node.end_lineno + 1))
         start = body[0].lineno
         # Comments directly above the first statement belong to it.
         while start - 1 > self.node.body[0].end_lineno and self.lines[start - 2].strip().startswith("#"):
