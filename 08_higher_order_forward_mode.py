@@ -184,7 +184,7 @@ def cost_rule(lab: Lab, small: int = 4, big: int = 2048) -> dict:
         fwd_s = best_seconds(lambda: jacfwd(layer)(x), lab.device)
         rev_s = best_seconds(lambda: jacrev(layer)(x), lab.device)
         lab.note(f"{shape} ℝ^{n} → ℝ^{m}: jacfwd {fwd_s * 1e3:7.2f} ms ({n} JVPs)   "
-                 f"jacrev {rev_s * 1e3:7.2f} ms ({m} VJPs)   measured here")
+                 f"jacrev {rev_s * 1e3:7.2f} ms ({m} VJPs)   measured here, best of 5 on one thread")
         results[shape] = {"n": n, "m": m, "jacfwd": forward, "jacrev": reverse, "jacfwd_s": fwd_s, "jacrev_s": rev_s}
     tall, wide = results["tall"], results["wide"]
     # The winner is checked with a 2× margin, on the CPU only (where the margins were measured).

@@ -160,7 +160,8 @@ def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
         "jvp of grad": best_seconds(lambda: jvp(grad(f), (x,), (v,)), lab.device),
         "vjp of grad": best_seconds(lambda: vjp(grad(f), x)[1](v), lab.device),
     }
-    lab.note("measured here: " + ",  ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
+    lab.note("measured here, best of 3 on one thread: "
+             + ",  ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
     # Forming H is checked against the faster of the two HVPs with a 2× margin, on the CPU only
     # (where the margin was measured).
     if lab.device.type == "cpu":
@@ -182,7 +183,7 @@ def trainer_hessian(lab: Lab) -> dict:
     phi = feature_map(x, config.degree)  # Φ = [x, x², x³], n×3
     w0 = initial_weights(config.degree, config.seed, lab.device)  # the trainer's starting w, 3×1
 
-    loss = lambda w: ((phi @ w - y) ** 2).mean()  # noqa: E731 (the original loop's loss, as a function of w)
+    loss = lambda w: ((phi @ w - y) ** 2).mean()  # the original loop's loss, as a function of w
     n, d = phi.shape
     by_autograd = hessian(loss)(w0).reshape(d, d)  # hessian of a 3×1 input: shape 3×1×3×1
     # ∇L = 2Φᵀ(Φw − y)/n, so ∇²L = 2ΦᵀΦ/n: the same at every w, for every y.
