@@ -12,6 +12,7 @@ BatchNorm in train mode breaks.
 
 # %% Setup
 import contextlib
+import time
 import warnings
 
 import torch
@@ -19,7 +20,7 @@ from torch.func import jacrev, vjp, vmap
 
 from tensor_features.cli import int_in_range
 from tensor_features.lab import Lab, Try
-from tensor_features.utils import median_seconds
+from tensor_features.utils import synchronize
 
 lab = Lab.start("05 · vjp", __doc__, __name__, add_arguments=lambda parser: parser.add_argument(
     "--size", type=int_in_range(2, 512), default=256, metavar="N",
@@ -145,6 +146,30 @@ lab.run(loop_traps)
 
 
 # %% [4] The three ways on a larger layer (--size), timed
+def fastest_seconds(fn, device: torch.device, repeats: int) -> float:
+    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
+
+    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: slower
+    runs "are typically not caused by variability in Python's speed, but by other processes
+    interfering with your timing accuracy". One thread, so that the figure does not depend on
+    how many cores other processes leave free. The thread count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn()
+        times = []
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
     """The three ways on a larger layer (--size): each checked, then timed here"""
     layer, x, analytic = tanh_layer(size, lab.device)
@@ -158,8 +183,8 @@ def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
         jacobians[name] = method(layer, x)
         lab.check((jacobians[name] - analytic).abs().max().item(), 0.0, "diag(1 - y²) W, by hand", atol=1e-5,
                   label=f"{name}, {size}×{size}: max |J - diag(1 - y²) W|")
-        seconds[name] = median_seconds(lambda: method(layer, x), repeats=repeats, device=lab.device)
-    lab.note(f"Time per Jacobian, measured here (median of {repeats}; on a busy machine, rerun to see the spread):\n"
+        seconds[name] = fastest_seconds(lambda: method(layer, x), lab.device, repeats)
+    lab.note(f"Time per Jacobian, measured here (fastest of {repeats}, one CPU thread; rerun to see the spread):\n"
              + "\n".join(f"  {name:<17} {seconds[name] * 1e3:9.2f} ms" for name in methods))
     lab.note(f"The loop calls autograd.grad {size} times; is_grads_batched makes one autograd.grad call\n"
              f"and vmap(vjp) one vmapped vjp_fn call, each on all {size} unit vectors at once.")

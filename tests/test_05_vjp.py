@@ -13,6 +13,7 @@ MUTANTS = [
     ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",
      "y.backward(torch.tensor([0.5, 1.0], device=lab.device))"),
     ("05_gradient_computation_vjp.py", "        jacobians[name] = method(layer, x)", "        jacobians[name] = 2 * method(layer, x)"),
+    ("05_gradient_computation_vjp.py", "        torch.set_num_threads(threads)\n", "        pass\n"),
     ("05_gradient_computation_vjp.py", "    return vmap(vjp_fn)(basis)[0]", "    return vmap(vjp_fn)(basis)[0].T"),
     ("05_gradient_computation_vjp.py", "    analytic = (1 - layer(x) ** 2)[:, None] * weight", "    analytic = (1 - layer(x) ** 2)[None, :] * weight"),
     ("05_gradient_computation_vjp.py", "        x.grad = None  # the next backward stores a new tensor\n", ""),
@@ -64,7 +65,13 @@ def test_loop_traps(lab):
 
 
 def test_timed_jacobians_are_right_too(lab):
-    seen = lesson.jacobian_timings(lab, size=24, repeats=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a setting other than the 1 the timing uses
+    try:
+        seen = lesson.jacobian_timings(lab, size=24, repeats=1)
+        assert torch.get_num_threads() == 2  # timed on one thread, then the setting is restored
+    finally:
+        torch.set_num_threads(threads)
     oracle = finite_difference_jacobian(24, lab.device).float()
     assert set(seen["jacobians"]) == set(seen["seconds"]) == {"grad loop", "is_grads_batched", "vmap(vjp)"}
     for name, jacobian in seen["jacobians"].items():
