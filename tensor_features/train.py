@@ -12,459 +12,42 @@
 
 The data are y = x² + noise on [-1, 1]; the model is f(x) = Φ(x) w with Φ = [x, x², x³] (--degree
 3). With a fixed basis every loss here is a quadratic in w, so its exact minimum is one
-least-squares solve away: every run is compared with it. The mathematics live in tensor_features/model.py; this file runs the training
-loop (run() returns a RunResult) and prints the report (report()).
+least-squares solve away: every run is compared with it.
+
+Where things are: the mathematics in tensor_features/model.py, the training loop in fitting.py,
+the observation points in observations.py. This file is the command line: run() computes a
+RunResult, report() prints it, plots.py draws it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import torch
 
 from tensor_features.cli import device_or_exit
 from tensor_features.config import TrainConfig, build_parser, config_from_args
+from tensor_features.fitting import (
+    Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, rows_layout)
 from tensor_features.load_data import load_data
-from tensor_features.model import (
-    DerivativeRows, Loss, LossTerms, Optimum, batched_derivative, derivative_by_vmap, epochs_to_within,
-    initial_weights, least_squares_optimum, linear_model, loss_terms, make_feature_derivatives, make_features, mse)
+from tensor_features.model import (  # noqa: F401 (re-exported for code that imported them from train)
+    DerivativeRows, Loss, Optimum, epochs_to_within, initial_weights, least_squares_optimum,
+    make_feature_derivatives, make_features)
+from tensor_features.observations import (
+    BatchNormTrap, CreateGraphCheck, DerivativeRoutes, OutsideNoGrad, SweepRow, batchnorm_trap, create_graph_check,
+    derivative_routes, max_column_cosine, update_outside_no_grad)
 
 BATCHNORM_MAX_N = 2048  # the trap builds the n×n batch Jacobian
 
 
 class UsageError(Exception):
     """A setting that parses but cannot run (main turns it into one line and exit 2)."""
-
-
-# -- one epoch --------------------------------------------------------------------------------
-
-def manual_step(phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float,
-                zero_grad: bool = True) -> float:
-    """One epoch of the original loop. Returns the loss before the update."""
-    pred = phi @ w
-    loss = ((pred - y) ** 2).mean()
-
-    loss.backward()
-
-    # Wrap in torch.no_grad(): w requires grad, but the update itself must not be recorded.
-    with torch.no_grad():
-        w -= lr * w.grad
-        if zero_grad:
-            w.grad.zero_()  # without this, next epoch's backward adds to this gradient
-    return loss.item()
-
-
-def sgd_step(phi: torch.Tensor, y: torch.Tensor, w: torch.Tensor, optimizer: torch.optim.Optimizer,
-             zero_grad: bool = True) -> float:
-    """One epoch with torch.optim.SGD: zero_grad(), backward(), step()."""
-    if zero_grad:
-        optimizer.zero_grad()
-    loss = mse(phi @ w, y)
-    loss.backward()
-    optimizer.step()  # w.add_(w.grad, alpha=-lr) under no_grad: manual_step's update, fused
-    return loss.item()
-
-
-def derivative_step(loss: Loss, features: Callable, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-                    lr: float, zero_grad: bool = True,
-                    optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
-    """One epoch of a loss that contains f′(x). Returns (loss, its data term) before the update.
-
-    The forward pass already contains a backward: f′ = autograd.grad(f(x).sum(), x,
-    create_graph=True) inside loss_terms. So terms.total.backward() differentiates through a
-    derivative: a double backward.
-    """
-    if optimizer is not None and zero_grad:
-        optimizer.zero_grad()
-    terms = loss_terms(loss, linear_model(features, w), x, y)
-    terms.total.backward(inputs=[w])  # x requires grad too (for f′); only w is trained
-    if optimizer is not None:
-        optimizer.step()
-    else:
-        with torch.no_grad():  # the original update
-            w -= lr * w.grad
-            if zero_grad:
-                w.grad.zero_()
-    return terms.total.item(), terms.data.item()
-
-
-@dataclass
-class FitResult:
-    update: str
-    losses: list[float] = field(default_factory=list)  # loss at each epoch, before its update
-    data_losses: list[float] | None = None  # its data term mean((f − y)²), for losses with f′
-    w: torch.Tensor | None = None
-    diverged_at: int | None = None  # first epoch whose loss was not finite
-    seconds: float = 0.0  # wall time of the whole fit
-    first_epoch_seconds: float = 0.0
-    compiled_in_first_epoch: bool = False  # the --fast path's first use of torch.compile
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-    @property
-    def epoch_ms(self) -> float | None:
-        """Mean time of the epochs after the first (which may compile or warm up)."""
-        epochs = len(self.losses)
-        return None if epochs < 2 else (self.seconds - self.first_epoch_seconds) / (epochs - 1) * 1e3
-
-
-def _train(label: str, w0: torch.Tensor, lr: float, epochs: int, update: str, step: Callable,
-           parameters: Callable = lambda w: [w], keep_data: bool = False) -> FitResult:
-    """The epoch loop every fit shares: step(w, optimizer) until epochs or a non-finite loss."""
-    w = w0.detach().clone().requires_grad_()
-    optimizer = torch.optim.SGD(parameters(w), lr=lr) if update == "sgd" else None
-    result = FitResult(label, data_losses=[] if keep_data else None)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        value = step(w, optimizer)
-        total, data = value if isinstance(value, tuple) else (value, value)
-        if not math.isfinite(total):
-            result.diverged_at = epoch
-            break
-        result.losses.append(total)
-        if keep_data:
-            result.data_losses.append(data)
-        if epoch == 0:
-            result.first_epoch_seconds = time.perf_counter() - start
-    result.seconds = time.perf_counter() - start
-    result.w = w.detach()
-    return result
-
-
-def fit(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int,
-        update: str = "manual", zero_grad: bool = True, fast: FastLoss | None = None) -> FitResult:
-    """Train w from a copy of w0 on the original loss with the manual or the SGD update.
-
-    With `fast` (see FastLoss), the same updates run on the compiled loss instead of the original.
-    """
-    def step(w, optimizer):
-        if fast is not None:
-            return fast.sgd_step(w, optimizer, zero_grad) if optimizer else fast.manual_step(w, lr, zero_grad)
-        return sgd_step(phi, y, w, optimizer, zero_grad) if optimizer else manual_step(phi, y, w, lr, zero_grad)
-
-    compiling = fast is not None and fast.needs_compiling
-    result = _train(update if fast is None else f"{update} --fast", w0, lr, epochs, update, step)
-    result.compiled_in_first_epoch = compiling
-    return result
-
-
-def fit_loss(loss: Loss, features: Callable, x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float,
-             epochs: int, update: str = "manual", zero_grad: bool = True) -> FitResult:
-    """Train w on a loss with a derivative term (sobolev, smooth): derivative_step every epoch."""
-    def step(w, optimizer):
-        return derivative_step(loss, features, x, y, w, lr, zero_grad, optimizer)
-
-    return _train(update, w0, lr, epochs, update, step, keep_data=True)
-
-
-# -- the fast path (--fast): same loss, same autograd gradient, fewer passes over memory --------
-
-def rows_loss(w: torch.Tensor, phi_rows: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
-    """The original loss mean((Φw - y)²), with Φ stored as d rows of n values.
-
-    Φw is written as the sum of rows w_k Φ_k: elementwise work that torch.compile can fuse
-    with the loss into one kernel (bench row 3 measures the epoch against a memory floor). The
-    original `phi @ w` with Φ as n rows of 3 is a skinny matrix product, a separate kernel.
-    """
-    prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))
-    return mse(prediction, y_flat)
-
-
-class FastLoss:
-    """The --fast path: rows_loss over Φ stored feature by feature, compiled with torch.compile.
-
-    The update lines are the original's; only the loss changed form. The gradient still comes
-    from autograd: AOTAutograd traces rows_loss's backward and the compiler emits code for both.
-    The first epoch compiles (seconds); fit records how long it took.
-    """
-
-    def __init__(self, phi: torch.Tensor, y: torch.Tensor, compile: bool = True):
-        self.phi_rows = phi.detach().T.contiguous()  # no copy when Φ is already stored row by row
-        self.y_flat = y.detach().reshape(-1)
-        self.loss_fn = torch.compile(rows_loss, dynamic=False) if compile else rows_loss
-        self.needs_compiling = compile  # until the first step has run
-
-    def manual_step(self, w: torch.Tensor, lr: float, zero_grad: bool = True) -> float:
-        loss = self.loss_fn(w, self.phi_rows, self.y_flat)
-        loss.backward()
-        with torch.no_grad():  # the original update, as in manual_step
-            w -= lr * w.grad
-            if zero_grad:
-                w.grad.zero_()
-        self.needs_compiling = False
-        return loss.item()
-
-    def sgd_step(self, w: torch.Tensor, optimizer: torch.optim.Optimizer, zero_grad: bool = True) -> float:
-        if zero_grad:
-            optimizer.zero_grad()
-        loss = self.loss_fn(w, self.phi_rows, self.y_flat)
-        loss.backward()
-        optimizer.step()
-        self.needs_compiling = False
-        return loss.item()
-
-
-def rows_layout(phi: torch.Tensor) -> torch.Tensor:
-    """The same n×d matrix Φ, stored feature by feature: a (d, n) tensor seen through .T."""
-    return phi.T.contiguous().T
-
-
-# -- inference, separated from training -----------------------------------------------------
-
-def predict(features, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Predictions for new x with autograd off: no graph, no saved tensors, inference tensors out."""
-    with torch.inference_mode():
-        return features(x) @ w
-
-
-@dataclass
-class Curve:
-    """The fitted function on new inputs: f(x_new) from predict(), f′(x_new) from a batched VJP."""
-
-    x: torch.Tensor
-    values: torch.Tensor
-    slopes: torch.Tensor
-
-
-def fitted_curve(features: Callable, w: torch.Tensor, points: int = 201) -> Curve:
-    x_new = torch.linspace(-1, 1, points, device=w.device).unsqueeze(1)  # new inputs, 0.01 apart
-    _, slopes = batched_derivative(linear_model(features, w), x_new, create_graph=False)
-    return Curve(x_new, predict(features, w, x_new), slopes)
-
-
-# -- the learned extractor ------------------------------------------------------------------
-
-class MLPFeatures(torch.nn.Module):
-    """A small MLP whose last hidden layer is the feature map Φ(x) of width `degree`."""
-
-    def __init__(self, degree: int, hidden: int = 16, batchnorm: bool = False):
-        super().__init__()
-        norm = [torch.nn.BatchNorm1d(hidden)] if batchnorm else []
-        self.body = torch.nn.Sequential(
-            torch.nn.Linear(1, hidden), *norm, torch.nn.Tanh(), torch.nn.Linear(hidden, degree), torch.nn.Tanh()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def fit_mlp(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int, seed: int,
-            loss: Loss = Loss(), batchnorm: bool = False) -> tuple[FitResult, MLPFeatures]:
-    """Train the extractor and the linear head together, end to end, with SGD."""
-    torch.manual_seed(seed)
-    extractor = MLPFeatures(w0.shape[0], batchnorm=batchnorm).to(x.device)
-
-    def step(w, optimizer):
-        optimizer.zero_grad()
-        terms = loss_terms(loss, linear_model(extractor, w), x, y)  # f′ too, for sobolev and smooth
-        terms.total.backward(inputs=optimizer.param_groups[0]["params"])  # into w and through Φ into the MLP
-        optimizer.step()
-        return terms.total.item(), terms.data.item()
-
-    result = _train("mlp", w0, lr, epochs, "sgd", step, parameters=lambda w: [w, *extractor.parameters()],
-                    keep_data=loss.uses_derivative)
-    return result, extractor
-
-
-# -- observation point: the update outside no_grad ----------------------------------------
-
-@dataclass
-class RebindEpoch:
-    epoch: int
-    loss: float | None  # None once w.grad is None and training cannot go on
-    is_leaf: bool
-    grad_fn: str | None
-
-
-@dataclass
-class OutsideNoGrad:
-    in_place_error: str | None  # what `w -= lr * w.grad` outside no_grad raised (None: nothing)
-    rebinding: list[RebindEpoch]
-
-
-def update_outside_no_grad(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float) -> OutsideNoGrad:
-    """Run the original update without torch.no_grad(), both ways it is usually written."""
-    w = w0.detach().clone().requires_grad_()
-    loss = mse(phi @ w, y)
-    loss.backward()
-    in_place_error = None
-    try:
-        w -= lr * w.grad  # in place, recorded by autograd: refused for a leaf
-    except RuntimeError as err:
-        in_place_error = str(err)
-
-    w = w0.detach().clone().requires_grad_()
-    epochs = []
-    for epoch in range(2):
-        loss = mse(phi @ w, y)
-        loss.backward()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the non-leaf .grad warning; the report says it instead
-            grad = w.grad
-        if grad is None:
-            epochs.append(RebindEpoch(epoch, None, w.is_leaf, type(w.grad_fn).__name__))
-            break
-        w = w - lr * grad  # recorded: the new w is an output of SubBackward0, not a leaf
-        epochs.append(RebindEpoch(epoch, loss.item(), w.is_leaf, type(w.grad_fn).__name__))
-    return OutsideNoGrad(in_place_error, epochs)
-
-
-# -- observation point: what create_graph=True is for ----------------------------------------
-
-@dataclass
-class CreateGraphCheck:
-    """w.grad of a derivative loss three ways, at one w."""
-
-    with_graph: torch.Tensor  # create_graph=True: the whole gradient
-    data_only: torch.Tensor  # the data term mean((f − y)²) alone
-    without_graph: torch.Tensor  # create_graph=False (retain_graph=True so that backward can run)
-    by_formula: torch.Tensor  # weight · 2/n Φ′ᵀ(Φ′w − t): the derivative term's gradient, written out
-    slope_requires_grad: tuple[bool, bool]  # f′.requires_grad with and without create_graph
-    freed_error: str | None  # loss.backward() after autograd.grad with neither create_ nor retain_graph
-
-
-def create_graph_check(loss: Loss, x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, degree: int,
-                       basis: str) -> CreateGraphCheck:
-    features = lambda inputs: make_features(inputs, degree, basis)  # noqa: E731
-
-    def gradient(create_graph: bool, retain_graph: bool | None = None, data_only: bool = False):
-        w = w0.detach().clone().requires_grad_()
-        terms = loss_terms(loss, linear_model(features, w), x, y, create_graph, retain_graph)
-        (terms.data if data_only else terms.total).backward(inputs=[w])
-        return w.grad, terms
-
-    with_graph, terms = gradient(create_graph=True)
-    without_graph, terms_without = gradient(create_graph=False, retain_graph=True)
-    data_only, _ = gradient(create_graph=True, data_only=True)
-    slope_grad = (terms.derivative.requires_grad, terms_without.derivative.requires_grad)
-    freed_error = None
-    try:
-        gradient(create_graph=False)
-    except RuntimeError as err:
-        freed_error = str(err)
-    phi_prime = make_feature_derivatives(x, degree, basis)
-    by_formula = loss.weight * 2 / len(x) * phi_prime.T @ (phi_prime @ w0 - loss.derivative_target(x))
-    return CreateGraphCheck(with_graph, data_only, without_graph, by_formula, slope_grad, freed_error)
-
-
-# -- observation point: f′ two ways, and the BatchNorm trap ------------------------------------
-
-@dataclass
-class DerivativeRoutes:
-    """f′(x) at the trained w by the batched VJP, by torch.func, and from the formula Φ′w."""
-
-    batched: torch.Tensor
-    vmapped: torch.Tensor
-    formula: torch.Tensor | None  # None for a learned extractor
-
-    @property
-    def vmap_gap(self) -> float:
-        return (self.batched - self.vmapped).abs().max().item()
-
-    @property
-    def formula_gap(self) -> float | None:
-        return None if self.formula is None else (self.batched - self.formula).abs().max().item()
-
-
-def derivative_routes(features: Callable, w: torch.Tensor, x: torch.Tensor,
-                      phi_prime: torch.Tensor | None = None) -> DerivativeRoutes:
-    f = linear_model(features, w.detach())
-    _, batched = batched_derivative(f, x, create_graph=False)
-    formula = None if phi_prime is None else phi_prime @ w.detach()
-    return DerivativeRoutes(batched, derivative_by_vmap(f, x).detach(), formula)
-
-
-@dataclass
-class BatchNormTrap:
-    """The extractor with BatchNorm in train mode: its sum-trick f′ against the batch Jacobian."""
-
-    sum_trick: torch.Tensor  # grad(f(x).sum(), x): row i = Σ_j ∂f_j/∂x_i
-    diagonal: torch.Tensor  # ∂f_i/∂x_i: the diagonal of jacrev over the whole batch
-    column_sums: torch.Tensor  # Σ_j J[j, i], from the same Jacobian
-    vmap_error: str | None  # what vmap(grad(f_one)) says in train mode
-    vmap_error_replaced: str | None  # ... after torch.func.replace_all_batch_norm_modules_
-    eval_gap: float  # max |sum trick - diagonal| in eval mode (running statistics)
-
-    @property
-    def gap(self) -> float:
-        return (self.sum_trick - self.diagonal).abs().max().item()
-
-    @property
-    def column_gap(self) -> float:
-        return (self.sum_trick - self.column_sums).abs().max().item()
-
-
-def batch_jacobian(extractor: MLPFeatures, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """J[j, i] = ∂f(x)_j/∂x_i over the whole batch, with torch.func.jacrev.
-
-    BatchNorm updates its running statistics in place; a torch.func transform refuses to mutate
-    a tensor it did not receive, so the buffers (copies) are passed in as an input.
-    """
-    params = {name: p.detach() for name, p in extractor.named_parameters()}
-    buffers = {name: b.clone() for name, b in extractor.named_buffers()}
-
-    def f(inputs, buffers):
-        return torch.func.functional_call(extractor, (params, buffers), (inputs,)) @ w
-
-    n = x.shape[0]
-    return torch.func.jacrev(f)(x, buffers).reshape(n, n)
-
-
-def batchnorm_trap(extractor: MLPFeatures, w: torch.Tensor, x: torch.Tensor) -> BatchNormTrap:
-    w = w.detach()
-    extractor.train()
-    jacobian = batch_jacobian(extractor, w, x)
-    scratch = copy.deepcopy(extractor)  # the sum trick's forward would update the running statistics
-    _, sum_trick = batched_derivative(linear_model(scratch, w), x, create_graph=False)
-    errors = []
-    for replace in (False, True):
-        model = copy.deepcopy(extractor)
-        if replace:
-            torch.func.replace_all_batch_norm_modules_(model)  # no running statistics to update
-        try:
-            derivative_by_vmap(linear_model(model, w), x)
-            errors.append(None)
-        except (RuntimeError, ValueError) as err:
-            errors.append(str(err))
-    scratch.eval()
-    _, eval_sum = batched_derivative(linear_model(scratch, w), x, create_graph=False)
-    eval_model = lambda inputs: scratch(inputs) @ w  # noqa: E731
-    eval_jacobian = torch.func.jacrev(eval_model)(x).reshape(x.shape[0], x.shape[0])
-    eval_gap = (eval_sum.flatten() - eval_jacobian.diagonal()).abs().max().item()
-    return BatchNormTrap(sum_trick.flatten(), jacobian.diagonal().detach(), jacobian.sum(0).detach(),
-                         errors[0], errors[1], eval_gap)
-
-
-# -- observation point: feature dimension vs convergence -------------------------------------
-
-@dataclass
-class SweepRow:
-    degree: int
-    final_loss: float | None
-    optimum_loss: float
-    epochs_to_1pct: int | None
-    condition_number: float
-    max_stable_lr: float
-    diverged_at: int | None
-    max_cosine: float  # the largest |cosine| between two columns of Φ (0 for a single column)
-
-
-def max_column_cosine(phi: torch.Tensor) -> float:
-    """How alike the two most alike columns of Φ are: max |cos| over pairs of columns."""
-    columns = phi.double() / phi.double().norm(dim=0)
-    cosines = (columns.T @ columns).abs().fill_diagonal_(0)  # a column's cosine with itself is 1
-    return cosines.max().item()
 
 
 # -- a whole run ------------------------------------------------------------------------------
@@ -486,8 +69,12 @@ class Problem:
 
 
 def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, loss: Loss,
-                  rows_layout_for_fast: bool = False) -> Problem:
-    """Φ (and Φ′ for a derivative loss) and the exact optimum of the loss, checked to be usable."""
+                  rows_layout_for_fast: bool = False, flags: str = "") -> Problem:
+    """Φ (and Φ′ for a derivative loss) and the exact optimum of the loss, checked to be usable.
+
+    `flags` names the settings behind the data (e.g. "--noise 0.1"), for the message when it is not.
+    """
+    flags = f"--degree {degree} --basis {basis}" + (f" {flags}" if flags else "")
     phi = make_features(x, degree, basis)
     if rows_layout_for_fast:
         phi = rows_layout(phi)  # same Φ, stored feature by feature for FastLoss (no second copy)
@@ -497,13 +84,13 @@ def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, los
     try:
         optimum = least_squares_optimum(phi, y, derivative=rows)
     except torch.linalg.LinAlgError:
-        raise UsageError(f"--degree {degree} --basis {basis}: the normal equations are singular in float64; "
+        raise UsageError(f"{flags}: the normal equations are singular in float64; "
                          "use a lower degree or more --n") from None
     eigenvalues = optimum.hessian_eigenvalues
     if not (math.isfinite(optimum.loss) and torch.isfinite(optimum.w).all() and torch.isfinite(eigenvalues).all()):
-        raise UsageError(f"--degree {degree}: the exact optimum is not a finite number in float64")
+        raise UsageError(f"{flags}: the exact optimum is not a finite number in float64")
     if eigenvalues[0] <= 0:
-        raise UsageError(f"--degree {degree} --basis {basis}: the Hessian is singular in float64 "
+        raise UsageError(f"{flags}: the Hessian is singular in float64 "
                          f"(smallest eigenvalue {eigenvalues[0].item():.3g}); use a lower degree or --basis legendre")
     return Problem(x, y, degree, basis, loss, phi, optimum)
 
@@ -517,7 +104,7 @@ def degree_sweep(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, loss: Lo
     rows = []
     basis = "legendre" if config.basis == "legendre" else "monomial"
     for degree in degrees:
-        problem = exact_problem(x, y, degree, basis, loss)
+        problem = exact_problem(x, y, degree, basis, loss, flags="--sweep")
         lr = resolve_lr(config.lr, problem.optimum)
         w0 = initial_weights(degree, config.seed, x.device)
         if loss.uses_derivative:
@@ -571,7 +158,9 @@ def run(config: TrainConfig, device: torch.device) -> RunResult:
     x, y = load_data(config.n, config.noise, config.seed, device)
     loss = loss_of(config)
     basis = "monomial" if config.basis == "mlp" else config.basis
-    problem = exact_problem(x, y, config.degree, basis, loss, rows_layout_for_fast=config.fast)
+    flags = f"--n {config.n} --noise {config.noise:g}" + {"mse": "", "sobolev": f" --beta {config.beta:g}",
+                                                            "smooth": f" --penalty {config.penalty:g}"}[config.loss]
+    problem = exact_problem(x, y, config.degree, basis, loss, rows_layout_for_fast=config.fast, flags=flags)
     lr = resolve_lr(config.lr, problem.optimum)
     w0 = initial_weights(config.degree, config.seed, device)
     result = RunResult(config, device, problem, lr)
@@ -585,7 +174,7 @@ def run(config: TrainConfig, device: torch.device) -> RunResult:
     if loss.uses_derivative:
         result.fits = [fit_loss(loss, problem.features, x, y, w0, lr, config.epochs, update, zero_grad)
                        for update in updates]
-        result.mse_problem = exact_problem(x, y, config.degree, basis, Loss())
+        result.mse_problem = exact_problem(x, y, config.degree, basis, Loss(), flags=flags)
         result.mse_fit = fit(result.mse_problem.phi, y, w0, lr, config.epochs, "manual", zero_grad)
         result.create_graph = create_graph_check(loss, x, y, w0, config.degree, basis)
     else:
@@ -612,6 +201,11 @@ def run(config: TrainConfig, device: torch.device) -> RunResult:
 
 # -- the report -------------------------------------------------------------------------------
 
+def _num(value: float, digits: int = 6) -> str:
+    """A loss or a prediction: fixed-point while it is small, scientific once it has blown up."""
+    return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
+
+
 def _vector(t: torch.Tensor, digits: int = 4) -> str:
     return "[" + ", ".join(f"{v:.{digits}f}" for v in t.flatten().tolist()) + "]"
 
@@ -628,7 +222,7 @@ def gap_text(loss: float, optimum: float) -> str:
     """How far a float32 training loss is from the float64 optimum, signed honestly."""
     gap = loss - optimum
     if gap >= 0:
-        return f"{gap:.6f} above the optimum"
+        return f"{_num(gap)} above the optimum"
     return f"{-gap:.2g} below the float64 optimum (the training loss is float32 arithmetic)"
 
 
@@ -639,7 +233,7 @@ def describe_fit(result: FitResult, optimum: Optimum, lr: float) -> str:
     within = epochs_to_within(result.losses, optimum.loss)
     reached = f"within 1% of it from epoch {within}" if within is not None else \
         f"not within 1% of it in {len(result.losses)} epochs"
-    return f"{name(result)}: final loss {result.final_loss:.6f}, {gap_text(result.final_loss, optimum.loss)}, {reached}"
+    return f"{name(result)}: final loss {_num(result.final_loss)}, {gap_text(result.final_loss, optimum.loss)}, {reached}"
 
 
 def describe_time(result: FitResult) -> str:
@@ -663,6 +257,10 @@ def convergence_lines(optimum: Optimum, lr: float) -> list[str]:
         lines.append(f"lr {lr:.4g} ≥ 2/λmax = {optimum.max_stable_lr:.4g}: the steepest direction of w − w* "
                      f"grows by |1 − lr·λmax| = {rho:.4g} per epoch")
         return lines
+    if abs(lr - optimum.best_lr) <= 1e-9 * optimum.best_lr:
+        lines.append(f"lr {lr:.4g} = 2/(λmax+λmin), the best fixed step: the flattest and the steepest direction "
+                     f"both shrink by |1 − lr·λ| = {rho:.4f} per epoch, = (κ−1)/(κ+1) = {best_rho:.4f}")
+        return lines
     if limiting == low:
         lines.append(f"lr {lr:.4g} is {optimum.max_stable_lr / lr:.3g}× below the stability limit 2/λmax = "
                      f"{optimum.max_stable_lr:.4g}; the slowest direction is the flattest one: w − w* shrinks "
@@ -670,11 +268,27 @@ def convergence_lines(optimum: Optimum, lr: float) -> list[str]:
     else:
         lines.append(f"lr {lr:.4g} is above 2/(λmax+λmin) = {optimum.best_lr:.4g}: the steepest direction "
                      f"overshoots and limits, |1 − lr·λmax| = {rho:.4f} per epoch")
-    if abs(lr - optimum.best_lr) <= 1e-9 * optimum.best_lr:
-        lines.append(f"this is the best fixed step: κ = {kappa:.4g} limits it to ρ = (κ−1)/(κ+1) = {best_rho:.4f}")
+    lines.append(f"the best fixed step, 2/(λmax+λmin) = {optimum.best_lr:.4g} (--lr auto), would give "
+                 f"ρ = (κ−1)/(κ+1) = {best_rho:.4f}: κ sets that floor for every fixed lr")
+    return lines
+
+
+def accumulation_lines(optimum: Optimum, lr: float, fitted: FitResult) -> list[str]:
+    """What the summed gradient does (--no-zero-grad), computed from the Hessian's eigenvalues."""
+    steps = lr * optimum.hessian_eigenvalues
+    low, high = steps[0].item(), steps[-1].item()
+    lines = ["\nwithout zero_(), w.grad is the sum of every gradient so far; per eigen-direction of the Hessian",
+             "  e_{k+1} = (2 − lr·λ) e_k − e_{k−1} for e = w − w*: the two roots multiply to 1, and both have",
+             "  modulus 1 while 0 < lr·λ < 4."]
+    if high < 4:
+        lines.append(f"  here lr·λ runs from {low:.4g} to {high:.4g}: every direction oscillates around w* and "
+                     "neither settles nor grows.")
     else:
-        lines.append(f"the best fixed step, 2/(λmax+λmin) = {optimum.best_lr:.4g} (--lr auto), would give "
-                     f"ρ = (κ−1)/(κ+1) = {best_rho:.4f}: κ sets that floor for every fixed lr")
+        lines.append(f"  here lr·λmax = {high:.4g} ≥ 4: in that direction one root has modulus > 1 and w − w* grows.")
+    if fitted.diverged_at is None and len(fitted.losses) >= 2:
+        tail = fitted.losses[len(fitted.losses) // 2:]
+        lines.append(f"  {fitted.update}: loss over the last {len(tail)} epochs between {_num(min(tail))} and "
+                     f"{_num(max(tail))} (the optimum: {_num(optimum.loss)})")
     return lines
 
 
@@ -684,7 +298,7 @@ def print_logs(results: list[FitResult], log_every: int, epochs: int, out: TextI
     for epoch in range(0, epochs, log_every):
         cells = []
         for r in results:
-            cells.append(f"Epoch {epoch}, Loss {r.losses[epoch]:.4f}" if epoch < len(r.losses) else "(stopped)")
+            cells.append(f"Epoch {epoch}, Loss {_num(r.losses[epoch], 4)}" if epoch < len(r.losses) else "(stopped)")
         print("  " + "   |   ".join(f"{c:<22}" for c in cells), file=out)
 
 
@@ -716,7 +330,7 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
         f"noise={config.noise} degree={config.degree} basis={config.basis} loss={config.loss} seed={config.seed}")
     say(f"loss: {loss.formula}")
     auto = " (auto: 2/(λmax+λmin) of the Hessian)" if config.lr == "auto" else ""
-    say(f"lr = {lr:.6g}{auto}; largest stable lr 2/λmax = {optimum.max_stable_lr:.4g}; "
+    say(f"lr = {lr:.6g}{auto}; stability limit 2/λmax = {optimum.max_stable_lr:.4g}; "
         f"Hessian condition number {optimum.condition_number:.4g}")
     if loss.uses_derivative:
         symbol = "β" if loss.name == "sobolev" else "λ"
@@ -753,7 +367,10 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
     if result.mse_fit is not None:
         report_against_mse(result, out)
 
-    if not config.no_zero_grad:
+    if config.no_zero_grad:
+        for line in accumulation_lines(optimum, lr, result.fits[0]):
+            say(line)
+    else:
         say(f"\nconvergence at lr {lr:.4g} ({loss.name}):")
         for line in convergence_lines(optimum, lr):
             say("  " + line)
@@ -768,10 +385,10 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
         curve = result.curve
         at_half = int(torch.argmin((curve.x - 0.5).abs()))
         say(f"\npredict() under inference_mode: is_inference={curve.values.is_inference()}, "
-            f"requires_grad={curve.values.requires_grad}, fit at x=0.5: {curve.values[at_half].item():.4f} "
+            f"requires_grad={curve.values.requires_grad}, fit at x=0.5: {_num(curve.values[at_half].item(), 4)} "
             f"(the clean curve x²: 0.25)")
         if loss.uses_derivative:
-            say(f"f′(0.5) = {curve.slopes[at_half].item():.4f} (the clean curve's 2x: 1.0)"
+            say(f"f′(0.5) = {_num(curve.slopes[at_half].item(), 4)} (the clean curve's 2x: 1.0)"
                 + (f"; the mse fit's f′(0.5) = {result.mse_curve.slopes[at_half].item():.4f}"
                    if result.mse_curve is not None else ""))
     if result.routes is not None:
@@ -787,7 +404,7 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
 def describe_mlp(result: FitResult, optimum: Optimum) -> str:
     if result.diverged_at is not None:
         return f"{name(result)}: diverged at epoch {result.diverged_at} (the loss stopped being a finite number)"
-    return (f"{name(result)}: final loss {result.final_loss:.6f}; a learned extractor has no closed-form optimum "
+    return (f"{name(result)}: final loss {_num(result.final_loss)}; a learned extractor has no closed-form optimum "
             f"(the degree-{optimum.w.shape[0]} polynomial's is {optimum.loss:.6f})")
 
 
@@ -896,12 +513,12 @@ def verdict(result: RunResult) -> str:
         above = 100 * (fit_result.final_loss - result.optimum.loss) / result.optimum.loss
         within = epochs_to_within(fit_result.losses, result.optimum.loss)
         reached = f"within 1% from epoch {within}" if within is not None else "not within 1%"
-        parts.append(f"{fit_result.update} {fit_result.final_loss:.6f} ({above:+.1f}%, {reached})")
+        parts.append(f"{fit_result.update} {_num(fit_result.final_loss)} ({above:+.1f}%, {reached})")
     line = (f"{loss} loss, {len(result.fits[0].losses) if result.fits else 0} epochs at lr {result.lr:.4g}: "
             f"{'; '.join(parts)} vs the exact optimum {result.optimum.loss:.6f}")
     if result.mlp is not None:
         line += (f"; mlp diverged at epoch {result.mlp.diverged_at}" if result.mlp.diverged_at is not None
-                 else f"; mlp {result.mlp.final_loss:.6f}")
+                 else f"; mlp {_num(result.mlp.final_loss)}")
     return line
 
 

@@ -1,11 +1,10 @@
-"""The trainer (tensor_features/train.py): each epoch against its gradient written out here, the fits
-against torch.linalg.lstsq and numpy, the create_graph and BatchNorm observations against loops of
-autograd.grad written here, every number the report prints against the test's own computation, bad
-input, plots, the verdict, and bench row 10. Runs in process; one terminal run."""
+"""The trainer's command line and report (tensor_features/train.py): every number the report prints
+against the test's own computation (numpy's least squares and eigenvalues, trajectories replayed
+here), the verdict, the switches and plots, bad input, and bench row 10. Runs in process; one
+terminal run."""
 
 import argparse
 import json
-import math
 import re
 from dataclasses import replace
 
@@ -13,23 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES, terminal_usage_error, usage_error
-from tensor_features import model, train
+from conftest import terminal_usage_error, usage_error
+from tensor_features import fitting, model, train
 from tensor_features.config import TrainConfig
-from tensor_features.load_data import load_data
+from train_oracles import descent_losses, numpy_optimum, original_problem, stacked_system
 
 MUTANTS = [
-    ("tensor_features/train.py", "w.grad.zero_()  # without this, next epoch's backward adds to this gradient",
-     "w.grad.mul_(0.5)  # without this, next epoch's backward adds to this gradient"),
-    ("tensor_features/train.py", "terms.total.backward(inputs=[w])  # x requires grad too",
-     "terms.data.backward(inputs=[w])  # x requires grad too"),
-    ("tensor_features/train.py", "with torch.no_grad():  # the original update\n            w -= lr * w.grad",
-     "with torch.no_grad():  # the original update\n            w -= 0.5 * lr * w.grad"),
     ("tensor_features/train.py", "best_rho = (kappa - 1) / (kappa + 1)", "best_rho = (kappa - 1) / kappa"),
     ("tensor_features/train.py", "{optimum.max_stable_lr / lr:.3g}× below", "{lr / optimum.max_stable_lr:.3g}× below"),
-    ("tensor_features/train.py", "jacobian.diagonal().detach(), jacobian.sum(0).detach()",
-     "jacobian.sum(1).detach(), jacobian.sum(0).detach()"),
-    ("tensor_features/train.py", "by_formula = loss.weight * 2 / len(x)", "by_formula = loss.weight / len(x)"),
     ("tensor_features/train.py", "above = 100 * (fit_result.final_loss - result.optimum.loss) / result.optimum.loss",
      "above = 100 * (fit_result.final_loss - result.optimum.loss) / fit_result.final_loss"),
     ("tensor_features/train.py", "at_half = int(torch.argmin((curve.x - 0.5).abs()))",
@@ -38,40 +28,17 @@ MUTANTS = [
      "rows = DerivativeRows(make_features(x, degree, basis)"),
     ("tensor_features/train.py", '"sobolev": config.beta, "smooth": config.penalty',
      '"sobolev": config.penalty, "smooth": config.beta'),
-    ("tensor_features/train.py", "optimizer = torch.optim.SGD(parameters(w), lr=lr)",
-     "optimizer = torch.optim.SGD(parameters(w), lr=lr, momentum=0.1)"),
     ("tensor_features/train.py", 'if config.batchnorm and config.basis != "mlp":', "if False:"),
     ("tensor_features/train.py", "gap = loss - optimum\n", "gap = abs(loss - optimum)\n"),
+    ("tensor_features/train.py", "if limiting == low:", "if limiting == high:"),
+    ("tensor_features/train.py", "result.mse_fit = fit(result.mse_problem.phi, y, w0, lr, config.epochs, \"manual\", zero_grad)",
+     "result.mse_fit = fit(result.mse_problem.phi, y, w0, 2 * lr, config.epochs, \"manual\", zero_grad)"),
+    ("tensor_features/config.py", 'beta: float = option(1.0,', 'beta: float = option(0.5,'),
+    ("tensor_features/train.py", "steps = lr * optimum.hessian_eigenvalues", "steps = optimum.hessian_eigenvalues"),
+    ("tensor_features/config.py", "type=float_in_range(0.0, 1e6))\n    degree", "type=float)\n    degree"),
 ]
 
 CPU = torch.device("cpu")
-
-
-def original_problem(device="cpu", degree=3):
-    x, y = load_data(100, 0.1, seed=0, device=device)
-    return x, y, model.feature_map(x, degree), model.initial_weights(degree, 0, torch.device(device))
-
-
-def mse_gradient(phi, w, y):
-    return 2 / len(y) * phi.T @ (phi @ w - y)  # ∇ mean((Φw - y)²)
-
-
-def derivative_gradient(x, w, weight, target):
-    """∇ weight·mean((Φ′w − t)²) = weight · 2/n Φ′ᵀ(Φ′w − t), with Φ′ = [1, 2x, 3x²] typed in."""
-    phi_prime = torch.cat([torch.ones_like(x), 2 * x, 3 * x**2], dim=1)
-    return weight * 2 / len(x) * phi_prime.T @ (phi_prime @ w - target)
-
-
-def numpy_optimum(x, y, weight=0.0, target=None):
-    """Oracle: numpy.linalg.lstsq on [Φ; √weight Φ′] w ≈ [y; √weight t], and its Hessian's eigenvalues."""
-    x64, y64 = x.double().cpu().numpy(), y.double().cpu().numpy()
-    a = np.hstack([x64, x64**2, x64**3])
-    b = y64
-    if weight:
-        a = np.vstack([a, math.sqrt(weight) * np.hstack([np.ones_like(x64), 2 * x64, 3 * x64**2])])
-        b = np.vstack([b, math.sqrt(weight) * target.double().cpu().numpy()])
-    w, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return w, float(((a @ w - b) ** 2).sum() / len(x64)), np.linalg.eigvalsh(2 * a.T @ a / len(x64))
 
 
 def run_main(capsys, *args):
@@ -86,90 +53,7 @@ def number_after(text, label):
     return float(match.group(1))
 
 
-# -- one epoch --------------------------------------------------------------------------------------
-
-def test_manual_step_is_one_gradient_step_and_resets_grad():
-    x, y, phi, w0 = original_problem()
-    w = w0.clone().requires_grad_()
-    train.manual_step(phi, y, w, lr=0.1)
-    assert torch.allclose(w.detach(), w0 - 0.1 * mse_gradient(phi, w0, y), atol=1e-6)
-    assert torch.count_nonzero(w.grad) == 0 and w.is_leaf
-
-
-@pytest.mark.parametrize("name, weight", [("sobolev", 1.0), ("smooth", 0.1)])
-def test_derivative_step_is_one_gradient_step_of_both_terms(name, weight):
-    x, y, phi, w0 = original_problem()
-    target = 2 * x if name == "sobolev" else torch.zeros_like(x)
-    w = w0.clone().requires_grad_()
-    loss, data = train.derivative_step(model.Loss(name, weight), model.feature_map, x, y, w, lr=0.1)
-    expected = w0 - 0.1 * (mse_gradient(phi, w0, y) + derivative_gradient(x, w0, weight, target))
-    assert torch.allclose(w.detach(), expected, atol=1e-6)
-    assert torch.count_nonzero(w.grad) == 0
-    slope = w0[0] + 2 * w0[1] * x + 3 * w0[2] * x**2
-    assert data == pytest.approx(((phi @ w0 - y) ** 2).mean().item(), rel=1e-5)
-    assert loss == pytest.approx(data + weight * ((slope - target) ** 2).mean().item(), rel=1e-5)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_sgd_is_bitwise_the_fused_manual_update(device):
-    # SGD's step is w.add_(w.grad, alpha=-lr) under no_grad: replay exactly that by hand.
-    x, y, phi, w0 = original_problem(device)
-    sgd = train.fit(phi, y, w0, lr=0.1, epochs=100, update="sgd")
-    w = w0.clone().requires_grad_()
-    losses = []
-    for _ in range(100):
-        loss = ((phi @ w - y) ** 2).mean()
-        loss.backward()
-        losses.append(loss.item())
-        with torch.no_grad():
-            w.add_(w.grad, alpha=-0.1)
-            w.grad = None
-    assert losses == sgd.losses
-    assert torch.equal(w.detach(), sgd.w)
-
-
-def test_original_manual_update_agrees_with_sgd_to_float32_rounding():
-    x, y, phi, w0 = original_problem()
-    manual = train.fit(phi, y, w0, lr=0.1, epochs=100, update="manual")
-    sgd = train.fit(phi, y, w0, lr=0.1, epochs=100, update="sgd")
-    assert manual.losses == pytest.approx(sgd.losses, rel=1e-5)
-    assert torch.allclose(manual.w, sgd.w, rtol=1e-5, atol=1e-6)
-
-
-# -- the fits against the exact answer --------------------------------------------------------------
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_converges_to_the_lstsq_optimum(device):
-    x, y, phi, w0 = original_problem(device)
-    # Oracle: torch.linalg.lstsq (QR-based), independent of the trainer's chunked normal equations.
-    phi64, y64 = phi.double().cpu(), y.double().cpu()
-    w_star = torch.linalg.lstsq(phi64, y64).solution
-    best = ((phi64 @ w_star - y64) ** 2).mean().item()
-    result = train.fit(phi, y, w0, lr=1.0, epochs=3000)
-    assert result.final_loss == pytest.approx(best, rel=0.01)
-    assert torch.allclose(result.w.cpu().double(), w_star, atol=1e-2)
-
-
-@pytest.mark.parametrize("name, weight", [("sobolev", 1.0), ("smooth", 0.1)])
-def test_derivative_losses_train_to_their_stacked_optimum(name, weight):
-    x, y, phi, w0 = original_problem()
-    target = 2 * x if name == "sobolev" else torch.zeros_like(x)
-    w_star, best, eigenvalues = numpy_optimum(x, y, weight, target)
-    lr = 2 / (eigenvalues[0] + eigenvalues[-1])  # the best fixed step, from numpy's eigenvalues
-    for update in ("manual", "sgd"):
-        result = train.fit_loss(model.Loss(name, weight), model.feature_map, x, y, w0, lr, 150, update)
-        assert result.final_loss == pytest.approx(best, rel=1e-3)
-        assert np.allclose(result.w.numpy(), w_star, atol=1e-3)
-        assert len(result.data_losses) == len(result.losses) == 150
-
-
-def test_a_zero_weight_runs_bit_for_bit_like_the_mse_path():
-    x, y, phi, w0 = original_problem()
-    for update in ("manual", "sgd"):
-        plain = train.fit(phi, y, w0, 0.1, 100, update)
-        for name in ("sobolev", "smooth"):
-            zero = train.fit_loss(model.Loss(name, 0.0), model.feature_map, x, y, w0, 0.1, 100, update)
-            assert zero.losses == plain.losses and torch.equal(zero.w, plain.w)
+def test_a_zero_weight_runs_exactly_like_the_mse_run():
     # The whole run: --beta 0 and --penalty 0 train exactly as --loss mse does.
     base = TrainConfig(update="both")
     mse_run = train.run(base, CPU)
@@ -179,118 +63,11 @@ def test_a_zero_weight_runs_bit_for_bit_like_the_mse_path():
         assert zero_run.optimum.loss == mse_run.optimum.loss
 
 
-def test_lr_auto_converges_faster_than_the_original_lr():
-    x, y, phi, w0 = original_problem()
-    optimum = model.least_squares_optimum(phi, y)
-    eigenvalues = torch.linalg.eigvalsh(2 * phi.double().T @ phi.double() / len(x))
-    assert optimum.best_lr == pytest.approx(2 / (eigenvalues[0] + eigenvalues[-1]).item())
-    auto = model.epochs_to_within(train.fit(phi, y, w0, optimum.best_lr, 1000).losses, optimum.loss)
-    original = model.epochs_to_within(train.fit(phi, y, w0, 0.1, 1000).losses, optimum.loss)
-    assert auto is not None and original is not None and auto < original
+def test_gap_text_keeps_the_sign():
+    assert train.gap_text(0.0125, 0.0100) == "0.002500 above the optimum"
+    below = train.gap_text(0.0099, 0.0100)
+    assert below.startswith("0.0001 below the float64 optimum") and "above" not in below
 
-
-def test_fast_loss_is_the_original_loss_with_the_same_gradient():
-    x, y, phi, w0 = original_problem()
-    fast = train.FastLoss(train.rows_layout(phi), y, compile=False)
-    w = w0.clone().requires_grad_()
-    loss = fast.manual_step(w, lr=0.0)  # lr 0: keep w, look at the loss and the gradient
-    phi64, y64, w64 = phi.double(), y.double(), w0.double()
-    assert loss == pytest.approx(((phi64 @ w64 - y64) ** 2).mean().item(), rel=1e-6)
-    w.grad = None
-    train.rows_loss(w, fast.phi_rows, fast.y_flat).backward()
-    assert torch.allclose(w.grad.double(), mse_gradient(phi64, w64, y64), atol=1e-6)
-    assert train.rows_layout(phi).T.is_contiguous() and torch.equal(train.rows_layout(phi), phi)
-
-
-def test_fast_fit_follows_the_original_trajectory():
-    x, y, phi, w0 = original_problem()
-    original = train.fit(phi, y, w0, lr=0.1, epochs=100)
-    for update in ("manual", "sgd"):
-        fast = train.fit(phi, y, w0, lr=0.1, epochs=100, update=update, fast=train.FastLoss(phi, y, compile=False))
-        assert fast.losses == pytest.approx(original.losses, rel=1e-5)
-        assert torch.allclose(fast.w, original.w, rtol=1e-5, atol=1e-6)
-
-
-def test_forgetting_zero_grad_is_worse():
-    x, y, phi, w0 = original_problem()
-    good = train.fit(phi, y, w0, lr=0.1, epochs=100)
-    bad = train.fit(phi, y, w0, lr=0.1, epochs=100, zero_grad=False)
-    assert bad.diverged_at is not None or bad.final_loss > 2 * good.final_loss
-
-
-def test_divergence_is_detected_not_propagated():
-    x, y, phi, w0 = original_problem()
-    result = train.fit(phi, y, w0, lr=50.0, epochs=500)
-    assert result.diverged_at is not None and all(math.isfinite(loss) for loss in result.losses)
-
-
-# -- the observations ----------------------------------------------------------------------------------
-
-def test_update_outside_no_grad_reports_both_failures():
-    x, y, phi, w0 = original_problem()
-    observed = train.update_outside_no_grad(phi, y, w0, 0.1)
-    assert "a leaf Variable that requires grad is being used in an in-place operation" in observed.in_place_error
-    first, second = observed.rebinding
-    assert first.loss == pytest.approx(((phi @ w0 - y) ** 2).mean().item(), rel=1e-6)
-    assert (first.is_leaf, first.grad_fn) == (False, "SubBackward0")
-    assert second.epoch == 1 and second.loss is None  # w.grad is None: w is no longer a leaf
-
-
-@pytest.mark.parametrize("name, weight", [("sobolev", 1.0), ("smooth", 0.1)])
-def test_create_graph_is_what_lets_the_derivative_term_reach_w(name, weight):
-    x, y, phi, w0 = original_problem()
-    target = 2 * x if name == "sobolev" else torch.zeros_like(x)
-    check = train.create_graph_check(model.Loss(name, weight), x, y, w0, 3, "monomial")
-    data, derivative = mse_gradient(phi, w0, y), derivative_gradient(x, w0, weight, target)
-    assert torch.allclose(check.with_graph, data + derivative, atol=1e-5)
-    assert torch.allclose(check.data_only, data, atol=1e-6)
-    assert torch.allclose(check.by_formula, derivative, atol=1e-5)
-    # Without create_graph the derivative term is a constant: its contribution to w.grad is missing.
-    assert torch.allclose(check.without_graph, data, atol=1e-6)
-    assert (check.without_graph - check.with_graph).abs().max() > 0.1
-    assert check.slope_requires_grad == (True, False)
-    assert "Trying to backward through the graph a second time" in check.freed_error
-
-
-def test_both_routes_to_f_prime_at_the_trained_w():
-    x, y, phi, w0 = original_problem()
-    w = torch.tensor([[0.3], [-1.1], [0.6]])
-    routes = train.derivative_routes(model.feature_map, w, x, model.feature_derivative_map(x))
-    analytic = w[0] + 2 * w[1] * x + 3 * w[2] * x**2
-    for value in (routes.batched, routes.vmapped, routes.formula):
-        assert torch.allclose(value, analytic, atol=1e-6)
-    assert routes.vmap_gap < 1e-6 and routes.formula_gap < 1e-6
-
-
-def test_batchnorm_trap_sum_trick_is_the_column_sums_not_the_diagonal():
-    x = torch.linspace(-1, 1, 12).unsqueeze(1)
-    torch.manual_seed(3)
-    extractor = train.MLPFeatures(3, batchnorm=True)
-    w = torch.randn(3, 1)
-    trap = train.batchnorm_trap(extractor, w, x)
-    # Oracle: the batch Jacobian row by row, one autograd.grad per output, in train mode.
-    inputs = x.clone().requires_grad_()
-    outputs = (extractor(inputs) @ w).flatten()
-    rows = torch.stack([torch.autograd.grad(outputs[j], inputs, retain_graph=True)[0].flatten() for j in range(12)])
-    assert torch.allclose(trap.diagonal, rows.diagonal(), atol=1e-6)
-    assert torch.allclose(trap.sum_trick, rows.sum(0), atol=1e-5)  # Σ_j ∂f_j/∂x_i
-    assert torch.allclose(trap.column_sums, rows.sum(0), atol=1e-5)
-    assert trap.gap > 1e-2 and trap.gap == pytest.approx((rows.sum(0) - rows.diagonal()).abs().max().item(), abs=1e-5)
-    assert trap.eval_gap < 1e-6
-    assert "mutate a captured Tensor" in trap.vmap_error
-    assert "Expected more than 1 value per channel when training" in trap.vmap_error_replaced
-
-
-def test_fitted_curve_is_the_fit_and_its_derivative_at_new_x():
-    w = torch.tensor([[0.1], [0.9], [0.2]])
-    curve = train.fitted_curve(model.feature_map, w)
-    x = torch.linspace(-1, 1, 201).unsqueeze(1)
-    assert torch.allclose(curve.values, 0.1 * x + 0.9 * x**2 + 0.2 * x**3, atol=1e-6)
-    assert torch.allclose(curve.slopes, 0.1 + 1.8 * x + 0.6 * x**2, atol=1e-6)
-    assert curve.values.is_inference() and not curve.values.requires_grad
-
-
-# -- the report: every printed number against the test's own ------------------------------------------
 
 @pytest.mark.parametrize("lr", [0.1, 2.07, 2.5, "auto"])
 def test_convergence_lines_say_what_limits_this_lr(lr):
@@ -308,13 +85,18 @@ def test_convergence_lines_say_what_limits_this_lr(lr):
     if lr >= 2 / high:
         assert f"grows by |1 − lr·λmax| = {rho:.4g}" in text and "floor" not in text
         return
-    if auto or lr < best:
+    floor = f"(κ−1)/(κ+1) = {(kappa - 1) / (kappa + 1):.4f}"
+    if auto:  # both ends of the spectrum limit equally at the best step
+        assert rho == pytest.approx(1 - lr * low) and rho == pytest.approx(lr * high - 1)
+        assert f"both shrink by |1 − lr·λ| = {rho:.4f} per epoch, = {floor}" in text
+        return
+    if lr < best:
         assert rho == pytest.approx(1 - lr * low)
         assert f"1 − lr·λmin = {rho:.4f}" in text and f"{(2 / high) / lr:.3g}× below" in text
     else:
+        assert rho == pytest.approx(lr * high - 1)
         assert f"|1 − lr·λmax| = {rho:.4f}" in text and "overshoots" in text
-    assert f"(κ−1)/(κ+1) = {(kappa - 1) / (kappa + 1):.4f}" in text
-    assert ("this is the best fixed step" in text) == auto
+    assert f"would give ρ = {floor}" in text and "both shrink" not in text
 
 
 def test_default_run_prints_the_original_comparison_and_a_true_verdict(capsys, monkeypatch, tmp_path):
@@ -327,18 +109,20 @@ def test_default_run_prints_the_original_comparison_and_a_true_verdict(capsys, m
     assert number_after(out, "least squares (normal equations ΦᵀΦ w = Φᵀy in float64): loss") == pytest.approx(
         best, abs=1e-6)
     assert re.search(r"Epoch 0, Loss \d\.\d{4} +\|   Epoch 0, Loss \d\.\d{4}", out)
-    manual = train.fit(phi, y, w0, 0.1, 100)
-    assert number_after(out, "manual: final loss") == pytest.approx(manual.final_loss, abs=1e-6)
-    assert f"{manual.final_loss - best:.6f} above the optimum" in out
+    losses, w_final = descent_losses(x, y, w0, 0.1, 100)  # the original loop, in float64 by hand
+    final, gap = map(float, re.search(r"manual: final loss ([\d.]+), ([\d.]+) above the optimum", out).groups())
+    assert final == pytest.approx(losses[-1], abs=1e-6) and gap == pytest.approx(losses[-1] - best, abs=2e-6)
     assert "not within 1% of it in 100 epochs" in out
     assert f"is {(2 / eigenvalues[-1]) / 0.1:.3g}× below the stability limit" in out
-    fit_at_half = float(torch.tensor([0.5, 0.25, 0.125]) @ manual.w)  # Φ(0.5)·w
-    assert f"fit at x=0.5: {fit_at_half:.4f}" in out
+    fit_at_half = float(np.array([0.5, 0.25, 0.125]) @ w_final[:, 0])  # Φ(0.5)·w
+    assert number_after(out, "fit at x=0.5:") == pytest.approx(fit_at_half, abs=2e-4)
     (line,) = summary.read_text().splitlines()
     verdict = json.loads(line)["verdict"]
-    above = 100 * (manual.final_loss - best) / best
+    above = 100 * (losses[-1] - best) / best
     assert verdict.startswith("mse loss, 100 epochs at lr 0.1: manual ")
-    assert f"manual {manual.final_loss:.6f} ({above:+.1f}%, not within 1%)" in verdict
+    verdict_loss = number_after(verdict, "manual")
+    assert verdict_loss == pytest.approx(losses[-1], abs=1e-6)
+    assert f"manual {verdict_loss:.6f} ({above:+.1f}%, not within 1%)" in verdict
     assert f"exact optimum {best:.6f}" in verdict and "sgd " in verdict
 
 
@@ -354,10 +138,13 @@ def test_derivative_loss_runs_report_trained_loss_optimum_and_condition_number(n
     assert f"w* = [{', '.join(f'{v:.4f}' for v in w_star.flatten())}]" in out
     assert f"Hessian condition number {eigenvalues[-1] / eigenvalues[0]:.4g}" in out
     assert f"κ {mse_eigenvalues[-1] / mse_eigenvalues[0]:.4g} → {eigenvalues[-1] / eigenvalues[0]:.4g}" in out
-    trained = train.fit_loss(model.Loss(name, weight), model.feature_map, x, y, w0, 0.1, 100)
-    assert number_after(out, "manual: final loss") == pytest.approx(trained.final_loss, abs=1e-6)
-    within = model.epochs_to_within(trained.losses, best)
+    losses, _ = descent_losses(x, y, w0, 0.1, 100, weight, target)
+    assert number_after(out, "manual: final loss") == pytest.approx(losses[-1], abs=1e-6)
+    within = next(epoch for epoch, value in enumerate(losses) if value <= 1.01 * best)
     assert f"within 1% of it from epoch {within}" in out
+    comparison = out[out.index("the original mse loop on the same data"):]
+    mse_losses, _ = descent_losses(x, y, w0, 0.1, 100)
+    assert number_after(comparison, "manual: final loss") == pytest.approx(mse_losses[-1], abs=1e-6)
     assert number_after(out, "the mse optimum on the same data: loss") == pytest.approx(mse_best, abs=1e-6)
     assert "f′ at the 100 training x, two ways" in out and "per epoch:" in out
     slope_half = float(w_star[0, 0] + w_star[1, 0] + 0.75 * w_star[2, 0])  # Φ′(0.5)·w* = w₁ + w₂ + ¾w₃
@@ -401,21 +188,22 @@ def test_switches_and_plots_write_only_into_the_plot_folder(capsys, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["more", "plots"]  # nothing written elsewhere
 
 
-def test_sweep_rows_match_their_own_problems():
-    x, y, _, _ = original_problem()
-    rows = train.degree_sweep(TrainConfig(), x, y, model.Loss(), degrees=[1, 3])
-    for row in rows:
-        phi = model.feature_map(x, row.degree).double().numpy()
-        eigenvalues = np.linalg.eigvalsh(phi.T @ phi)
-        assert row.condition_number == pytest.approx(eigenvalues[-1] / eigenvalues[0], rel=1e-6)
-        normalised = phi / np.linalg.norm(phi, axis=0)
-        cosines = np.abs(normalised.T @ normalised) - np.eye(row.degree)
-        assert row.max_cosine == pytest.approx(max(cosines.max(), 0.0), abs=1e-9)
-
-
 def test_no_zero_grad_and_outside_no_grad_switches(capsys):
-    code, out = run_main(capsys, "--no-zero-grad", "--update", "manual")
+    code, out = run_main(capsys, "--no-zero-grad", "--update", "manual", "--epochs", "200")
     assert code == 0 and "without w.grad.zero_(): gradients accumulate" in out and "convergence at" not in out
+    x, y, phi, w0 = original_problem()
+    a, b = stacked_system(x, y)
+    eigenvalues = np.linalg.eigvalsh(2 * a.T @ a / len(x))
+    assert f"lr·λ runs from {0.1 * eigenvalues[0]:.4g} to {0.1 * eigenvalues[-1]:.4g}" in out
+    # Oracle: the summed gradient by hand, in float64: w -= lr * (g_0 + ... + g_k).
+    w, summed, losses = w0.double().numpy(), 0, []
+    for _ in range(200):
+        residual = a @ w - b
+        losses.append(float((residual**2).mean()))
+        summed = summed + 2 / len(x) * a.T @ residual
+        w = w - 0.1 * summed
+    low, high = map(float, re.search(r"last 100 epochs between ([\d.]+) and ([\d.]+)", out).groups())
+    assert low == pytest.approx(min(losses[100:]), abs=2e-6) and high == pytest.approx(max(losses[100:]), abs=2e-6)
     code, out = run_main(capsys, "--outside-no-grad")
     assert code == 0 and "in place:  w -= lr * w.grad raises RuntimeError" in out and "w.grad is None" in out
 
@@ -425,10 +213,8 @@ def test_fast_switch_compiles_and_reaches_the_same_loss(capsys):
     assert code == 0 and "torch.compile compiling" in out
     x, y, phi, w0 = original_problem()
     assert number_after(out, "manual --fast: final loss") == pytest.approx(
-        train.fit(phi, y, w0, 0.1, 20).final_loss, abs=2e-6)
+        fitting.fit(phi, y, w0, 0.1, 20).final_loss, abs=2e-6)
 
-
-# -- bad input ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, named", [
     (["--epochs", "-1"], "--epochs"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"),
@@ -474,8 +260,6 @@ def test_help_names_every_switch_with_its_default(capsys):
     for flag in ("--batchnorm", "--fast", "--sweep", "--plot", "--outside-no-grad", "--no-zero-grad"):
         assert flag in out
 
-
-# -- bench row 10 -----------------------------------------------------------------------------------------
 
 def test_bench_row_10_runs_small():
     from bench.rows import double_backward

@@ -15,7 +15,7 @@ import math
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import model, train
+from tensor_features import fitting, model
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds
 
@@ -32,9 +32,9 @@ def double_backward(device: torch.device, n: int, repeats: int, degree: int = 3)
         w = w0.clone().requires_grad_()
         return median_seconds(lambda: step(w), repeats=repeats, device=device) * 1e3
 
-    original = epoch_ms(lambda w: train.manual_step(phi, y, w, 0.1))
-    sobolev = epoch_ms(lambda w: train.derivative_step(model.Loss("sobolev", 1.0), features, x, y, w, 0.1))
-    smooth = epoch_ms(lambda w: train.derivative_step(model.Loss("smooth", 0.1), features, x, y, w, 0.1))
+    original = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
+    sobolev = epoch_ms(lambda w: fitting.derivative_step(model.Loss("sobolev", 1.0), features, x, y, w, 0.1))
+    smooth = epoch_ms(lambda w: fitting.derivative_step(model.Loss("smooth", 0.1), features, x, y, w, 0.1))
 
     def rebuilt_mse_step(w):
         loss = model.mse(features(x) @ w, y)  # Φ from x inside the epoch, as the derivative losses do

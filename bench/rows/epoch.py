@@ -9,7 +9,7 @@ import time
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import model, train
+from tensor_features import fitting, model
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds, synchronize
 
@@ -31,11 +31,11 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
         w = w0.clone().requires_grad_()
         return median_seconds(lambda: step(w), repeats=repeats, device=device) * 1e3
 
-    original_loop = epoch_ms(lambda w: train.manual_step(phi, y, w, 0.1))
-    rows_phi = train.rows_layout(phi)
-    eager = train.FastLoss(rows_phi, y, compile=False)
+    original_loop = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
+    rows_phi = fitting.rows_layout(phi)
+    eager = fitting.FastLoss(rows_phi, y, compile=False)
     eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))
-    fast = train.FastLoss(rows_phi, y)
+    fast = fitting.FastLoss(rows_phi, y)
     w = w0.clone().requires_grad_()
     start = time.perf_counter()
     fast.manual_step(w, 0.1)  # compiles forward and backward
