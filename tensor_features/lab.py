@@ -87,7 +87,9 @@ def format_value(value: Any) -> str:
         return str(tuple(value))
     if isinstance(value, (list, tuple)):
         inner = ", ".join(format_value(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        if isinstance(value, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
     return str(value)
 
 
