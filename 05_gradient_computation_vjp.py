@@ -12,7 +12,6 @@ BatchNorm in train mode breaks.
 
 # %% Setup
 import contextlib
-import time
 import warnings
 
 import torch
@@ -20,7 +19,7 @@ from torch.func import jacrev, vjp, vmap
 
 from tensor_features.cli import int_in_range
 from tensor_features.lab import Lab, Try
-from tensor_features.utils import synchronize
+from tensor_features.utils import fastest_seconds
 
 lab = Lab.start("05 · vjp", __doc__, __name__, add_arguments=lambda parser: parser.add_argument(
     "--size", type=int_in_range(2, 512), default=256, metavar="N",
@@ -146,30 +145,6 @@ lab.run(loop_traps)
 
 
 # %% [4] The three ways on a larger layer (--size), timed
-def fastest_seconds(fn, device: torch.device, repeats: int) -> float:
-    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
-
-    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: slower
-    runs "are typically not caused by variability in Python's speed, but by other processes
-    interfering with your timing accuracy". One thread, so that the figure does not depend on
-    how many cores other processes leave free. The thread count is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fn()
-        times = []
-        for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
     """The three ways on a larger layer (--size): each checked, then timed here"""
     layer, x, analytic = tanh_layer(size, lab.device)

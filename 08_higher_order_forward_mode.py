@@ -14,7 +14,6 @@ unpack_dual) and intermediate_source/jacobians_hessians.py (jacfwd, jacrev and t
 
 # %% Setup
 import math
-import time
 import warnings
 
 import torch
@@ -22,6 +21,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import jacfwd, jacrev, jvp, vjp
 
 from tensor_features.lab import Lab, Try
+from tensor_features.utils import fastest_seconds
 
 # The first forward-AD call of a process loads torch's JVP decompositions through torch.jit.script,
 # which warns that torch.jit.script is deprecated (torch/autograd/forward_ad.py,
@@ -144,31 +144,6 @@ def tanh_layer(n: int, m: int, device: torch.device | str, seed: int = 0):
     return layer, x, weight, bias
 
 
-def best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
-    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
-
-    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: higher
-    values "are typically not caused by variability in Python's speed, but by other processes
-    interfering with your timing accuracy". The thread count is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def cost_rule(lab: Lab, small: int = 4, big: int = 2048) -> dict:
     """jacfwd (n JVPs) against jacrev (m VJPs): a tall layer ℝ⁴ → ℝ²⁰⁴⁸, a wide one ℝ²⁰⁴⁸ → ℝ⁴"""
     results = {}
@@ -181,8 +156,8 @@ def cost_rule(lab: Lab, small: int = 4, big: int = 2048) -> dict:
                   label=f"{shape} ({m}×{n}): max |jacfwd − by hand|")
         lab.check((reverse - by_hand).abs().max().item(), 0.0, f"{shape}: jacrev = diag(1 − f²) W", atol=1e-5,
                   label=f"{shape} ({m}×{n}): max |jacrev − by hand|")
-        fwd_s = best_seconds(lambda: jacfwd(layer)(x), lab.device)
-        rev_s = best_seconds(lambda: jacrev(layer)(x), lab.device)
+        fwd_s = fastest_seconds(lambda: jacfwd(layer)(x), lab.device)
+        rev_s = fastest_seconds(lambda: jacrev(layer)(x), lab.device)
         lab.note(f"{shape} ℝ^{n} → ℝ^{m}: jacfwd {fwd_s * 1e3:7.2f} ms ({n} JVPs)   "
                  f"jacrev {rev_s * 1e3:7.2f} ms ({m} VJPs)   measured here, best of 5 on one thread")
         results[shape] = {"n": n, "m": m, "jacfwd": forward, "jacrev": reverse, "jacfwd_s": fwd_s, "jacrev_s": rev_s}

@@ -15,7 +15,6 @@ the two HVPs).
 
 # %% Setup
 import math
-import time
 import warnings
 
 import torch
@@ -25,6 +24,7 @@ from tensor_features.config import TrainConfig
 from tensor_features.lab import Lab, Try
 from tensor_features.load_data import load_data
 from tensor_features.model import feature_map, initial_weights, least_squares_optimum
+from tensor_features.utils import fastest_seconds
 
 # The first forward-AD call of a process (jacfwd, jvp) loads torch's JVP decompositions through
 # torch.jit.script, which warns that torch.jit.script is deprecated (torch/autograd/forward_ad.py,
@@ -113,31 +113,6 @@ def summed_layer(n: int, m: int, device: torch.device | str, seed: int = 0):
     return f, x, v, weight, bias
 
 
-def best_seconds(fn, device: torch.device, repeats: int = 3) -> float:
-    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
-
-    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: higher
-    values "are typically not caused by variability in Python's speed, but by other processes
-    interfering with your timing accuracy". The thread count is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
     """f(x) = Σ tanh(W x + b), x in ℝ⁵¹²: H·v from the formed H, and without it"""
     f, x, v, weight, bias = summed_layer(n, m, lab.device)
@@ -156,9 +131,9 @@ def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
     hvp_bytes = forward_over_reverse.numel() * forward_over_reverse.element_size()
     lab.check((h_bytes, hvp_bytes), (n * n * 4, n * 4), f"H holds n² = {n * n} float32 numbers, H·v n = {n}")
     seconds = {
-        "forming H, then H @ v": best_seconds(lambda: hessian(f)(x) @ v, lab.device),
-        "jvp of grad": best_seconds(lambda: jvp(grad(f), (x,), (v,)), lab.device),
-        "vjp of grad": best_seconds(lambda: vjp(grad(f), x)[1](v), lab.device),
+        "forming H, then H @ v": fastest_seconds(lambda: hessian(f)(x) @ v, lab.device, repeats=3),
+        "jvp of grad": fastest_seconds(lambda: jvp(grad(f), (x,), (v,)), lab.device, repeats=3),
+        "vjp of grad": fastest_seconds(lambda: vjp(grad(f), x)[1](v), lab.device, repeats=3),
     }
     lab.note("measured here, best of 3 on one thread: "
              + ",  ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))

@@ -33,7 +33,8 @@ def row_help() -> str:
     """One line per row family: its number and the first sentence of its module docstring."""
     lines = []
     for number, family in FAMILIES.items():
-        first = " ".join((family.__doc__ or "").split()).split(": ", 1)[-1]
+        paragraph = " ".join((family.__doc__ or "").split("\n\n")[0].split())
+        first = paragraph.split(": ", 1)[-1].split(". ")[0].rstrip(".") + "."
         lines += textwrap.wrap(first, 92, initial_indent=f"  {number}  ", subsequent_indent="     ")
     return "\n".join(lines)
 

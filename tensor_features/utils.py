@@ -43,6 +43,33 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1, device: torch.device |
     return statistics.median(times)
 
 
+def fastest_seconds(fn, device: torch.device | str = "cpu", repeats: int = 5) -> float:
+    """The fastest of `repeats` runs of fn() after one warm-up, on one CPU thread.
+
+    The fastest run, as the standard library's timeit.Timer.repeat docstring advises: slower
+    runs "are typically not caused by variability in Python's speed, but by other processes
+    interfering with your timing accuracy". One thread, so that the figure does not depend on
+    how many cores other processes leave free. The thread count is restored afterwards.
+    """
+    import time
+
+    device = torch.device(device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn()
+        times = []
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def display_images(batch: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Write a uint8 batch [N, 3, H, W] as one grid PNG at path (no display needed)."""
     from torchvision.utils import make_grid, save_image  # torchvision only for images

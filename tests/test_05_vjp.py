@@ -13,7 +13,7 @@ MUTANTS = [
     ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",
      "y.backward(torch.tensor([0.5, 1.0], device=lab.device))"),
     ("05_gradient_computation_vjp.py", "        jacobians[name] = method(layer, x)", "        jacobians[name] = 2 * method(layer, x)"),
-    ("05_gradient_computation_vjp.py", "        torch.set_num_threads(threads)\n", "        pass\n"),
+    ("tensor_features/utils.py", "        torch.set_num_threads(threads)\n", "        pass\n"),
     ("05_gradient_computation_vjp.py", "    return vmap(vjp_fn)(basis)[0]", "    return vmap(vjp_fn)(basis)[0].T"),
     ("05_gradient_computation_vjp.py", "    analytic = (1 - layer(x) ** 2)[:, None] * weight", "    analytic = (1 - layer(x) ** 2)[None, :] * weight"),
     ("05_gradient_computation_vjp.py", "        x.grad = None  # the next backward stores a new tensor\n", ""),

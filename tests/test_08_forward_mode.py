@@ -99,7 +99,7 @@ def test_cost_rule_jacobians_are_diag_one_minus_tanh_squared_times_w(device):
     lab = quiet_lab(device)
     threads = torch.get_num_threads()
     results = lesson.cost_rule(lab)
-    assert torch.get_num_threads() == threads  # best_seconds times on one thread, then restores the setting
+    assert torch.get_num_threads() == threads  # fastest_seconds times on one thread, then restores the setting
     agreement = [line for line in lab.failed if "max |" in line]
     assert agreement == [], lab.stream.getvalue()
     assert (results["tall"]["n"], results["tall"]["m"]) == (4, 2048)  # n ≪ m

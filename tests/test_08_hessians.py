@@ -80,7 +80,7 @@ def test_hvp_on_the_larger_function_matches_w_t_diag_w(device):
     lab = quiet_lab(device)
     threads = torch.get_num_threads()
     out = lesson.hvp_against_forming_h(lab)
-    assert torch.get_num_threads() == threads  # best_seconds times on one thread, then restores the setting
+    assert torch.get_num_threads() == threads  # fastest_seconds times on one thread, then restores the setting
     assert [line for line in lab.failed if "max |" in line or "bytes" in line] == [], lab.stream.getvalue()
     n = out["n"]
     f, x, v, weight, bias = lesson.summed_layer(n, 64, "cpu")
