@@ -222,7 +222,7 @@ def gap_text(loss: float, optimum: float) -> str:
     """How far a float32 training loss is from the float64 optimum, signed honestly."""
     gap = loss - optimum
     if gap >= 0:
-        return f"{_num(gap)} above the optimum"
+        return f"{_num(gap) if gap >= 1e-4 else f'{gap:.2g}'} above the optimum"
     return f"{-gap:.2g} below the float64 optimum (the training loss is float32 arithmetic)"
 
 

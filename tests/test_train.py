@@ -65,6 +65,7 @@ def test_a_zero_weight_runs_exactly_like_the_mse_run():
 
 def test_gap_text_keeps_the_sign():
     assert train.gap_text(0.0125, 0.0100) == "0.002500 above the optimum"
+    assert train.gap_text(0.01000043, 0.0100) == "4.3e-07 above the optimum"
     below = train.gap_text(0.0099, 0.0100)
     assert below.startswith("0.0001 below the float64 optimum") and "above" not in below
 
