@@ -446,6 +446,13 @@ class Lab:
             self.failed.append(f"[{self.observation}] {left}")
         return ok
 
+    def record(self, ok: bool, label: str, expected: str, why: str = "", details: list[str] = ()) -> bool:
+        """Count a check decided elsewhere (another process, say): print `label` beside `expected`.
+
+        Unlike check(), it prints no lesson code: the caller is plumbing, not the lesson.
+        """
+        return self._record(ok, label, expected, why, details=list(details))
+
     # -- the checks -----------------------------------------------------------------------------
 
     def check(self, observed: Any, expected: Any, why: str = "", *, label: str | None = None,
