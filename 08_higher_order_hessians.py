@@ -171,14 +171,14 @@ def trainer_hessian(lab: Lab) -> dict:
     optimum = least_squares_optimum(phi, y)
     eigenvalues = torch.linalg.eigvalsh(by_autograd)
     lab.check(eigenvalues, optimum.hessian_eigenvalues, "the trainer's Hessian spectrum", rtol=1e-4)
-    largest_stable_lr = 2 / eigenvalues[-1].item()
+    stability_limit = 2 / eigenvalues[-1].item()
     condition_number = (eigenvalues[-1] / eigenvalues[0]).item()
-    lab.check(largest_stable_lr, optimum.max_stable_lr, "the trainer's 'largest stable lr 2/λmax'", rtol=1e-4)
+    lab.check(stability_limit, optimum.max_stable_lr, "the trainer's 'stability limit 2/λmax'", rtol=1e-4)
     lab.check(condition_number, optimum.condition_number, "the trainer's 'Hessian condition number'", rtol=1e-4)
-    lab.note(f"python -m tensor_features.train prints: largest stable lr 2/λmax = {largest_stable_lr:.4g}; "
+    lab.note(f"python -m tensor_features.train prints: stability limit 2/λmax = {stability_limit:.4g}; "
              f"Hessian condition number {condition_number:.4g}")
     return {"phi": phi, "y": y, "w0": w0, "v": v, "hessian": by_autograd, "hvp": hvp, "eigenvalues": eigenvalues,
-            "largest_stable_lr": largest_stable_lr, "condition_number": condition_number}
+            "stability_limit": stability_limit, "condition_number": condition_number}
 
 
 lab.run(trainer_hessian)

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", type=row_list, default=list(ROWS), help="which rows, e.g. 2,3,4 (default: all)")
     add_device_argument(parser)
     parser.add_argument("--n", type=int_in_range(16, 2**26), default=2**22,
-                        help="data points for rows 3 and 5 (default: %(default)s = 2**22)")
+                        help="data points for rows 3, 5, 10 and 11 (default: %(default)s = 2**22)")
     parser.add_argument("--size", type=int_in_range(2, 4096), default=256, help="layer size for row 2 (default: %(default)s)")
     parser.add_argument("--rounds", type=int_in_range(1, 50), default=3,
                         help="alternating process launches per lesson in row 1 (default: %(default)s)")

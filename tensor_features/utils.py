@@ -1,6 +1,5 @@
 """Small helpers shared by the lessons, the trainer and the bench: timing, and writing an image
-grid. (Command-line parsing and the device choice live in cli.py; the feature maps live in
-model.py and are re-exported here for code that imported them from utils.)
+grid. (Command-line parsing and the device choice live in cli.py; the feature maps in model.py.)
 
 Nothing here hides an autograd event; these are plumbing.
 """
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from tensor_features.model import feature_map, legendre_feature_map  # noqa: F401 (re-exported)
 
 
 def stderr_line(message: str) -> None:

@@ -115,7 +115,7 @@ def test_trainer_hessian_is_two_phi_t_phi_over_n(lab):
     assert torch.allclose(out["hvp"].cpu().double(), closed_form @ v, rtol=1e-5, atol=1e-6)
     eigenvalues = torch.linalg.eigvalsh(closed_form)
     assert torch.allclose(out["eigenvalues"].cpu().double(), eigenvalues, rtol=1e-4)
-    assert out["largest_stable_lr"] == pytest.approx(2 / eigenvalues[-1].item(), rel=1e-4)
+    assert out["stability_limit"] == pytest.approx(2 / eigenvalues[-1].item(), rel=1e-4)
     assert out["condition_number"] == pytest.approx((eigenvalues[-1] / eigenvalues[0]).item(), rel=1e-4)
 
 

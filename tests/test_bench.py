@@ -15,22 +15,22 @@ from bench.rows.convergence import gd_epoch_bound
 from bench.rows.startup import startup
 from bench.table import HEADER, Figure, Row, render_markdown
 from conftest import run_script, terminal_usage_error, usage_error
-from tensor_features import train
+from tensor_features.fitting import fit
 from tensor_features.lessons import lesson_paths
 from tensor_features.load_data import load_data
-from tensor_features.utils import feature_map
+from tensor_features.model import Optimum, epochs_to_within, feature_map, initial_weights, least_squares_optimum
 
 
-def test_gd_bound_holds_for_the_seed_problem():
+def test_gd_bound_holds_for_the_original_problem():
     # Oracle: the trajectory itself. The textbook bound must never be beaten by the real run,
     # and one epoch less than the bound must not be guaranteed by it.
     x, y = load_data(100, 0.1, seed=0)
     phi = feature_map(x, 3)
-    optimum = train.least_squares_optimum(phi, y)
+    optimum = least_squares_optimum(phi, y)
     for lr in (0.1, 0.5, optimum.best_lr):
-        losses = train.fit(phi, y, train.initial_weights(3, 0, torch.device("cpu")), lr, 3000).losses
+        losses = fit(phi, y, initial_weights(3, 0, torch.device("cpu")), lr, 3000).losses
         bound = gd_epoch_bound(optimum, lr, losses[0])
-        observed = train.epochs_to_within(losses, optimum.loss)
+        observed = epochs_to_within(losses, optimum.loss)
         assert observed is not None and observed <= bound
         rho, excess = optimum.contraction(lr), losses[0] - optimum.loss
         assert rho ** (2 * bound) * excess <= 0.01 * optimum.loss < rho ** (2 * (bound - 1)) * excess
@@ -38,7 +38,7 @@ def test_gd_bound_holds_for_the_seed_problem():
 
 def test_gd_bound_edge_cases():
     eigenvalues = torch.tensor([0.5, 1.0], dtype=torch.float64)
-    optimum = train.Optimum(torch.zeros(2, 1), 1.0, eigenvalues)
+    optimum = Optimum(torch.zeros(2, 1), 1.0, eigenvalues)
     assert gd_epoch_bound(optimum, 0.1, initial_loss=1.005) == 0  # already within 1%
     assert gd_epoch_bound(optimum, 4.0, initial_loss=2.0) == math.inf  # lr > 2/λmax: no bound
 

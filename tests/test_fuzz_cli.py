@@ -142,7 +142,7 @@ def test_trainer_command_lines():
 
     parser = config.build_parser()
 
-    # --fast compiles (seconds per new shape); test_train runs it once from the terminal.
+    # --fast compiles (seconds per new shape); the trainer tests run it once.
     @settings(FUZZ, max_examples=40)
     @given(command_lines(parser, skip={"fast"}))
     def check(argv):
