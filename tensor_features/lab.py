@@ -45,6 +45,7 @@ import json
 import linecache
 import math
 import os
+import re
 import sys
 import textwrap
 import time
@@ -154,8 +155,8 @@ class Try:
 
     def text(self, number: int | None = None) -> str:
         if self.edit is not None:
-            old, new = self.edit
-            change = f"replace `{old.strip()}` with `{new.strip()}`" if new.strip() else f"delete `{old.strip()}`"
+            old, new = (_code_only(part) for part in self.edit)
+            change = f"replace `{old}` with `{new}`" if new else f"delete `{old}`"
             place = f"[{number}]" if number is not None else (f"{self.where.__name__}()" if self.where else "")
             what = f"in {place}, {change}" if place else change
             if self.flags:
@@ -181,6 +182,12 @@ class Try:
         if span.count(old) != 1:
             raise ValueError(f"{old!r} occurs {span.count(old)} times in {self.where.__name__ if self.where else 'the file'}")
         return source[:start] + span.replace(old, new) + source[end:]
+
+
+def _code_only(text: str) -> str:
+    """An edit as a learner reads it in a Try line: its code, without trailing comments, one line."""
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line)
 
 
 # -- the lesson's own source, printed as it runs -----------------------------------------------------
