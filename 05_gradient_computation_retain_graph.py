@@ -117,10 +117,10 @@ TRIES = [
         shows=("device cuda",)),
     Try(".grad starts from None before each call, so both calls give 12 and the check of call 2 fails",
         edit=("y.backward(retain_graph=True)  #", "x.grad = None; y.backward(retain_graph=True)  #"),
-        where=original_loop, exit=1, shows=("FAIL  call 2: x.grad = 12",)),
+        where=original_loop, exit=1, shows=("FAIL  call 2: x.grad = 12.0",)),
     Try("the saved x survives: reading it and the second backward both work (no error where one was "
         "expected), and x.grad ends at 24",
         edit=("y.backward()  #", "y.backward(retain_graph=True)  #"),
-        where=what_backward_frees, exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24")),
+        where=what_backward_frees, exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24.0")),
 ]
 lab.finish(TRIES)

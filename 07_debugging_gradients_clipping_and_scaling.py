@@ -172,9 +172,9 @@ TRIES = [
     Try("the same numbers on CUDA, with a CUDA GradScaler", flags="--device cuda", needs_cuda=True,
         shows=("device cuda",)),
     Try("a max_norm above the norm leaves the gradients alone (the coefficient is clamped at 1)",
-        edit=("max_norm=1.0)\n", "max_norm=10.0)\n"), where=clip_by_norm, exit=1, shows=("FAIL  w.grad = [3, 4]",)),
+        edit=("max_norm=1.0)\n", "max_norm=10.0)\n"), where=clip_by_norm, exit=1, shows=("FAIL  w.grad = [3.0, 4.0]",)),
     Try("8192 · 4 = 32768 fits in float16: no inf, the step is taken, and the scale stays 8192",
         edit=("init_scale=65536.0", "init_scale=8192.0"), where=overflow_skips_the_step, exit=1,
-        shows=("FAIL  w = [-2, -3]",)),
+        shows=("FAIL  w = [-2.0, -3.0]",)),
 ]
 lab.finish(TRIES)

@@ -178,9 +178,9 @@ TRIES = [
         flags="--device cuda", needs_cuda=True, shows=("device cuda",)),
     Try("the tangent doubles to 12: a JVP is linear in its direction v",
         edit=("make_dual(x, torch.tensor(1.0", "make_dual(x, torch.tensor(2.0"),
-        where=dual_numbers, exit=1, shows=("FAIL  tangent = 12 ",)),
+        where=dual_numbers, exit=1, shows=("FAIL  tangent = 12.0",)),
     Try("J·v becomes the second column of J, (1, 0, 4), and the check still holds",
         edit=("v = torch.tensor([1.0, -1.0], device=lab.device)", "v = torch.tensor([0.0, 1.0], device=lab.device)"),
-        where=jvp_beside_vjp, shows=("jv = [1, 0, 4]",)),
+        where=jvp_beside_vjp, shows=("jv = [1.0, 0.0, 4.0]",)),
 ]
 lab.finish(TRIES)

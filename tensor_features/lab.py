@@ -18,10 +18,14 @@ A lesson does the autograd itself, in plain sight. Its shape:
     ...
     lab.finish(TRIES)
 
-What the learner reads is what ran: before each check the lab prints the lesson's own source
-lines that ran since the last check (read back from the file, or from the notebook cell),
-leaving out only the lab's own calls. A check's label is the source text of the value it
-checks. So the printed code and labels cannot drift from the code.
+What the learner reads is the code itself: before each check the lab prints the observation's
+own source lines, read back from the file (or the notebook cell), from the last printed line to
+the end of the current statement. It leaves out the lab's calls, the docstring and the
+observation's `return` lines; a branch that was not taken is still printed, and a helper defined
+outside the observation runs without being printed (its name shows where it is called). A
+check's label is the source text of the value it checks, unless the lesson passes label=. So
+the printed code cannot drift from the code; the labels given by hand and the "why" texts are
+sentences like any other, checked by the tests and by reading.
 
 One file, three ways to run it:
   * `python lesson.py [flags]`: observations run top to bottom; finish() exits 0, or 1 when
@@ -83,7 +87,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, float):
-        return f"{value:.6g}"
+        text = f"{value:.6g}"
+        # As Python prints it: 8.0, not 8, so that a float is never mistaken for an int.
+        return text + ".0" if text.lstrip("-").isdigit() else text
     if isinstance(value, torch.Size):
         return str(tuple(value))
     if isinstance(value, (list, tuple)):

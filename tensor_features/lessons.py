@@ -1,6 +1,6 @@
 """The lessons in teaching order, and the ways to run them.
 
-    python -m tensor_features.lessons [--device auto|cpu|cuda] [--only PATTERN] [--no-trainer]
+    python -m tensor_features.lessons [--device auto|cpu|cuda] [--only TEXT] [--no-trainer]
 
 runs every lesson in order, each in its own process as a learner would run it, then the
 trainer, and ends with a summary: one line per lesson (checks matched, seconds) and the
@@ -29,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The order of the original description (backward, accumulation, retain_graph, detach, vjp),
-# then the chapters that build on it. One list; everything that runs lessons reads it.
+# Tensors first (03), then autograd in the order of the original description (backward,
+# accumulation, retain_graph, detach, vjp), then the chapters that build on it (06-09).
+# One list; everything that runs lessons reads it.
 LESSONS = (
     "03_tensor_attributes_and_methods_basics.py",
     "03_tensor_attributes_and_methods_storage.py",
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="python -m tensor_features.lessons", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device_argument(parser)
-    parser.add_argument("--only", metavar="TEXT", help="run only the lessons whose file name contains TEXT")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="run only the lessons whose file name contains TEXT (a plain substring, not a pattern)")
     parser.add_argument("--no-trainer", action="store_true", help="skip the trainer at the end")
     return parser
 
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"Not everything held: {', '.join(failed)}.")
         return 1
-    print(f"Every check of the {len(rows)} lessons held.")
+    print(f"Every check of the {len(rows)} lesson{'s' if len(rows) != 1 else ''} held.")
     return 0
 
 

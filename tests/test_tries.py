@@ -4,13 +4,14 @@ A Try promises an exit code and text that appears in the output; the text must b
 from the unchanged lesson's output, so that a Try which changes nothing cannot pass.
 """
 
+import ast
 import os
 
 import pytest
 import torch
 
 from conftest import run_in_process
-from tensor_features.lab import FORCE_AGREE_ENV, Try
+from tensor_features.lab import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lessons import lesson_paths, load_lesson, short_name
 
 # Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
@@ -46,6 +47,15 @@ def test_try_does_what_it_says(path, index, attempt, tmp_path):
         argv += ["--device", "cpu"]
     target = path
     if attempt.edit is not None:
+        # The learner sees the edit without comments: that text must point at one place too.
+        source = path.read_text()
+        span = source
+        if attempt.where is not None:
+            node = next(n for n in ast.parse(source).body if getattr(n, "name", None) == attempt.where.__name__)
+            span = "".join(source.splitlines(keepends=True)[node.lineno - 1: node.end_lineno])
+        code = "\n".join(_code_only(line) for line in span.splitlines())
+        shown = "\n".join(_code_only(line) for line in attempt.edit[0].splitlines())
+        assert code.count(shown) == 1, f"the Try line's `{shown}` is ambiguous in its observation"
         target = tmp_path / path.name
         target.write_text(attempt.apply(path.read_text()))
     finished = run_in_process(target, argv)
