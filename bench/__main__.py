@@ -24,7 +24,7 @@ import torch
 
 from bench.rows import FAMILIES
 from bench.table import Row, as_json, machine, render_markdown, render_text
-from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, pick_device
+from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, pick_device, run_main
 
 ROWS = tuple(FAMILIES)
 
@@ -113,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -103,6 +103,30 @@ def new_file(suffixes: tuple[str, ...]):
     return parse
 
 
+# -- the end of a program ------------------------------------------------------------------------------
+
+def stdout_closed() -> int:
+    """What a program does when its reader went away (`... | head`): stop quietly, exit code 1.
+
+    The recipe of Python's signal module docs ("Note on SIGPIPE"): point stdout at devnull so that
+    the interpreter's final flush cannot raise a second time.
+    """
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
+def run_main(main) -> int:
+    """main() of a command-line program, ending quietly when its output pipe is closed early."""
+    try:
+        return main()
+    except BrokenPipeError:
+        return stdout_closed()
+
+
 # -- the device --------------------------------------------------------------------------------------
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -154,4 +154,6 @@ def main(argv: list[str] | None = None, source: Source = CIFAR10) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tensor_features.cli import run_main
+
+    sys.exit(run_main(main))

@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
-from tensor_features.cli import OneLineArgumentParser, add_device_argument, device_or_exit
+from tensor_features.cli import OneLineArgumentParser, add_device_argument, device_or_exit, stdout_closed
 
 FORCE_AGREE_ENV = "LAB_FORCE_AGREE"
 SUMMARY_ENV = "LAB_SUMMARY"
@@ -393,7 +393,10 @@ class Lab:
     # -- printing -------------------------------------------------------------------------------
 
     def _print(self, text: str = "") -> None:
-        print(text, file=self.stream)
+        try:
+            print(text, file=self.stream)
+        except BrokenPipeError:  # `python lesson.py | head`: the reader has gone, stop quietly
+            raise SystemExit(stdout_closed()) from None
 
     def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Number and title the observation (its docstring's first line), then run it."""

@@ -187,4 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tensor_features.cli import run_main
+
+    sys.exit(run_main(main))

@@ -56,3 +56,18 @@ def test_make_run_rejects_an_unknown_lesson(capsys):
     with pytest.raises(SystemExit) as done:
         run_all(["--only", "no-such-lesson"])
     assert done.value.code == 2 and "--only" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_lesson_quietly():
+    """`python LESSON | head -1`: the reader goes away; no traceback, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "05_gradient_computation_backward.py", "--device", "cpu"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    assert child.stdout.readline().startswith(b"05 ")
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1 and stderr == "", stderr
