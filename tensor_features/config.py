@@ -42,7 +42,9 @@ class TrainConfig:
     update: str = option("both", "which update to run: the original manual one, torch.optim.SGD, or both "
                          "from the same initial w", choices=("manual", "sgd", "both"))
     seed: int = option(0, "seed for the noise and the initial w, 0..2**32-1", type=int_in_range(0, 2**32 - 1))
-    device: str = option("auto", "auto picks CUDA when a GPU is visible, else the CPU", choices=DEVICE_CHOICES)
+    device: str = option("auto", "auto picks CUDA when a GPU is visible, else the CPU; under torchrun, CUDA (and "
+                         "nccl) only when every process on the machine has a GPU of its own, else the CPU (and gloo)",
+                         choices=DEVICE_CHOICES)
     batchnorm: bool = option(False, "with --basis mlp: BatchNorm1d (train mode) after the extractor's first layer, "
                              "and the per-sample trap measured: the batched VJP against the diagonal of the "
                              "batch Jacobian (needs --n <= 2048)")

@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from tensor_features.model import Loss, batched_derivative, linear_model, loss_terms, mse
+
+if TYPE_CHECKING:  # the type only: a single-process run never imports the distributed plumbing
+    from tensor_features.data_parallel import DataParallel
 
 
 # -- one epoch --------------------------------------------------------------------------------
@@ -90,15 +93,24 @@ class FitResult:
 
 
 def _train(label: str, w0: torch.Tensor, lr: float, epochs: int, update: str, step: Callable,
-           parameters: Callable = lambda w: [w], keep_data: bool = False) -> FitResult:
-    """The epoch loop every fit shares: step(w, optimizer) until epochs or a non-finite loss."""
+           parameters: Callable = lambda w: [w], keep_data: bool = False,
+           world: DataParallel | None = None) -> FitResult:
+    """The epoch loop every fit shares: step(w, optimizer) until epochs or a non-finite loss.
+
+    With `world` (torchrun), step sees this rank's rows only; a hook on w makes each backward's
+    gradient the gradient over all n rows, and the loss recorded is the loss over all n rows.
+    """
     w = w0.detach().clone().requires_grad_()
+    if world is not None:
+        world.average_gradient(w)  # w.grad of the mean over all n rows, on every rank (data_parallel.py)
     optimizer = torch.optim.SGD(parameters(w), lr=lr) if update == "sgd" else None
     result = FitResult(label, data_losses=[] if keep_data else None)
     start = time.perf_counter()
     for epoch in range(epochs):
         value = step(w, optimizer)
         total, data = value if isinstance(value, tuple) else (value, value)
+        if world is not None:  # this rank's loss is the mean over its own rows: make it the mean over all n
+            total, data = world.mean_over_rows(total, data)
         if not math.isfinite(total):
             result.diverged_at = epoch
             break
@@ -113,10 +125,12 @@ def _train(label: str, w0: torch.Tensor, lr: float, epochs: int, update: str, st
 
 
 def fit(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int,
-        update: str = "manual", zero_grad: bool = True, fast: FastLoss | None = None) -> FitResult:
+        update: str = "manual", zero_grad: bool = True, fast: FastLoss | None = None,
+        world: DataParallel | None = None) -> FitResult:
     """Train w from a copy of w0 on the original loss with the manual or the SGD update.
 
     With `fast` (see FastLoss), the same updates run on the compiled loss instead of the original.
+    With `world`, phi and y are this rank's rows and the steps are data-parallel (see _train).
     """
     def step(w, optimizer):
         if fast is not None:
@@ -124,7 +138,7 @@ def fit(phi: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs:
         return sgd_step(phi, y, w, optimizer, zero_grad) if optimizer else manual_step(phi, y, w, lr, zero_grad)
 
     compiling = fast is not None and fast.needs_compiling
-    result = _train(update if fast is None else f"{update} --fast", w0, lr, epochs, update, step)
+    result = _train(update if fast is None else f"{update} --fast", w0, lr, epochs, update, step, world=world)
     result.compiled_in_first_epoch = compiling
     return result
 

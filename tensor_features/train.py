@@ -9,14 +9,15 @@
     python -m tensor_features.train --basis mlp --batchnorm --loss sobolev   # the per-sample trap
     python -m tensor_features.train --basis legendre --lr auto --plot plots
     python -m tensor_features.train --n 4194304 --fast   # same loop, loss compiled
+    torchrun --standalone --nproc-per-node 2 -m tensor_features.train   # data parallel: 2 processes, half the rows each
 
 The data are y = x² + noise on [-1, 1]; the model is f(x) = Φ(x) w with Φ = [x, x², x³] (--degree
 3). With a fixed basis every loss here is a quadratic in w, so its exact minimum is one
 least-squares solve away: every run is compared with it.
 
 Where things are: the mathematics in tensor_features/model.py, the training loop in fitting.py,
-the observation points in observations.py. This file is the command line: run() computes a
-RunResult, report() prints it, plots.py draws it.
+the observation points in observations.py, the data-parallel plumbing in data_parallel.py. This
+file is the command line: run() computes a RunResult, report() prints it, plots.py draws it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch
 
 from tensor_features.cli import device_or_exit
 from tensor_features.config import TrainConfig, build_parser, config_from_args
+from tensor_features.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
+from tensor_features.distributed import _one_line, only_rank_0_prints
 from tensor_features.fitting import (
     Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, rows_layout)
 from tensor_features.load_data import load_data
@@ -138,6 +141,7 @@ class RunResult:
     curve: Curve | None = None
     mse_curve: Curve | None = None
     sweep: list[SweepRow] | None = None
+    data_parallel: DataParallel | None = None  # under torchrun: this rank's place; None in one process
 
     @property
     def optimum(self) -> Optimum:
@@ -153,8 +157,13 @@ def loss_of(config: TrainConfig) -> Loss:
     return Loss(config.loss, weight)
 
 
-def run(config: TrainConfig, device: torch.device) -> RunResult:
-    """Train as the config says, on one device; compute every figure the report prints."""
+def run(config: TrainConfig, device: torch.device, world: DataParallel | None = None) -> RunResult:
+    """Train as the config says, on one device; compute every figure the report prints.
+
+    With `world` (torchrun), every rank draws all n points (one seeded generator: a rank cannot draw
+    its own rows without drawing the ones before them) and computes the exact optimum from them,
+    the report's reference; training then sees only this rank's rows.
+    """
     x, y = load_data(config.n, config.noise, config.seed, device)
     loss = loss_of(config)
     basis = "monomial" if config.basis == "mlp" else config.basis
@@ -162,8 +171,8 @@ def run(config: TrainConfig, device: torch.device) -> RunResult:
                                                             "smooth": f" --penalty {config.penalty:g}"}[config.loss]
     problem = exact_problem(x, y, config.degree, basis, loss, rows_layout_for_fast=config.fast, flags=flags)
     lr = resolve_lr(config.lr, problem.optimum)
-    w0 = initial_weights(config.degree, config.seed, device)
-    result = RunResult(config, device, problem, lr)
+    w0 = initial_weights(config.degree, config.seed, device)  # the same seed, so the same w0 on every rank
+    result = RunResult(config, device, problem, lr, data_parallel=world)
 
     if config.outside_no_grad:
         result.outside_no_grad = update_outside_no_grad(problem.phi, y, w0, lr)
@@ -178,8 +187,10 @@ def run(config: TrainConfig, device: torch.device) -> RunResult:
         result.mse_fit = fit(result.mse_problem.phi, y, w0, lr, config.epochs, "manual", zero_grad)
         result.create_graph = create_graph_check(loss, x, y, w0, config.degree, basis)
     else:
-        fast = FastLoss(problem.phi, y) if config.fast else None
-        result.fits = [fit(problem.phi, y, w0, lr, config.epochs, update, zero_grad, fast) for update in updates]
+        phi_train, y_train = (problem.phi, y) if world is None else (world.shard(problem.phi), world.shard(y))
+        fast = FastLoss(phi_train, y_train) if config.fast else None
+        result.fits = [fit(phi_train, y_train, w0, lr, config.epochs, update, zero_grad, fast, world)
+                       for update in updates]
 
     if config.basis == "mlp":
         result.mlp, result.extractor = fit_mlp(x, y, w0, lr, config.epochs, config.seed, loss, config.batchnorm)
@@ -328,6 +339,8 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
 
     say(f"tensor_features.train   torch {torch.__version__} · device {result.device} · n={config.n} "
         f"noise={config.noise} degree={config.degree} basis={config.basis} loss={config.loss} seed={config.seed}")
+    if result.data_parallel is not None:
+        say(data_parallel_line(result.data_parallel))
     say(f"loss: {loss.formula}")
     auto = " (auto: 2/(λmax+λmin) of the Hessian)" if config.lr == "auto" else ""
     say(f"lr = {lr:.6g}{auto}; stability limit 2/λmax = {optimum.max_stable_lr:.4g}; "
@@ -399,6 +412,13 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
         report_trap(result.trap, out)
     if result.sweep is not None:
         report_sweep(result.sweep, config, loss, out)
+
+
+def data_parallel_line(world: DataParallel) -> str:
+    sizes = world.shard_sizes
+    shards = " and ".join(f"{sizes.count(size)} × {size} rows" for size in sorted(set(sizes), reverse=True))
+    return (f"data parallel: {world.world_size} processes ({world.backend}), shards: {shards}; every backward "
+            f"all-reduces w's gradient, each rank's weighted by its rows / n, and each epoch's loss the same way")
 
 
 def describe_mlp(result: FitResult, optimum: Optimum) -> str:
@@ -550,29 +570,101 @@ def check_combinations(config: TrainConfig) -> str | None:
     return None
 
 
+def check_data_parallel(config: TrainConfig, world_size: int) -> str | None:
+    """Settings that do not run data-parallel (torchrun, WORLD_SIZE > 1): the one-line reason, or None."""
+    if world_size == 1:
+        return None
+    alone = f"run it without torchrun (here WORLD_SIZE is {world_size})"
+    if config.n < world_size:
+        return f"--n {config.n}: each of the {world_size} processes needs at least one row"
+    if config.basis == "mlp":
+        return f"--basis mlp: only w's gradient is all-reduced across processes, not the extractor's; {alone}"
+    if config.loss != "mse":
+        return f"--loss {config.loss}: the data-parallel trainer trains --loss mse only; {alone}"
+    if config.sweep:
+        return f"--sweep trains six more fits, one per degree, in one process; {alone}"
+    if config.outside_no_grad:
+        return f"--outside-no-grad shows one process's update breaking; {alone}"
+    return None
+
+
+def plot_folder_problem(config: TrainConfig) -> str | None:
+    """Create the --plot folder now (before any training); the one-line reason if that fails."""
+    if not config.plot:
+        return None
+    try:
+        Path(config.plot).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"--plot {config.plot}: cannot create the folder ({err.strerror})"
+    return None
+
+
+def finish(result: RunResult) -> None:
+    """The report, the plots if asked for, the verdict for `make run`."""
+    report(result)
+    if result.config.plot:
+        from tensor_features.plots import write_plots  # matplotlib only when asked for
+
+        for path in write_plots(Path(result.config.plot), result):
+            print(f"wrote {path}")
+    write_verdict(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__)
+    world_size = world_size_from_env()
+    if world_size > 1:
+        return main_data_parallel(parser, argv, world_size)
     config = config_from_args(parser.parse_args(argv))
     device = device_or_exit(parser, config.device)
-    problem = check_combinations(config)
+    problem = check_combinations(config) or plot_folder_problem(config)
     if problem:
         parser.error(problem)
-    if config.plot:
-        try:
-            Path(config.plot).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            parser.error(f"--plot {config.plot}: cannot create the folder ({err.strerror})")
     try:
         result = run(config, device)
     except UsageError as err:
         parser.error(str(err))
-    report(result)
-    if config.plot:
-        from tensor_features.plots import write_plots  # matplotlib only when asked for
+    finish(result)
+    return 0
 
-        for path in write_plots(Path(config.plot), result):
-            print(f"wrote {path}")
-    write_verdict(result)
+
+def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
+    """One rank of `torchrun --nproc-per-node N -m tensor_features.train`: train on this rank's rows,
+    rank 0 reports. A usage error stops every rank with exit 2 and one line; an error on one rank is
+    one line on stderr and exit 1, and torchrun then stops the other ranks and exits non-zero."""
+    # Every rank reads the same command line and decides alike; rank 0 says it (said_once).
+    with only_rank_0_prints(), said_once():
+        config = config_from_args(parser.parse_args(argv))
+        problem = check_combinations(config) or check_data_parallel(config, world_size)
+        if problem:
+            parser.error(problem)
+    # What this machine has may differ between machines: a rank that lacks it says so itself.
+    device = device_or_exit(parser, config.device)
+    try:
+        world = DataParallel.join(config.n, device, config.device)
+    except DeviceError as err:
+        parser.error(str(err))
+    except (RuntimeError, ValueError) as error:  # the rendezvous failed or timed out
+        print(f"{parser.prog}: rank {rank_from_env()} could not join the process group: {_one_line(error)}",
+              file=sys.stderr, flush=True)
+        return 1
+    try:
+        with only_rank_0_prints(), said_once():
+            # Only rank 0 writes plots, so only rank 0 creates the folder; every rank hears its verdict.
+            problem = world.rank_0_says(plot_folder_problem(config) if world.rank == 0 else None)
+            if problem:
+                parser.error(problem)
+            try:
+                result = run(config, world.device, world)
+            except UsageError as err:  # the exact optimum, computed alike on every rank before any all-reduce
+                parser.error(str(err))
+    except Exception as error:  # noqa: BLE001 - one line per failing rank, then torchrun ends the run
+        print(f"{parser.prog}: rank {world.rank} failed: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        world.close()
+    if world.rank == 0:
+        finish(result)
     return 0
 
 
