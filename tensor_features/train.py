@@ -10,6 +10,7 @@
     python -m tensor_features.train --basis legendre --lr auto --plot plots
     python -m tensor_features.train --n 4194304 --fast   # same loop, loss compiled
     torchrun --standalone --nproc-per-node 2 -m tensor_features.train   # data parallel: 2 processes, half the rows each
+    torchrun --standalone --nproc-per-node 2 -m tensor_features.train -- --n 101   # "--": else torchrun reads --n
 
 The data are y = x² + noise on [-1, 1]; the model is f(x) = Φ(x) w with Φ = [x, x², x³] (--degree
 3). With a fixed basis every loss here is a quadratic in w, so its exact minimum is one
