@@ -1,11 +1,12 @@
 """07 · in-place and anomaly: the version-counter error read part by part, and what anomaly mode shows.
 
-The error learners paste most often, "modified by an inplace operation", provoked on purpose in
-a realistic shape (an activation saved for backward, then a residual added to it in place), its
-message taken apart (which tensor, which op, the two version numbers, checked against _version),
-and the fix x = x + ...; in-place ops that are safe because nothing saved the tensor they change;
-a NaN gradient that appears silently, then the same under torch.autograd.detect_anomaly(), which
-raises and names the forward line the NaN came from; and what the mode costs in time.
+A common error, "modified by an inplace operation", provoked on purpose in a realistic shape (an
+activation saved for backward, then a residual added to it in place), its message taken apart
+(which tensor, which op, the two version numbers, checked against _version), and the fix
+x = x + ...; in-place ops that are safe because no node saved the tensor they change; a change
+made through .data, which the version counter does not see: no error, a wrong gradient; a NaN
+gradient that appears silently, then the same under torch.autograd.detect_anomaly(), which raises
+and names the forward line the NaN came from; and what the mode costs in time.
 """
 
 # %% Setup
@@ -48,9 +49,34 @@ def sigmoid(v: float) -> float:
     return 1 / (1 + math.exp(-v))
 
 
+def saved_by_graph(root) -> list[tuple[str, torch.Tensor]]:
+    """("Node._saved_name", tensor) for every tensor saved by a node of the graph behind root, by name.
+
+    A node shows what it saved as attributes that start with _saved (Autograd mechanics, Saved
+    tensors, pytorch/pytorch docs/source/notes/autograd.md); next_functions leads to its inputs' nodes.
+    """
+    found, seen, stack = [], set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            value = getattr(node, name) if name.startswith("_saved_") else None
+            if isinstance(value, torch.Tensor):
+                found.append((f"{type(node).__name__}.{name}", value))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(found, key=lambda item: item[0])
+
+
+def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors live in the same storage (a saved tensor may be another object on h's memory)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 # %% [1] The classic in-place error, part by part
 def inplace_error(lab: Lab) -> dict:
-    """x = sigmoid(z) is saved for backward, then x += z changes it in place: backward() fails"""
+    """x = sigmoid(z) is saved for backward, then z is added to x in place: backward() fails"""
     z = torch.tensor([0.5, -1.0, 2.0], requires_grad=True, device=lab.device)
     x = torch.sigmoid(z)  # SigmoidBackward0 saves its output x: dσ/dz = x * (1 - x)
     version_when_saved = x._version
@@ -65,7 +91,7 @@ def inplace_error(lab: Lab) -> dict:
     lab.check(parts["shape"], "3", "... and x's shape")
     lab.check((parts["output"], parts["node"]), (0, "Sigmoid"),
               "which op: x is output 0 of the sigmoid, the op that saved it (a saved output names its saver)")
-    lab.check(parts["now"], version_now, "'is at version': x._version read after x += z")
+    lab.check(parts["now"], version_now, "'is at version': x._version read after the in-place add")
     lab.check(parts["saved"], version_when_saved, "'expected version': x._version read when the sigmoid saved x")
     lab.check((version_when_saved, version_now), (0, 1), "one in-place op between the save and backward()")
     return {"error": caught.error, "parts": parts, "versions": (version_when_saved, version_now)}
@@ -74,9 +100,9 @@ def inplace_error(lab: Lab) -> dict:
 lab.run(inplace_error)
 
 
-# %% [2] A saved input: the message names the in-place op, anomaly mode names the saver
+# %% [2] A saved input: the message names x's grad_fn now, anomaly mode names the saver
 def which_op_saved_it(lab: Lab) -> dict:
-    """x.pow(2) saves its input x, then x += 1: the message names the +=; anomaly mode finds x.pow(2)"""
+    """x.pow(2) saves x, then x changes in place: the message names x's grad_fn now; anomaly mode finds x.pow(2)"""
     # The error's own hint: anomaly mode records where each op was called (check_nan=False: no NaN checks).
     with torch.autograd.set_detect_anomaly(True, check_nan=False):
         w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
@@ -87,11 +113,11 @@ def which_op_saved_it(lab: Lab) -> dict:
         with lab.expect_warning("Error detected in PowBackward0",
                                 "the node that could not use its saved x, and where it was called") as warned:
             with lab.expect_error("is at version 1; expected version 0",
-                                  "PowBackward0 saved x at version 0; x += 1 made it version 1") as caught:
+                                  "PowBackward0 saved x at version 0; the in-place add made it version 1") as caught:
                 loss.backward()
     parts = message_parts(caught.error)
     lab.check((parts["node"], type(x.grad_fn).__name__), ("Add", "AddBackward0"),
-              "for a saved input the message names the tensor's creator now: the +=, not the op that saved it")
+              "for a saved input the message names x's grad_fn now (here the in-place add), not the op that saved x")
     file, line = innermost_frame(warned.warnings)
     named_line = linecache.getline(file or "", line or 0).split("#")[0].strip()
     lab.check(named_line, "squares = x.pow(2)", "the traceback ends at the forward line of the op that saved x")
@@ -119,47 +145,71 @@ def out_of_place_fix(lab: Lab) -> dict:
 lab.run(out_of_place_fix)
 
 
-# %% [4] Safe in-place ops: nothing saved the tensor they change
+# %% [4] Safe in-place ops: no node saved the tensor they change
 def safe_inplace(lab: Lab) -> dict:
     """In-place ops on a tensor no backward node saved: _version goes up, backward() is fine"""
     w = torch.tensor([0.0, 0.5, 1.0], requires_grad=True, device=lab.device)
     h = w * 2  # times a constant: MulBackward0 saves the 2, not w
     e = torch.exp(h)  # this branch uses h, but ExpBackward0 saves its output e, not h
-    lab.check(h.grad_fn._saved_self, None, "w * 2 kept no tensor that an in-place op could change")
-    lab.check(torch.equal(e.grad_fn._saved_result, e), True, "what exp saved is its output (Autograd mechanics, Saved tensors)")
     versions = [h._version]
-    h += 1  # AddBackward0 saves no tensor
+    h += 1  # AddBackward0 saves no tensor (only alpha = 1, a number)
     versions.append(h._version)
-    h.mul_(3)  # times a constant again: no tensor saved
+    h.mul_(3)  # MulBackward0 saves the 3, not h
     versions.append(h._version)
     loss = e.sum() + h.sum()
+    saved = saved_by_graph(loss.grad_fn)  # (node.attribute, tensor) for each tensor loss's graph saved
+    lab.check([name for name, _ in saved],
+              ["ExpBackward0._saved_result", "MulBackward0._saved_other", "MulBackward0._saved_other"],
+              "exp saved its output e, each multiply its constant; the add saved no tensor")
+    lab.check(sorted(tensor.item() for name, tensor in saved if name.startswith("Mul")), [2, 3],
+              "the constants of w * 2 and h.mul_(3)")
+    lab.check([name for name, tensor in saved if same_memory(tensor, h)], [],
+              "none of them is h or shares its memory: the in-place ops on h change nothing a backward reads")
     loss.backward()
     lab.check(versions, [0, 1, 2], "each in-place op on h bumps its version counter")
     # "if you're using in-place functions and not seeing any errors, you can be sure that the computed
-    # gradients are correct" (docs notes/autograd.rst, In-place correctness checks).
+    # gradients are correct" (pytorch/pytorch docs/source/notes/autograd.md, In-place correctness checks);
+    # not for changes made through .data, which the counter does not see: [5].
     lab.check(w.grad, [2 * math.exp(2 * v) + 6 for v in (0.0, 0.5, 1.0)],
               "d/dw (exp(2w) + 3(2w + 1)) = 2 exp(2w) + 6, and no error")
-    return {"w.grad": w.grad, "versions": versions}
+    return {"w.grad": w.grad, "versions": versions, "saved": saved, "h": h.detach()}
 
 
 lab.run(safe_inplace)
 
 
-# %% [5] A NaN gradient, silently
+# %% [5] A change through .data: no error, a wrong gradient
+def change_through_data(lab: Lab) -> dict:
+    """exp saves its output e; e.data.zero_() changes it where the version counter cannot see"""
+    w = torch.tensor([0.0, 0.5, 1.0], requires_grad=True, device=lab.device)
+    e = torch.exp(w)  # ExpBackward0 saves its output e: d exp(w)/dw = exp(w) = e
+    e.data.zero_()  # e's memory, changed through .data: autograd does not track it
+    lab.check(e._version, 0, "the version counter did not move, so backward() cannot notice")
+    e.sum().backward()  # no error
+    lab.check(w.grad, [0.0, 0.0, 0.0],
+              "exp's backward read the zeroed e: wrong, and silent (d/dw exp(w) = [1.0, 1.64872, 2.71828])")
+    return {"w.grad": w.grad, "version": e._version}
+
+
+lab.run(change_through_data)
+
+
+# %% [6] A NaN gradient, silently
 def silent_nan(lab: Lab) -> dict:
     """(sqrt(x) * 0).sum() at x = [0, 1, 4]: the loss is 0, one gradient is NaN, nothing complains"""
     x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True, device=lab.device)
     y = (torch.sqrt(x) * 0).sum()
     y.backward()
     lab.check(y, 0.0, "every term is multiplied by 0")
-    lab.check(x.grad, [math.nan, 0.0, 0.0], "0 · sqrt′(0) = 0 · inf = NaN (IEEE 754); 0 · 1/(2√x) = 0 elsewhere")
+    # sqrt's backward is grad / (2 * result) (tools/autograd/derivatives.yaml); here grad = 0 everywhere.
+    lab.check(x.grad, [math.nan, 0.0, 0.0], "0 / (2·sqrt(0)) = 0 / 0 = NaN (IEEE 754); 0 / (2√x) = 0 elsewhere")
     return {"y": y, "x.grad": x.grad}
 
 
 lab.run(silent_nan)
 
 
-# %% [6] The same under detect_anomaly(): an error, and the line it came from
+# %% [7] The same under detect_anomaly(): an error, and the line it came from
 def anomaly_names_the_line(lab: Lab) -> dict:
     """The same inside torch.autograd.detect_anomaly(): backward() raises and names the forward line"""
     x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True, device=lab.device)
@@ -172,8 +222,8 @@ def anomaly_names_the_line(lab: Lab) -> dict:
                 y.backward()
     file, line = innermost_frame(warned.warnings)
     lab.check(file == anomaly_names_the_line.__code__.co_filename, True, "the traceback ends in this lesson's own code")
-    lab.check(linecache.getline(file or "", line or 0).strip(), "y = (torch.sqrt(x) * 0).sum()",
-              "the line it names is the one that called sqrt")
+    named_line = linecache.getline(file or "", line or 0).strip()
+    lab.check(named_line.startswith("y = (torch.sqrt("), True, "the line it names is the one that called sqrt")
     lab.check(any("This mode will increase the runtime" in text for text in warned.warnings), True,
               "detect_anomaly() itself warns that it is for debugging only")
     lab.check(x.grad, None, "backward() stopped at SqrtBackward0: nothing reached x.grad")
@@ -183,7 +233,7 @@ def anomaly_names_the_line(lab: Lab) -> dict:
 lab.run(anomaly_names_the_line)
 
 
-# %% [7] What anomaly mode costs
+# %% [8] What anomaly mode costs
 def forward_backward(device: torch.device, steps: int = 100) -> None:
     """A small chain of ops, forward and backward (the work being timed)."""
     x = torch.tensor([0.5, 1.0, 2.0], requires_grad=True, device=device)
@@ -217,7 +267,8 @@ def anomaly_cost(lab: Lab) -> dict:
     off, on = min(seconds["off"]), min(seconds["on"])
     lab.note(f"measured here: {off * 1e3:.2f} ms off, {on * 1e3:.2f} ms on: {on / off:.1f}× "
              "(one machine, one run; a timing, not a promise)")
-    lab.check(on > off, True, "the same work plus a stored traceback per op: slower, by the ratio printed above")
+    lab.check(on > off, True, "the same work plus, per op, a stored traceback (forward) and a NaN check of "
+              "each gradient (backward): slower, by the ratio printed above")
     return {"off": off, "on": on}
 
 
@@ -233,8 +284,8 @@ TRIES = [
     Try("x is no longer modified after PowBackward0 saved it: no error, no traceback to read",
         edit=("x += 1  # x's grad_fn", "x = x + 1  # x's grad_fn"), where=which_op_saved_it, exit=1,
         shows=("FAIL  no error",)),
-    Try("sqrt(x + 1e-12) keeps the gradient finite (5e5 at 0), so anomaly mode finds nothing to raise",
-        edit=("(torch.sqrt(x) * 0).sum()\n", "(torch.sqrt(x + 1e-12) * 0).sum()\n"), where=anomaly_names_the_line,
-        exit=1, shows=("FAIL  no error",)),
+    Try("sqrt's backward at 0 becomes 0 / (2·1e-6) = 0, not 0 / 0: no NaN, so anomaly mode has nothing to raise "
+        "and x.grad is all zeros", edit=("torch.sqrt(x) * 0", "torch.sqrt(x + 1e-12) * 0"),
+        where=anomaly_names_the_line, exit=1, shows=("FAIL  no error", "FAIL  x.grad = [0.0, 0.0, 0.0]")),
 ]
 lab.finish(TRIES)

@@ -15,7 +15,13 @@ MUTANTS = [
     ("07_debugging_gradients_inplace_and_anomaly.py", "    x += z  # a residual", "    x = x + z  # a residual"),
     ("07_debugging_gradients_inplace_and_anomaly.py", "        squares = x.pow(2)  # PowBackward0", "        squares = x.exp()  # PowBackward0"),
     ("07_debugging_gradients_inplace_and_anomaly.py", "    x = x + z  # out of place", "    x = x * z  # out of place"),
-    ("07_debugging_gradients_inplace_and_anomaly.py", "    h.mul_(3)  # times a constant again", "    h.mul_(4)  # times a constant again"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    h.mul_(3)  # MulBackward0 saves the 3", "    h.mul_(4)  # MulBackward0 saves the 3"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    e = torch.exp(h)  # this branch", "    e = torch.sigmoid(h)  # this branch"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "        stack.extend(next_node for next_node, _ in node.next_functions)\n",
+     "        pass\n"),
+    ("07_debugging_gradients_inplace_and_anomaly.py",
+     "    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()", "    return a is b"),
+    ("07_debugging_gradients_inplace_and_anomaly.py", "    e.data.zero_()  # e's memory", "    e.data.mul_(1)  # e's memory"),
     ("07_debugging_gradients_inplace_and_anomaly.py", "    y = (torch.sqrt(x) * 0).sum()\n    y.backward()", "    y = (torch.sqrt(x) * 1).sum()\n    y.backward()"),
     ("07_debugging_gradients_inplace_and_anomaly.py", "            with torch.autograd.detect_anomaly():",
      "            with torch.autograd.detect_anomaly(check_nan=False):"),
@@ -28,7 +34,7 @@ def line_of(function, statement: str) -> int:
     """The file line number of the one line of `function` that starts with `statement`."""
     lines, first = inspect.getsourcelines(function)
     hits = [first + i for i, line in enumerate(lines) if line.strip().startswith(statement)]
-    assert len(hits) == 1, (text, hits)
+    assert len(hits) == 1, (statement, hits)
     return hits[0]
 
 
@@ -86,6 +92,15 @@ def test_the_fixed_function_passes_gradcheck():
 def test_safe_inplace_ops_count_versions_and_keep_the_gradient(lab):
     result = lesson.safe_inplace(lab)
     assert result["versions"] == [0, 1, 2]  # h += 1, then h.mul_(3)
+    # By hand: exp saves its output exp(2w); a multiply by a constant saves only the constant (the
+    # other factor is needed only for the constant's gradient, and a constant needs none); add saves none.
+    saved = result["saved"]
+    assert [name for name, _ in saved] == ["ExpBackward0._saved_result"] + ["MulBackward0._saved_other"] * 2
+    w = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(saved[0][1].detach().cpu().double(), torch.exp(2 * w), rtol=1e-6)
+    assert sorted(t.item() for _, t in saved[1:]) == [2, 3]
+    h_memory = result["h"].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() != h_memory for _, t in saved)
     # f(w) = sum(exp(2w) + 3(2w + 1)), by float64 central differences.
     f = lambda v: math.exp(2 * v) + 3 * (2 * v + 1)  # noqa: E731
     h = 1e-6
@@ -93,12 +108,34 @@ def test_safe_inplace_ops_count_versions_and_keep_the_gradient(lab):
     assert torch.allclose(result["w.grad"].cpu().double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5)
 
 
+def test_saved_by_graph_finds_a_saved_input_and_a_view_of_its_memory():
+    h = torch.tensor([1.0, 2.0, 3.0], requires_grad=True) * 2
+    loss = torch.sin(h).sum() + torch.cos(h[1:]).sum()  # sin saves h itself, cos a view of h
+    saved = lesson.saved_by_graph(loss.grad_fn)
+    assert [name for name, _ in saved] == ["CosBackward0._saved_self", "MulBackward0._saved_other",
+                                           "SinBackward0._saved_self"]
+    sharing = [name for name, t in saved if lesson.same_memory(t, h)]
+    assert sharing == ["CosBackward0._saved_self", "SinBackward0._saved_self"]
+    assert not lesson.same_memory(h, h.clone())
+
+
+def test_a_change_through_data_is_unseen_and_gives_a_wrong_gradient(lab):
+    result = lesson.change_through_data(lab)
+    assert result["version"] == 0  # .data has a version counter of its own: e's did not move
+    # exp's backward is grad * result; the result was zeroed, so 1 * 0 = 0 where exp(w) is the truth.
+    assert result["w.grad"].cpu().tolist() == [0.0, 0.0, 0.0]
+    assert [math.exp(v) for v in (0.0, 0.5, 1.0)] != [0.0, 0.0, 0.0]
+
+
 def test_the_nan_is_silent_without_anomaly_mode(lab):
     result = lesson.silent_nan(lab)
     assert result["y"].item() == 0.0
     grad = result["x.grad"].cpu()
-    # d/dx (0 * sqrt(x)) = 0 * 1/(2 sqrt(x)): 0 * inf at x = 0, 0 elsewhere.
-    assert math.isnan(grad[0].item()) and grad[1:].tolist() == [0.0, 0.0]
+    # sqrt's backward divides the incoming gradient (0 here) by 2·sqrt(x): 0 / 0 at x = 0, 0 elsewhere.
+    x = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+    by_formula = torch.zeros(3, dtype=torch.float64) / (2 * torch.sqrt(x))
+    assert math.isnan(grad[0].item()) and math.isnan(by_formula[0].item())
+    assert grad[1:].tolist() == by_formula[1:].tolist() == [0.0, 0.0]
 
 
 def test_anomaly_mode_raises_and_names_the_sqrt_line(lab):
