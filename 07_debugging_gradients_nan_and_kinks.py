@@ -1,8 +1,9 @@
 """07 · NaN and kinks: NaN gradients from finite losses, and the gradients autograd picks at kinks.
 
 The torch.where trap (a finite loss, a NaN gradient, because the branch that was not chosen still
-runs backward and multiplies a 0 by an inf) and the safe form that masks the input first; a
-masked loss whose masked-out entries were 0/0, with the same NaN; then the gradients at points
+runs backward: where sends it a 0, and sqrt's backward divides that 0 by 2·sqrt(0) = 0, 0/0) and
+the safe form that masks the input first; a masked loss whose masked-out entries were 0/0, with
+the same NaN; then the gradients at points
 where the derivative does not exist (relu, abs, sqrt, norm, a tie in max), checked against the
 documented rule in "Autograd mechanics" (Gradients for non-differentiable functions): which
 values mathematics allows there, which one the rule picks, an op that picks another, and why
@@ -44,7 +45,7 @@ lab.run(where_trap)
 def where_safe(lab: Lab) -> dict:
     """Mask the input first: where(p > 0, sqrt(where(p > 0, p, 1)), 0) has gradient 0 at p = 0"""
     p = torch.tensor([0.0, 4.0], requires_grad=True, device=lab.device)
-    safe_p = torch.where(p > 0, p, 1.0)  # sqrt never sees the 0, so its backward never meets an inf
+    safe_p = torch.where(p > 0, p, 1.0)  # sqrt never sees the 0, so its backward never divides by 2·sqrt(0) = 0
     loss = torch.where(p > 0, torch.sqrt(safe_p), 0.0).sum()
     loss.backward()
     lab.check(loss, 2.0, "the same loss as before")
@@ -88,6 +89,9 @@ def gradient_at(function, values: list[float], device: torch.device) -> torch.Te
 
 def kinks(lab: Lab) -> dict:
     """relu, abs, sqrt, norm and max at the points where their derivative does not exist"""
+    # A subgradient of a convex f at a point p: a slope g with f(p + d) >= f(p) + g·d for every d (a line
+    # through (p, f(p)) that stays under f); where f has a derivative, that is the only one. Minimum norm:
+    # of all of them, the one closest to 0 ([5] checks the inequality).
     # Autograd mechanics, "Gradients for non-differentiable functions" (pytorch/pytorch docs/source/notes/
     # autograd.md), rules applied in order; 2: convex (at least locally) -> a subgradient of minimum norm;
     # 4: defined -> the gradient by continuity ("inf is possible here, for example for sqrt(0)").
@@ -126,15 +130,19 @@ def rule_is_a_choice(lab: Lab) -> dict:
     spelled_maximum = gradient_at(lambda x: torch.maximum(x, zero), [0.0], lab.device)
     spelled_max_dim = gradient_at(lambda x: torch.stack([x, zero]).max(dim=0).values, [0.0], lab.device)
     lab.check(spelled_relu, [0.0], "relu(x) has one input: min norm over [0, 1] is 0 (rule 2)")
-    lab.check(spelled_maximum, [0.5], "maximum(x, y) has two tensor inputs: min-norm joint subgradient (½, ½), "
-              "the docs' own max.Tensor example")
+    maximum_signature = str(torch.ops.aten.maximum.default._schema)  # the dispatcher's schema of torch.maximum
+    lab.check(maximum_signature, "aten::maximum(Tensor self, Tensor other) -> Tensor",
+              "two Tensor inputs, the signature of the docs' two-Tensor max example (max.Tensor)")
+    lab.check(spelled_maximum, [0.5], "so the rule takes the min-norm joint subgradient over (x, y): (½, ½)")
     # torch.max's docstring: with a dim, "only propagate to the indexed element", and at a tie "the indices
     # of the first maximal value are returned" (here row 0, x).
     lab.check(spelled_max_dim, [1.0], "max(dim=0) sends all of the gradient to the index it returned: x's row")
-    # Same function, same point: 0, 0.5 and 1 are all in [0, 1]. The value is the rule's choice (and the
-    # op's signature), not a fact of mathematics; the docs say "different dispatcher signatures can
-    # intentionally produce different subgradients" (docs/source/notes/autograd.md).
-    return {"relu_allows": relu_allows, "relu": spelled_relu, "maximum": spelled_maximum, "max_dim": spelled_max_dim}
+    # Same function, same point: 0, 0.5 and 1 are all in [0, 1]. 0 and 0.5 are the rule applied to each
+    # op's signature ("different dispatcher signatures can intentionally produce different subgradients",
+    # pytorch/pytorch docs/source/notes/autograd.md); 1 is max(dim)'s documented exception. None of them
+    # is a fact of mathematics.
+    return {"relu_allows": relu_allows, "relu": spelled_relu, "maximum": spelled_maximum, "max_dim": spelled_max_dim,
+            "maximum_signature": maximum_signature}
 
 
 lab.run(rule_is_a_choice)

@@ -22,6 +22,8 @@ MUTANTS = [
      "    return all(function(point + d) > function(point) + g * d"),
     ("07_debugging_gradients_nan_and_kinks.py", "    by_hand = torch.sqrt((x * x).sum())\n",
      "    by_hand = torch.linalg.vector_norm(x)\n"),
+    ("07_debugging_gradients_nan_and_kinks.py", "str(torch.ops.aten.maximum.default._schema)",
+     "str(torch.ops.aten.max.default._schema)"),
 ]
 
 H = 1e-6
@@ -47,7 +49,9 @@ def test_where_trap_finite_loss_nan_gradient(lab):
     assert result["loss"].item() == 2.0  # sqrt(4) + 0
     assert as_list(result["root.grad"]) == [0.0, 1.0]  # where's backward: the mask, as numbers
     grad = as_list(result["p.grad"])
-    assert math.isnan(grad[0]) and grad[1] == 1 / (2 * math.sqrt(4.0))
+    # sqrt's backward, grad / (2·sqrt(p)): 0 / 0 at p = 0 (NaN in IEEE 754 floats), 1 / 4 at p = 4.
+    zero_over_zero = torch.tensor(0.0, dtype=torch.float64) / torch.tensor(0.0, dtype=torch.float64)
+    assert math.isnan(zero_over_zero.item()) and math.isnan(grad[0]) and grad[1] == 1 / (2 * math.sqrt(4.0))
 
 
 def test_where_safe_form_gives_zero_at_the_mask(lab):
@@ -92,6 +96,9 @@ def test_the_rule_is_a_choice_among_valid_subgradients(lab):
     assert result["relu_allows"] == [g for g in candidates if low - 1e-9 <= g <= high + 1e-9]
     assert (as_list(result["relu"]), as_list(result["maximum"]), as_list(result["max_dim"])) == ([0.0], [0.5], [1.0])
     assert all(low - 1e-9 <= g[0] <= high + 1e-9 for g in (as_list(result[k]) for k in ("relu", "maximum", "max_dim")))
+    # torch.maximum's schema, parsed here: two Tensor arguments (the docs' max.Tensor case), one Tensor out.
+    name, arguments = result["maximum_signature"].removeprefix("aten::").split(" -> ")[0].split("(", 1)
+    assert name == "maximum" and arguments.rstrip(")").split(", ") == ["Tensor self", "Tensor other"]
 
 
 def test_is_subgradient_on_abs():
