@@ -6,7 +6,7 @@ refuses an infinite norm, where the default turns the gradients [inf, 4] into [N
 runs on the CPU too) scales the loss, so the gradients arrive multiplied by the scale, and unscale_
 divides them back, once; clipping before unscale_ measures a norm 65536 times too large, so here
 the step applied is 65536 times smaller than intended; and a float16 overflow makes step() skip
-and halves the scale.
+the optimizer's step, and update() halves the scale.
 """
 
 # %% Setup
@@ -108,12 +108,12 @@ def clip_before_unscale(lab: Lab) -> dict:
     norm_seen = clip_grad_norm_([w], max_norm=1.0)  # still scaled: wrong
     scaler.step(optimizer)  # unscales (divides by 65536), then optimizer.step()
     scaler.update()
-    lab.check(norm_seen, 5 * 65536, "clip_grad_norm_ measured the scaled norm, 65536 times the true 5")
+    lab.check(norm_seen, 5.0 * 65536, "clip_grad_norm_ measured the scaled norm, 65536 times the true 5")
     lab.check(w.grad, [0.6 / 65536, 0.8 / 65536], "clipped to norm 1 in scaled units, then divided by 65536",
               rtol=1e-4, atol=0.0)
     lab.check(w.grad.norm(), 1 / 65536, "so the gradient applied has norm 1/65536, not 1", rtol=1e-4, atol=0.0)
-    # docs notes/amp_examples.rst, "Working with Unscaled Gradients": clipping without unscaling
-    # makes "your requested threshold ... invalid".
+    # pytorch/pytorch docs/source/notes/amp_examples.md, "Working with Unscaled Gradients": clipping
+    # without unscaling makes "your requested threshold ... invalid".
     return {"norm_seen": norm_seen, "w.grad": w.grad, "w": w.detach()}
 
 
@@ -130,7 +130,7 @@ def unscale_then_clip(lab: Lab) -> dict:
     scaler.scale((w * inputs).sum()).backward()
     scaler.unscale_(optimizer)
     norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled: what max_norm means
-    scaler.step(optimizer)  # already unscaled this iteration: step does not divide again (amp_examples.rst)
+    scaler.step(optimizer)  # already unscaled this iteration: step does not divide again (amp_examples.md)
     scaler.update()
     lab.check(norm_seen, 5.0, "the true norm")
     lab.check(w.grad, [0.6, 0.8], "clipped to norm 1, as asked")
@@ -141,9 +141,9 @@ def unscale_then_clip(lab: Lab) -> dict:
 lab.run(unscale_then_clip)
 
 
-# %% [7] A float16 overflow: step() is skipped, the scale halves
+# %% [7] A float16 overflow: step() skips the optimizer, update() halves the scale
 def overflow_skips_the_step(lab: Lab) -> dict:
-    """Float16 forward, scale 65536: the scaled gradient overflows to inf, step() skips, the scale halves"""
+    """Float16 forward, scale 65536: the scaled gradient overflows to inf, step() skips, update() halves the scale"""
     w = torch.tensor([1.0, 1.0], requires_grad=True, device=lab.device)
     inputs = torch.tensor([3.0, 4.0], device=lab.device)
     optimizer = torch.optim.SGD([w], lr=1.0)
@@ -172,9 +172,10 @@ TRIES = [
     Try("the same numbers on CUDA, with a CUDA GradScaler", flags="--device cuda", needs_cuda=True,
         shows=("device cuda",)),
     Try("a max_norm above the norm leaves the gradients alone (the coefficient is clamped at 1)",
-        edit=("max_norm=1.0)\n", "max_norm=10.0)\n"), where=clip_by_norm, exit=1, shows=("FAIL  w.grad = [3.0, 4.0]",)),
+        edit=("clip_grad_norm_([w], max_norm=1.0)", "clip_grad_norm_([w], max_norm=10.0)"), where=clip_by_norm,
+        exit=1, shows=("FAIL  w.grad = [3.0, 4.0]",)),
     Try("8192 · 4 = 32768 fits in float16: no inf, the step is taken, and the scale stays 8192",
         edit=("init_scale=65536.0", "init_scale=8192.0"), where=overflow_skips_the_step, exit=1,
-        shows=("FAIL  w = [-2.0, -3.0]",)),
+        shows=("FAIL  w = [-2.0, -3.0]", "FAIL  scaler.get_scale() = 8192.0")),
 ]
 lab.finish(TRIES)
