@@ -92,7 +92,7 @@ def jacobian_by_hand(x: torch.Tensor) -> torch.Tensor:
 
 
 def jvp_beside_vjp(lab: Lab) -> dict:
-    """torch.func.jvp gives J·v (a vector per output), vjp gives uᵀ·J (a vector per input)"""
+    """torch.func.jvp gives J·v (one number per output), vjp gives uᵀ·J (one number per input)"""
     x = torch.tensor([1.0, 2.0], device=lab.device)
     jacobian = jacobian_by_hand(x)  # [[2, 1], [cos 1, 0], [0, 4]]
     v = torch.tensor([1.0, -1.0], device=lab.device)  # a direction in the input space ℝ²
@@ -100,7 +100,7 @@ def jvp_beside_vjp(lab: Lab) -> dict:
     _, jv = jvp(small_map, (x,), (v,))  # forward mode: one pass, v pushed from x to f(x)
     _, vjp_fn = vjp(small_map, x)  # reverse mode: one forward, then u pulled back from f(x) to x
     (uj,) = vjp_fn(u)
-    lab.check(jv, jacobian @ v, "J·v = (2 − 1, cos 1, −4): 3 numbers, one per output")
+    lab.check(jv, jacobian @ v, "J (by hand) times v: 3 numbers, one per output")
     lab.check(uj, u @ jacobian, "uᵀ·J = (2 + cos 1, 1 + 4): 2 numbers, one per input")
     return {"x": x, "v": v, "u": u, "jv": jv, "uj": uj}
 
@@ -179,7 +179,7 @@ TRIES = [
     Try("the tangent doubles to 12: a JVP is linear in its direction v",
         edit=("make_dual(x, torch.tensor(1.0", "make_dual(x, torch.tensor(2.0"),
         where=dual_numbers, exit=1, shows=("FAIL  tangent = 12.0",)),
-    Try("J·v becomes the second column of J, (1, 0, 4), and the check still holds",
+    Try("J·v becomes the second column of J, (1, 0, 4), and the check (J by hand times v) still holds",
         edit=("v = torch.tensor([1.0, -1.0], device=lab.device)", "v = torch.tensor([0.0, 1.0], device=lab.device)"),
         where=jvp_beside_vjp, shows=("jv = [1.0, 0.0, 4.0]",)),
 ]

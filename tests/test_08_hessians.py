@@ -8,6 +8,7 @@ The lesson's timing check is not asserted here (tests hold no timing claims): th
 is run with a lab of the test's own, and only its agreement checks must hold.
 """
 
+import inspect
 import math
 import re
 
@@ -30,6 +31,8 @@ MUTANTS = [
     ("08_higher_order_hessians.py", "torch.autograd.grad(gradient[i], leaf, retain_graph=True)[0]",
      "torch.autograd.grad(gradient[i], leaf)[0]"),
     ("08_higher_order_hessians.py", "jvp(grad(sine_sum), (x,), (v,))", "jvp(grad(sine_sum), (x,), (x,))"),
+    ("08_higher_order_hessians.py", "return torch.tanh((x @ c) * x).sum()", "return torch.tanh(x * x).sum()"),
+    ("08_higher_order_hessians.py", '"jacfwd(jacrev)": jacfwd(jacrev(coupled))(x)', '"jacfwd(jacrev)": jacrev(jacrev(coupled))(x)'),
     ("08_higher_order_hessians.py", "(reverse_over_reverse,) = vjp(grad(f), x)[1](v)",
      "(reverse_over_reverse,) = vjp(grad(f), v)[1](x)"),
     ("08_higher_order_hessians.py", "torch.tanh(weight @ inputs + bias).sum()", "torch.tanh(weight @ inputs).sum()"),
@@ -59,6 +62,31 @@ def test_hessian_three_ways_is_diag_minus_sin(lab):
     for name in ("functional", "func", "double_backward"):
         assert out[name].shape == (3, 3), name
         assert torch.allclose(out[name].cpu().double(), diag_minus_sin(), atol=1e-6), name
+
+
+def coupled_hessian(x: torch.Tensor) -> torch.Tensor:
+    """H of g(x) = Σ tanh(uᵢ), uᵢ = (c·x) xᵢ, c = (1, 2, 3), by hand in float64:
+    ∂uᵢ/∂xⱼ = cⱼ xᵢ + (c·x) δᵢⱼ and ∂²uᵢ/∂xⱼ∂xₖ = cⱼ δᵢₖ + cₖ δᵢⱼ, so
+    H = Aᵀ diag(tanh″(u)) A + c tanh′(u)ᵀ + tanh′(u) cᵀ with Aᵢⱼ = ∂uᵢ/∂xⱼ."""
+    c = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    s = (c @ x).item()
+    t = torch.tanh(s * x)
+    first, second = 1 - t**2, -2 * t * (1 - t**2)
+    a = x[:, None] * c[None, :] + s * torch.eye(3, dtype=torch.float64)
+    return a.T @ (second[:, None] * a) + c[:, None] * first[None, :] + first[:, None] * c[None, :]
+
+
+def test_torch_func_hessian_is_jacfwd_of_jacrev_bit_for_bit(lab):
+    out = lesson.which_composition(lab)
+    x = out["x"].cpu().double()
+    oracle = coupled_hessian(x)
+    off_diagonal = oracle[~torch.eye(3, dtype=torch.bool)]
+    assert off_diagonal.abs().min() > 0.1  # cross terms everywhere
+    for name, h in {"hessian": out["hessian"], **out["routes"]}.items():
+        assert torch.allclose(h.cpu().double(), oracle, atol=1e-5), name
+    assert torch.equal(out["hessian"], out["routes"]["jacfwd(jacrev)"])
+    # The cited line of torch/_functorch/eager_transforms.py, in the installed torch.
+    assert "return jacfwd(jacrev(func, argnums), argnums)" in inspect.getsource(hessian)
 
 
 def test_without_create_graph_the_gradient_is_plain_cos(lab):
