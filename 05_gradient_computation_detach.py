@@ -1,13 +1,15 @@
 """05 · detach: detach() vs torch.no_grad() vs torch.inference_mode(), three ways out of the graph.
 
-detach() gives one tensor with no history that shares the original's storage and its version
-counter: not a copy, and, though the docs list it among the view ops, not a view in
-autograd's sense (no ._base);
-torch.no_grad() records nothing for a whole block; torch.inference_mode() records nothing
-and also marks its results as inference tensors, which autograd refuses to save later. The
-shared storage has a cost: an in-place write through a detached tensor is caught by the
-version counter at backward time. The lesson ends with the update step of the original
-training loop written outside no_grad, the two wrong ways, and then as written.
+The original example (docs/original-description.ko.md, "4. detach vs no_grad") first. detach()
+gives a new tensor with no history that shares the original's storage and its version counter:
+not a copy, and, though the docs list it among the view ops, not a view in autograd's sense
+(no ._base). torch.no_grad() records nothing for a whole block; torch.inference_mode() records
+nothing and also marks its results as inference tensors, which autograd refuses to save later.
+The shared storage has a cost: an in-place write through a detached tensor changes the original
+too. If autograd saved the original for backward (as exp does in [3]), the shared version
+counter makes backward raise; if not ([4]), nothing complains. The lesson ends with the update
+step of the original training loop (same file, "학습 루프 (train.py)") written outside no_grad,
+the two wrong ways, and then as written.
 """
 
 # %% Setup
@@ -23,6 +25,7 @@ lab = Lab.start("05 · detach", __doc__, __name__)
 # %% [1] The original example
 def original_example(lab: Lab) -> dict:
     """The original example: z = (x * 3).detach(), w = z**2; u = x**2 inside torch.no_grad()"""
+    # docs/original-description.ko.md, "4. detach vs no_grad", with checks in place of print().
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x * 3
     z = y.detach()  # the same number as y, with no grad_fn: the graph stops here
@@ -61,7 +64,7 @@ lab.run(three_ways)
 
 # %% [3] detach() shares storage and the version counter
 def detach_shares_storage(lab: Lab) -> dict:
-    """z = x.exp().detach(); z.add_(1); then backward through the exp"""
+    """z.add_(1) on z, the detach() of y = x.exp(); then backward through the exp"""
     x = torch.tensor([0.0, 1.0], requires_grad=True, device=lab.device)
     y = x.exp()  # ExpBackward0 saves its result y: d/dx exp(x) = exp(x)
     z = y.detach()
@@ -83,7 +86,24 @@ def detach_shares_storage(lab: Lab) -> dict:
 lab.run(detach_shares_storage)
 
 
-# %% [4] Inference tensors cannot be saved for backward
+# %% [4] The same write when backward saved nothing of y: no error
+def write_nobody_saved(lab: Lab) -> dict:
+    """z.add_(1) on z, the detach() of y = x * 3; then backward: the same write, and nothing complains"""
+    x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
+    y = x * 3  # MulBackward0 saves only the 3 (d(3x)/dx = 3); y.sum() saves only y's shape
+    z = y.detach()
+    z.add_(1)  # y changes and its version goes to 1, as in [3]
+    y.sum().backward()  # no node saved y, so no node compares its version: no error
+    lab.check(x.grad, [3.0, 3.0], "d/dx sum(3x) = 3: backward ran, and its gradient is right")
+    lab.check((y, y._version), ([1.0 * 3 + 1, 2.0 * 3 + 1], 1),
+              "but y is no longer x * 3: the write through z changed it silently")
+    return {"y": y, "version": y._version, "x.grad": x.grad}
+
+
+lab.run(write_nobody_saved)
+
+
+# %% [5] Inference tensors cannot be saved for backward
 def inference_tensors(lab: Lab) -> dict:
     """A scale made under inference_mode, then used with a tensor that requires grad"""
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
@@ -105,7 +125,7 @@ def inference_tensors(lab: Lab) -> dict:
 lab.run(inference_tensors)
 
 
-# %% [5] The update in place, outside no_grad
+# %% [6] The update in place, outside no_grad
 def update_in_place_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
     """w -= lr * w.grad without torch.no_grad()"""
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
@@ -121,7 +141,7 @@ def update_in_place_outside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
 lab.run(update_in_place_outside_no_grad)
 
 
-# %% [6] The update by rebinding, outside no_grad
+# %% [7] The update by rebinding, outside no_grad
 def update_by_rebinding(lab: Lab, lr: float = 0.1) -> dict:
     """w = w - lr * w.grad without torch.no_grad(): no error, but ..."""
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
@@ -132,7 +152,7 @@ def update_by_rebinding(lab: Lab, lr: float = 0.1) -> dict:
               f"1 - {lr} × 2, but w now names an intermediate of first_w")
     (w * 2).backward()  # the next epoch's backward
     lab.check(first_w.grad, 4.0, "2 + 2: the gradient went through the new w to the old leaf")
-    with lab.expect_warning("is not a leaf Tensor", "the new w is not a leaf; the leaf the message points to is first_w"):
+    with lab.expect_warning("is not a leaf Tensor", "the new w is not a leaf; the leaf the message means is first_w"):
         next_grad = w.grad
     lab.check(next_grad, None, "so the next update has no w.grad to use")
     return {"w": w.item(), "first_w.grad": first_w.grad.item(), "next_grad": next_grad}
@@ -141,9 +161,10 @@ def update_by_rebinding(lab: Lab, lr: float = 0.1) -> dict:
 lab.run(update_by_rebinding)
 
 
-# %% [7] The original training loop's update: in place, inside no_grad
+# %% [8] The original training loop's update: in place, inside no_grad
 def update_inside_no_grad(lab: Lab, lr: float = 0.1) -> dict:
     """with torch.no_grad(): w -= lr * w.grad, the update of the original training loop"""
+    # docs/original-description.ko.md, "학습 루프 (train.py)": its update step, on a scalar w.
     w = torch.tensor(1.0, requires_grad=True, device=lab.device)
     first_w = w
     (w * 2).backward()

@@ -1,13 +1,16 @@
 """05 · vjp: what backward(v) computes for a vector output, and three ways to get a whole Jacobian.
 
 For a vector output y = f(x), backward(v) does not build the Jacobian J = dy/dx; it computes
-the vector-Jacobian product vᵀJ. A full Jacobian is one such product per row: a loop of
-autograd.grad calls, one autograd.grad call with is_grads_batched=True, or torch.func.vmap
-over torch.func.vjp. The three must agree with diag(1 - y²) W for a tanh layer; the lesson
-prints the time each took on this machine. Two traps of the hand-written loop (no reset, no
-clone), the legacy-vmap fallback that is_grads_batched warns about when asked, and the batch trap:
-grad(y.sum(), x) is a per-sample gradient only while samples do not interact, which
-BatchNorm in train mode breaks.
+the vector-Jacobian product vᵀJ: the original example (docs/original-description.ko.md,
+"5. 벡터 출력과 VJP"), then a J that is not symmetric, where vᵀJ and Jv differ. A full Jacobian
+is one such product per row: a loop of autograd.grad calls, one autograd.grad call with
+is_grads_batched=True, or torch.func.vmap over torch.func.vjp. The three must agree with
+diag(1 - y²) W for a tanh layer; the lesson prints the time each took on this machine, and
+counts the ops each runs. Two traps of a hand-written loop of y.backward(e_i): rows that pile up
+when x.grad is never reset, and rows that all read as the last when x.grad is reset in place with
+zero_() and appended without clone(). Then the legacy-vmap fallback that is_grads_batched warns
+about when asked, and the batch trap: grad(y.sum(), x) is a per-sample gradient only while
+samples do not interact, which BatchNorm in train mode breaks.
 """
 
 # %% Setup
@@ -16,6 +19,7 @@ import warnings
 
 import torch
 from torch.func import jacrev, vjp, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tensor_features.cli import int_in_range
 from tensor_features.lab import Lab, Try
@@ -28,19 +32,22 @@ lab = Lab.start("05 · vjp", __doc__, __name__, add_arguments=lambda parser: par
 
 # %% [1] The original example: backward(v) gives vᵀJ
 def original_example(lab: Lab) -> tuple[torch.Tensor, torch.Tensor]:
-    """The original example: y = x**2 at x = [1, 2], y.backward(v)"""
+    """The original example, y = x**2 at x = [1, 2], y.backward(v); then y = W x, whose J = W is not symmetric"""
+    # docs/original-description.ko.md, "5. 벡터 출력과 VJP", with a check in place of print().
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     y = x**2  # J = diag(2x) = diag(2, 4)
     # "torch.autograd is an engine for computing vector-Jacobian product" (pytorch/tutorials,
     # beginner_source/blitz/autograd_tutorial.py): y.backward(v) puts vᵀJ into x.grad.
     y.backward(torch.tensor([1.0, 1.0], device=lab.device))
     lab.check(x.grad, [2.0, 4.0], "vᵀJ = [1, 1] diag(2, 4) = [2, 4]")
-    ones = x.grad.clone()
+    original = x.grad.clone()
+    # A diagonal J is symmetric, so vᵀJ = Jv there. y = W x has J = W, and this W is not symmetric.
+    W = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=lab.device)
     x.grad = None
-    y = x**2
+    y = W @ x
     y.backward(torch.tensor([1.0, 0.5], device=lab.device))
-    lab.check(x.grad, [2.0, 2.0], "[1, 0.5] diag(2, 4): v weights the rows of J")
-    return ones, x.grad
+    lab.check(x.grad, [2.5, 4.0], "vᵀW = 1 · [1, 2] + 0.5 · [3, 4]: v weights the rows of J (Wv is [2.0, 5.0])")
+    return original, x.grad
 
 
 lab.run(original_example)
@@ -106,7 +113,7 @@ lab.run(jacobian_three_ways)
 
 # %% [3] Two traps in a hand-written loop, and the fix
 def loop_traps(lab: Lab, size: int = 3) -> dict:
-    """Rows by y.backward(e_i): without a reset, without clone(), and fixed"""
+    """Rows by y.backward(e_i): x.grad never reset; reset with zero_() and not cloned; fixed"""
     layer, x0, analytic = tanh_layer(size, lab.device)
     x = x0.detach().requires_grad_()
     y = layer(x)
@@ -120,10 +127,8 @@ def loop_traps(lab: Lab, size: int = 3) -> dict:
     lab.check(no_reset, analytic.cumsum(0), "row i holds J_0 + ... + J_i: the rows pile up")
 
     no_clone = []
-    x.grad = None
     for i in range(size):
-        if x.grad is not None:
-            x.grad.zero_()  # reset in place: the same tensor is reused
+        x.grad.zero_()  # reset in place: backward adds into the same tensor again
         y.backward(basis[i], retain_graph=True)
         no_clone.append(x.grad)  # not cloned
     one_object = all(row is no_clone[0] for row in no_clone)
@@ -144,9 +149,9 @@ def loop_traps(lab: Lab, size: int = 3) -> dict:
 lab.run(loop_traps)
 
 
-# %% [4] The three ways on a larger layer (--size), timed
+# %% [4] The three ways on an N×N layer (--size N), timed
 def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
-    """The three ways on a larger layer (--size): each checked, then timed here"""
+    """The three ways on an N×N layer (--size N, default 256): each checked, then timed here"""
     layer, x, analytic = tanh_layer(size, lab.device)
     methods = {
         "grad loop": jacobian_by_loop,
@@ -161,15 +166,40 @@ def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
         seconds[name] = fastest_seconds(lambda: method(layer, x), lab.device, repeats)
     lab.note(f"Time per Jacobian, measured here (fastest of {repeats}, one CPU thread; rerun to see the spread):\n"
              + "\n".join(f"  {name:<17} {seconds[name] * 1e3:9.2f} ms" for name in methods))
-    lab.note(f"The loop calls autograd.grad {size} times; is_grads_batched makes one autograd.grad call\n"
-             f"and vmap(vjp) one vmapped vjp_fn call, each on all {size} unit vectors at once.")
+    lab.note(f"All three do the same {size} × {size}² multiply-adds for Wᵀ, in different calls ([5] counts them at\n"
+             f"N = 8). The loop: {size} autograd.grad calls, each one matrix-vector product and one tanh_backward.\n"
+             f"is_grads_batched: one autograd.grad call, but its legacy vmap does Wᵀ's product as one bmm over\n"
+             f"{size} copies of Wᵀ and falls back to one tanh_backward call per row. vmap(vjp): one tanh_backward\n"
+             f"on all {size} rows and one matrix-matrix product (mm).")
     return {"jacobians": jacobians, "seconds": seconds}
 
 
 lab.run(jacobian_timings, size=lab.args.size)
 
 
-# %% [5] What is_grads_batched warns about: a per-row fallback
+# %% [5] Inside the three ways: the ops each runs, and the fallback is_grads_batched warns about
+class CountedOps(TorchDispatchMode):
+    """Counts the matrix products and tanh_backward calls run inside it, by op and operand shapes.
+
+    A dispatch mode sees each aten op as it really runs, after autograd and either vmap have
+    rewritten it (torch/utils/_python_dispatch.py; torch.utils.flop_counter counts this way).
+    """
+
+    COUNTED = ("mv", "mm", "bmm", "tanh_backward")
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.COUNTED:
+            shapes = ", ".join("×".join(map(str, arg.shape)) for arg in args if isinstance(arg, torch.Tensor))
+            key = f"{name}({shapes})"
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
 def vmap_fallback_warnings():
     """Turn on the fallback warnings of both vmaps (the legacy one and torch.func's), off again after."""
@@ -183,8 +213,22 @@ def vmap_fallback_warnings():
 
 
 def batched_grad_fallback(lab: Lab, size: int = 8) -> dict:
-    """is_grads_batched and vmap(vjp) with their vmap fallback warnings turned on"""
+    """The three ways at N = 8: the ops each runs, counted; then the vmap fallback warnings turned on"""
     layer, x, _ = tanh_layer(size, lab.device)
+    n = size
+    with CountedOps() as loop_ops:
+        jacobian_by_loop(layer, x)
+    lab.check(loop_ops.counts, {f"mv({n}×{n}, {n})": n + 1, f"tanh_backward({n}, {n})": n},
+              f"the forward's W x, then per row one tanh_backward and one Wᵀ times a vector: {n} + 1 mv")
+    with CountedOps() as batched_ops:
+        jacobian_by_batched_grad(layer, x)
+    lab.check(batched_ops.counts,
+              {f"mv({n}×{n}, {n})": 1, f"tanh_backward({n}, {n})": n, f"bmm({n}×{n}×{n}, {n}×{n}×1)": 1},
+              f"one bmm over {n} copies of Wᵀ; tanh_backward still once per row, on one row each")
+    with CountedOps() as func_ops:
+        jacobian_by_vmap_vjp(layer, x)
+    lab.check(func_ops.counts, {f"mv({n}×{n}, {n})": 1, f"tanh_backward({n}×{n}, {n})": 1, f"mm({n}×{n}, {n}×{n})": 1},
+              f"one tanh_backward on all {n} rows, and the {n} unit vectors times W as one matrix product")
     with vmap_fallback_warnings():
         # A fallback runs an op once per row of the batch (aten/src/ATen/LegacyBatchedFallback.cpp).
         with lab.expect_warning("batching rule for aten::tanh_backward",
@@ -196,7 +240,8 @@ def batched_grad_fallback(lab: Lab, size: int = 8) -> dict:
             jacobian_by_vmap_vjp(layer, x)
     func_messages = [str(warning.message) for warning in func_warnings]
     lab.check(func_messages, [], "no fallback warning from torch.func.vmap: it batches tanh's backward itself")
-    return {"legacy": caught.warnings, "func": func_messages}
+    return {"legacy": caught.warnings, "func": func_messages,
+            "ops": {"grad loop": loop_ops.counts, "is_grads_batched": batched_ops.counts, "vmap(vjp)": func_ops.counts}}
 
 
 lab.run(batched_grad_fallback)

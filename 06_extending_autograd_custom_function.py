@@ -4,8 +4,9 @@ A torch.autograd.Function is an op whose backward you write by hand. Autograd tr
 wrong backward gives wrong gradients without a word, so torch.autograd.gradcheck compares it
 with finite differences (in float64; why float32 fails shows in [3]). For a second derivative
 the backward must itself be differentiable: it must be computed from tensors autograd can
-trace back to the inputs, which forward's intermediates kept on ctx are not. A backward that
-cannot be differentiated can say so with @once_differentiable.
+trace back to the inputs, which forward's intermediates are not (forward records no graph),
+however they are kept. A backward that cannot be differentiated can say so with
+@once_differentiable.
 """
 
 # %% Setup
@@ -69,7 +70,7 @@ def wrong_backward(lab: Lab) -> dict:
 
     x = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
     WrongSquare.apply(x).sum().backward()
-    lab.check(x.grad, [1.5, -4.5, 6.0], "3x: backward() runs whatever backward returns, no error")
+    lab.check(x.grad, [1.5, -4.5, 6.0], "3x: .backward() uses whatever your backward returns, without complaint")
     with lab.expect_error("Jacobian mismatch for output 0 with respect to input 0",
                           "finite differences give diag(2x), the backward gives diag(3x)") as caught:
         gradcheck(WrongSquare.apply, (x,))
@@ -87,19 +88,22 @@ def float32_gradcheck(lab: Lab) -> dict:
     with lab.expect_warning("not a double precision floating point", "gradcheck warns for a float32 input"):
         with lab.expect_error("Jacobian mismatch", "float32 finite differences with eps = 1e-6 are off by up to 5%") as caught:
             gradcheck(torch.square, (x32,))
-    # gradcheck writes x ± eps into the float32 input; near 2, float32 numbers are 2**-22 apart.
+    # gradcheck writes x ± eps into the float32 input. float32 numbers are 2**-22 apart from 2 up
+    # to 4, and 2**-23 apart from 1 up to 2.
     two = torch.tensor(2.0, dtype=torch.float32, device=lab.device)
-    step_taken = (two + 1e-6) - two
-    lab.check(step_taken, 4 * 2**-22, "1e-6 rounds to 4 float32 steps of 2**-22 = 9.54e-7")
+    step_up = (two + 1e-6) - two
+    lab.check(step_up, 4 * 2**-22, "1e-6 rounds to 4 steps of 2**-22: 4 × 2**-22 = 9.54e-7", atol=0)
+    step_down = two - (two - 1e-6)
+    lab.check(step_down, 8 * 2**-23, "below 2, to 8 steps of 2**-23: the same 9.54e-7", atol=0)
     central_difference = (torch.square(two + 1e-6) - torch.square(two - 1e-6)) / (2 * 1e-6)
     lab.check(central_difference, 2 * 2.0 * (4 * 2**-22) / 1e-6,
-              "2x · 9.54e-7 / 1e-6 = 3.81, not 4: divided by 2e-6, but the step taken was 2 × 9.54e-7", rtol=1e-6)
+              "2x · 9.54e-7 / 1e-6 = 3.81, not 4: divided by 2e-6, but the steps taken add up to 2 × 9.54e-7", rtol=1e-6)
     with lab.expect_warning("not a double precision floating point", "still float32, still the warning"):
         default_eps_loose_atol = gradcheck(torch.square, (x32,), atol=1e-3, raise_exception=False)
         loose = gradcheck(torch.square, (x32,), eps=1e-3, atol=1e-3, raise_exception=False)
     lab.check(default_eps_loose_atol, False, "atol alone does not help: the error is in the step, 0.19 at x = 2")
     lab.check(loose, True, "eps = 1e-3: rounding moves the step by at most 2**-23, about 1e-4 of it")
-    return {"error": caught.error, "step_taken": step_taken, "central_difference": central_difference,
+    return {"error": caught.error, "step_up": step_up, "step_down": step_down, "central_difference": central_difference,
             "default_eps_loose_atol": default_eps_loose_atol, "loose": loose}
 
 
@@ -109,7 +113,8 @@ lab.run(float32_gradcheck)
 # %% [4] Intermediates kept on ctx: no double backward
 def intermediates_on_ctx(lab: Lab) -> dict:
     """sinh with forward's exp(x), exp(-x) kept as ctx attributes: the gradient has no graph"""
-    # The tutorial's "what NOT to do" (pytorch/tutorials: intermediate_source/custom_function_double_backward_tutorial.py).
+    # The tutorial's "what NOT to do" (pytorch/tutorials, "Double Backward with Custom Functions",
+    # section "Saving Intermediate Results: What not to do"; intermediate_source/custom_function_double_backward_tutorial.rst).
     class SinhOnCtx(Function):
         @staticmethod
         def forward(ctx, x):
@@ -208,8 +213,9 @@ TRIES = [
         exit=1, shows=("FAIL  passed = False",)),
     Try("the tolerance alone is not the cure: eps = 1e-6 still misses by 0.19",
         edit=("eps=1e-3, atol=1e-3", "atol=1e-3"), where=float32_gradcheck, exit=1, shows=("FAIL  loose = False",)),
-    Try("the gradient reaching backward is all ones, needs no grad, and the error becomes 'does not require grad'",
+    Try("the gradient reaching backward is all ones and needs no grad: grad_x is 2x, not 4x³, and the second "
+        "backward fails with 'does not require grad' instead",
         edit=("z = (y**2).sum()", "z = y.sum()"), where=once_differentiable_backward, exit=1,
-        shows=("FAIL  RuntimeError: element 0 of tensors does not require grad",)),
+        shows=("FAIL  grad_x = [1.0, -2.0, 4.0]", "FAIL  RuntimeError: element 0 of tensors does not require grad")),
 ]
 lab.finish(TRIES)

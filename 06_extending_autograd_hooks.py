@@ -4,8 +4,9 @@ A tensor hook sees (and may replace) the gradient of one tensor; handle.remove()
 A post-accumulate-grad hook sees a leaf after its .grad was updated. Node pre-hooks and
 post-hooks sit on a grad_fn. The order in which these fire is recorded here and set against
 the autograd notes ("Backward Hooks execution", docs/source/notes/autograd.rst). Last,
-register_multi_grad_hook (one call once several gradients are ready) and a module's full
-backward hook (gradients with respect to the module's inputs and outputs).
+register_multi_grad_hook (one call per backward that reaches any of several tensors, once their
+gradients are ready) and a module's full backward hook (gradients with respect to the module's
+inputs and outputs).
 """
 
 # %% Setup
@@ -94,8 +95,10 @@ def hook_order(lab: Lab) -> dict:
     def record(who, grad):
         events.append((who, grad.item(), None if t.grad is None else t.grad.item()))
 
-    # The kinds are registered in the reverse of the order they fire in; within a kind, hooks fire in the
-    # order registered (docs/source/notes/autograd.rst, "Backward Hooks execution").
+    # Registered here in the reverse of the order they fire in: the Node post-hook, the Node pre-hooks,
+    # the tensor hooks. retain_grad, registered last, fires right after the tensor hooks, wherever it
+    # is registered (tests/test_06_hooks.py registers it first). Within a kind, hooks fire in the order
+    # registered (docs/source/notes/autograd.rst, "Backward Hooks execution").
     t.grad_fn.register_hook(lambda grad_inputs, grad_outputs: record("Node post-hook", grad_inputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: record("Node pre-hook", grad_outputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: (grad_outputs[0] * 100,))  # after the recording pre-hook
@@ -103,6 +106,7 @@ def hook_order(lab: Lab) -> dict:
     t.register_hook(lambda grad: record("tensor hook", grad))  # after the ×10 tensor hook
     t.retain_grad()
     (t * 3).backward()
+    t_grad = t.grad  # without retain_grad, reading .grad of a non-leaf warns and gives None
     lab.note("each event: (who, the gradient it sees, t.grad at that moment)")
     lab.check(events, [("tensor hook", 30.0, None), ("Node pre-hook", 30.0, 30.0), ("Node post-hook", 6000.0, 30.0)],
               "3 ×10 = 30 reaches the pre-hook; after its ×100, MulBackward0 gives 3000 · 2 = 6000")
@@ -110,9 +114,9 @@ def hook_order(lab: Lab) -> dict:
     # is already 30 when the pre-hook runs, and the pre-hook's ×100 never reaches it: the engine runs
     # retain_grad with the tensor hooks, last among them, before Node pre-hooks (call_function in
     # torch/csrc/autograd/engine.cpp; pytorch/pytorch#85849).
-    lab.check(t.grad, 30.0, "retain_grad kept the gradient after the tensor hooks, before the Node pre-hook")
+    lab.check(t_grad, 30.0, "retain_grad kept the gradient after the tensor hooks, before the Node pre-hook")
     lab.check(x.grad, 6000.0, "the pre-hook's ×100 did reach the Node, and through it x")
-    return {"events": events, "t.grad": t.grad, "x.grad": x.grad}
+    return {"events": events, "t.grad": t_grad, "x.grad": x.grad}
 
 
 lab.run(hook_order)
@@ -120,16 +124,19 @@ lab.run(hook_order)
 
 # %% [6] register_multi_grad_hook
 def multi_grad_hook(lab: Lab) -> list:
-    """register_multi_grad_hook: one call per backward, with the gradients that were computed"""
+    """register_multi_grad_hook: one call per backward that reaches a or b, with the gradients computed"""
     a = torch.tensor(1.0, requires_grad=True, device=lab.device)
     b = torch.tensor(2.0, requires_grad=True, device=lab.device)
+    c = torch.tensor(3.0, requires_grad=True, device=lab.device)
     present = []
     torch.autograd.graph.register_multi_grad_hook((a, b), lambda grads: present.append([g is not None for g in grads]))
+    (c * 3).backward()  # neither a nor b is in this graph
     (a * 3).backward()  # b is not in this graph
     (a * b).backward()
     # mode="all" (the default) ignores a tensor that is not part of the graph and passes None for it
     # (torch/autograd/graph.py, register_multi_grad_hook).
-    lab.check(present, [[True, False], [True, True]], "first only a's gradient, then both")
+    lab.check(present, [[True, False], [True, True]],
+              "three backwards, two calls: none for c * 3, then only a's gradient, then both")
     return present
 
 
@@ -162,8 +169,9 @@ lab.run(module_backward_hooks)
 # %% The end
 TRIES = [
     Try("the same values, computed on the GPU", flags="--device cuda", needs_cuda=True, shows=("device cuda",)),
-    Try("no retain_grad: t.grad stays None in every event", edit=("    t.retain_grad()\n", ""), where=hook_order,
-        exit=1, shows=("FAIL  events = [(tensor hook, 30.0, None), (Node pre-hook, 30.0, None)",)),
+    Try("no retain_grad: t.grad stays None in every event, and PyTorch warns (on stderr) at each line that "
+        "reads t.grad", edit=("    t.retain_grad()\n", ""), where=hook_order, exit=1,
+        shows=("FAIL  events = [(tensor hook, 30.0, None), (Node pre-hook, 30.0, None)", "FAIL  t_grad = None")),
     Try("the first Linear's input needs no gradient: its grad_input is (None,), and PyTorch warns",
         edit=("x = torch.randn(5, 4, requires_grad=True, device=lab.device)", "x = torch.randn(5, 4, device=lab.device)"),
         where=module_backward_hooks, exit=1, shows=("(0, [None], [(5, 3)])",)),

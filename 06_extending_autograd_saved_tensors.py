@@ -4,7 +4,8 @@ Backward needs some forward values (d(a·b)/da = b), so the graph keeps them: th
 Here: which tensors mul and exp save; saved_tensors_hooks, a pack/unpack pair that runs when a
 tensor is saved and when backward reads it back (counted; a ÷4/×4 round trip; moving saved
 tensors to the CPU); allow_mutation_on_saved_tensors; and torch.utils.checkpoint, which saves
-almost nothing in the forward and runs the forward again during backward, counted both ways.
+only its input in the forward and runs the forward again during backward, counted both ways;
+last, the reentrant checkpoint (use_reentrant=True), which does not work with torch.autograd.grad.
 """
 
 # %% Setup
@@ -30,8 +31,8 @@ def what_is_saved(lab: Lab) -> dict:
     e = torch.exp(a)  # d exp(a)/da = exp(a): exp saves its own result
     saved = e.grad_fn._saved_result
     # The graph cannot hold its own output without a reference cycle, so it packs e and hands back
-    # a new tensor object on the same memory (pytorch/tutorials:
-    # intermediate_source/autograd_saved_tensors_hooks_tutorial.py).
+    # a new tensor object on the same memory. Whether a saved tensor comes back as a new object "is
+    # an implementation detail subject to change" (docs/source/notes/autograd.rst, "Saved tensors").
     lab.check(saved is e, False, "a new Python object ...")
     lab.check(torch.equal(saved, e), True, "... with e's values")
     lab.check(saved.data_ptr() == e.data_ptr(), True, "... on e's memory: nothing was copied")
@@ -72,11 +73,20 @@ lab.run(pack_unpack_counts)
 def divide_and_multiply(lab: Lab) -> dict:
     """pack divides by 4, unpack multiplies by 4: the gradient stays right"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True, device=lab.device)
-    with saved_tensors_hooks(lambda tensor: tensor / 4, lambda packed: packed * 4):
-        y = x**2  # pow saves x; the graph keeps x / 4 instead
+    kept = []
+
+    # "The output of pack_hook is then stored in the computation graph instead of the original tensor"
+    # (pytorch/tutorials: intermediate_source/autograd_saved_tensors_hooks_tutorial.py).
+    def divide_by_4(tensor):
+        kept.append(tensor / 4)
+        return kept[-1]
+
+    with saved_tensors_hooks(divide_by_4, lambda packed: packed * 4):
+        y = x**2  # pow saves x, through divide_by_4
+    lab.check(kept, [[0.25, 0.5, 0.75]], "one saved tensor, and the graph holds x / 4, not x")
     y.sum().backward()
-    lab.check(x.grad, [2.0, 4.0, 6.0], "2x: backward got x back from (x / 4) · 4")
-    return {"x.grad": x.grad}
+    lab.check(x.grad, [2.0, 4.0, 6.0], "2x: unpack gave backward (x / 4) · 4 = x")
+    return {"kept": kept, "x.grad": x.grad}
 
 
 lab.run(divide_and_multiply)
@@ -162,6 +172,11 @@ def checkpoint_saves(lab: Lab) -> dict:
         out = layers(x)
     plain = (len(packed), sum(t.numel() for t in packed))
     lab.check(plain, (12, 32768), "per layer, h (32×64) and W (64×64) for the matmul, out (32×64) for tanh")
+    storages = {t.untyped_storage().data_ptr() for t in packed}
+    weights = {w.untyped_storage().data_ptr() for w in layers.parameters()}
+    lab.check((len(storages), len(storages - weights)), (9, 5),
+              "12 packs are references to 9 storages: 4 weights, which exist anyway, and 5 activations, "
+              "x and 4 tanh outputs (each but the last packed again as the next layer's input)")
     packed.clear()
     with saved_tensors_hooks(record, lambda kept: kept):
         out = checkpoint(layers, x, use_reentrant=False)
@@ -170,9 +185,8 @@ def checkpoint_saves(lab: Lab) -> dict:
     # pair around the layers; it saves its input x just before (torch/utils/checkpoint.py).
     lab.check(checkpointed, (1, 2048), "only checkpoint's input, 32×64; the layers' saves are not kept")
     lab.check(packed[0] is x, True, "the one saved tensor is x itself")
-    lab.note("12 packs are references, not 12 allocations: tanh's output is packed again as the next\n"
-             "layer's input, and the weights exist anyway. The activations held are x and 4 outputs.")
-    return {"plain": plain, "checkpointed": checkpointed, "packed": packed, "x": x, "out": out}
+    return {"plain": plain, "storages": (len(storages), len(storages - weights)), "checkpointed": checkpointed,
+            "packed": packed, "x": x, "out": out}
 
 
 lab.run(checkpoint_saves)
@@ -201,18 +215,24 @@ lab.run(checkpoint_recomputes)
 
 # %% [8] The reentrant checkpoint and autograd.grad
 def reentrant_and_grad(lab: Lab) -> dict:
-    """checkpoint(use_reentrant=True) with torch.autograd.grad"""
+    """checkpoint(use_reentrant=True), the reentrant variant, with torch.autograd.grad"""
     torch.manual_seed(0)
     layers = tanh_layers(4, 64, lab.device)
     x = torch.randn(32, 64, requires_grad=True, device=lab.device)
+    # use_reentrant=True is the variant checkpoint falls back to, with a warning, when use_reentrant is not
+    # passed; the docs recommend use_reentrant=False. It is a custom Function (06 custom Function) that runs
+    # the layers under no_grad, and whose backward runs them again and calls torch.autograd.backward inside
+    # the backward already running: a "reentrant" backward (CheckpointFunction, torch/utils/checkpoint.py).
     out = checkpoint(layers, x, use_reentrant=True)
+    lab.check(type(out.grad_fn).__name__, "CheckpointFunctionBackward",
+              "one custom Function node for all four layers: their ops were not recorded")
     with lab.expect_error("torch.utils.checkpoint is incompatible with .grad()",
                           "the reentrant variant supports only .backward() without inputs (torch/utils/checkpoint.py)") \
             as caught:
         torch.autograd.grad(out.sum(), x)
     out.sum().backward()
     lab.check(x.grad.shape, (32, 64), ".backward() without inputs works")
-    return {"error": caught.error, "x.grad": x.grad, "layers": layers, "x": x}
+    return {"error": caught.error, "x.grad": x.grad, "node": type(out.grad_fn).__name__, "layers": layers, "x": x}
 
 
 lab.run(reentrant_and_grad)
@@ -224,7 +244,7 @@ TRIES = [
         needs_cuda=True, shows=("device cuda",)),
     Try("unpack no longer undoes the ÷4: backward computes 2 · x/4", edit=("lambda packed: packed * 4", "lambda packed: packed"),
         where=divide_and_multiply, exit=1, shows=("FAIL  x.grad = [0.5, 1.0, 1.5]",)),
-    Try("eight layers: the plain forward packs twice as much, the checkpoint still only x",
+    Try("eight layers: the plain forward packs twice as much, from 17 storages, the checkpoint still only x",
         edit=("layers = tanh_layers(4, 64, lab.device)", "layers = tanh_layers(8, 64, lab.device)"),
         where=checkpoint_saves, exit=1, shows=("FAIL  plain = (24, 65536)", "  ok  checkpointed = (1, 2048)")),
 ]

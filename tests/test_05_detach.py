@@ -1,10 +1,11 @@
 """05 detach: every value the lesson returns, against an oracle written here: the products and
 exponentials by hand, one shared storage and version counter, the errors by their stable
-substrings, and the three updates replayed in plain floats."""
+substrings, the silent write checked against 3x + 1, and the three updates replayed in plain floats."""
 
 import math
 
 import pytest
+import torch
 
 from conftest import assert_caught, load_lesson
 
@@ -12,7 +13,11 @@ lesson = load_lesson("05_gradient_computation_detach.py")
 
 MUTANTS = [
     ("05_gradient_computation_detach.py", "    z = y.detach()  # the same number", "    z = y  # the same number"),
-    ("05_gradient_computation_detach.py", "    z = y.detach()\n", "    z = y.detach().clone()\n"),
+    ("05_gradient_computation_detach.py", "    z = y.detach()\n    # docs, torch.Tensor.detach",
+     "    z = y.detach().clone()\n    # docs, torch.Tensor.detach"),
+    ("05_gradient_computation_detach.py", "    z = y.detach()\n    z.add_(1)  # y changes",
+     "    z = y.detach().clone()\n    z.add_(1)  # y changes"),
+    ("05_gradient_computation_detach.py", "    y = x * 3  # MulBackward0", "    y = x * 2  # MulBackward0"),
     ("05_gradient_computation_detach.py", "    with torch.inference_mode():\n        inference = x * 2",
      "    with torch.no_grad():\n        inference = x * 2"),
     ("05_gradient_computation_detach.py", "    y = x.exp()  #", "    y = x.exp() * 1  #"),
@@ -46,6 +51,23 @@ def test_detach_shares_storage_and_the_version_counter(lab):
     assert seen["y"].detach().cpu().tolist() == pytest.approx([math.exp(0) + 1, math.exp(1) + 1])
     assert seen["versions"] == (1, 1)  # one add_, counted once, seen by both
     assert_caught(seen["error"], RuntimeError, "modified by an inplace operation")
+
+
+def test_a_write_nobody_saved_changes_y_silently(lab):
+    seen = lesson.write_nobody_saved(lab)
+    x = [1.0, 2.0]
+    assert seen["x.grad"].cpu().tolist() == [3.0, 3.0]  # d/dx Σ 3x
+    assert seen["y"].detach().cpu().tolist() == [3 * v + 1 for v in x]  # 3x, then the add_(1) through z
+    assert seen["version"] == 1
+
+
+def test_mul_by_a_constant_and_sum_save_nothing_of_y():
+    """Backs [4]'s comments: MulBackward0 of x * 3 saves only the 3, SumBackward0 only a shape."""
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 3
+    assert y.grad_fn._saved_self is None and y.grad_fn._saved_other.item() == 3
+    saved = [name for name in dir(y.sum().grad_fn) if name.startswith("_saved")]
+    assert saved == ["_saved_self_sym_sizes"]
 
 
 def test_inference_tensors_cannot_be_saved(lab):

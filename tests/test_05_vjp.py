@@ -1,9 +1,11 @@
-"""05 vjp: every value the lesson returns, against an oracle written here: vᵀ diag(2x) by hand,
-float64 central differences of the tanh layer, their running sums for the loop traps, the
-fallback warnings by substring, and the per-sample trap against a full Jacobian of the model."""
+"""05 vjp: every value the lesson returns, against an oracle written here: vᵀ diag(2x) and vᵀW by
+hand, float64 central differences of the tanh layer, their running sums for the loop traps, the
+ops each way runs counted from the shapes (and the bmm's operand read back as stride-0 copies of
+Wᵀ), the fallback warnings by substring, and the per-sample trap against a full Jacobian of the model."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import load_lesson, run_in_process
 
@@ -12,6 +14,10 @@ lesson = load_lesson("05_gradient_computation_vjp.py")
 MUTANTS = [
     ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",
      "y.backward(torch.tensor([0.5, 1.0], device=lab.device))"),
+    ("05_gradient_computation_vjp.py", "    y = W @ x\n", "    y = W.T @ x\n"),
+    ("05_gradient_computation_vjp.py", "        x.grad.zero_()  # reset in place", "        x.grad = None  # reset in place"),
+    ("05_gradient_computation_vjp.py", "            self.counts[key] = self.counts.get(key, 0) + 1", "            self.counts[key] = 1"),
+    ("05_gradient_computation_vjp.py", 'COUNTED = ("mv", "mm", "bmm", "tanh_backward")', 'COUNTED = ("mv", "mm", "tanh_backward")'),
     ("05_gradient_computation_vjp.py", "        jacobians[name] = method(layer, x)", "        jacobians[name] = 2 * method(layer, x)"),
     ("tensor_features/utils.py", "        torch.set_num_threads(threads)\n", "        pass\n"),
     ("05_gradient_computation_vjp.py", "    return vmap(vjp_fn)(basis)[0]", "    return vmap(vjp_fn)(basis)[0].T"),
@@ -36,10 +42,14 @@ def finite_difference_jacobian(size: int, device) -> torch.Tensor:
 
 
 def test_original_example_is_v_transpose_j(lab):
-    ones, halves = lesson.original_example(lab)
+    original, not_symmetric = lesson.original_example(lab)
     jacobian = torch.diag(2 * torch.tensor([1.0, 2.0]))  # d(x²)/dx at x = [1, 2]
-    assert torch.allclose(ones.cpu(), torch.tensor([1.0, 1.0]) @ jacobian)
-    assert torch.allclose(halves.cpu(), torch.tensor([1.0, 0.5]) @ jacobian)
+    assert torch.allclose(original.cpu(), torch.tensor([1.0, 1.0]) @ jacobian)
+    w = [[1.0, 2.0], [3.0, 4.0]]  # d(W x)/dx = W
+    v = [1.0, 0.5]
+    v_transpose_w = [sum(v[i] * w[i][j] for i in range(2)) for j in range(2)]
+    w_v = [sum(w[i][j] * v[j] for j in range(2)) for i in range(2)]
+    assert not_symmetric.cpu().tolist() == v_transpose_w != w_v  # [2.5, 4] is not Wv = [2, 5]
 
 
 def test_tanh_layer_analytic_jacobian_matches_finite_differences():
@@ -85,6 +95,41 @@ def test_only_the_legacy_vmap_falls_back_for_tanh(lab):
     assert seen["func"] == []
     # The switches are off again afterwards.
     assert not torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_the_ops_each_way_runs_from_the_shapes(lab, n):
+    """y = tanh(W x + b), W n×n: the forward is one mv; row i of J needs tanh' (a tanh_backward) and Wᵀ g_i."""
+    ops = lesson.batched_grad_fallback(lab, size=n)["ops"]
+    forward = {f"mv({n}×{n}, {n})": 1}
+    assert ops["grad loop"] == {f"mv({n}×{n}, {n})": 1 + n, f"tanh_backward({n}, {n})": n}
+    assert ops["is_grads_batched"] == {**forward, f"tanh_backward({n}, {n})": n, f"bmm({n}×{n}×{n}, {n}×{n}×1)": 1}
+    assert ops["vmap(vjp)"] == {**forward, f"tanh_backward({n}×{n}, {n})": 1, f"mm({n}×{n}, {n}×{n})": 1}
+
+
+class RecordMatrixProducts(TorchDispatchMode):
+    """The test's own recorder: every mv and bmm with its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("mv", "bmm"):
+            self.calls.append((func.overloadpacket.__name__, [a for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_is_grads_batched_bmm_runs_on_stride_0_copies_of_w_transposed():
+    """Backs [4]'s note and [5]'s why: the bmm's first operand is Wᵀ repeated N times, not a new matrix."""
+    n = 6
+    layer, x, _ = lesson.tanh_layer(n, torch.device("cpu"))
+    with RecordMatrixProducts() as recorded:
+        lesson.jacobian_by_batched_grad(layer, x)
+    (forward_name, (weight, _)), (bmm_name, (copies, _)) = recorded.calls
+    assert (forward_name, bmm_name) == ("mv", "bmm")
+    assert copies.shape == (n, n, n) and copies.stride(0) == 0  # one matrix, seen n times
+    assert torch.equal(copies[0], weight.T)
 
 
 def test_batchnorm_train_mode_breaks_per_sample_gradients(lab):

@@ -22,6 +22,8 @@ MUTANTS = [
     ("06_extending_autograd_custom_function.py", "grad_x = grad_y * torch.cosh(x)  # with create_graph", "grad_x = grad_y * torch.cosh(x.detach())  # with create_graph"),
     ("06_extending_autograd_custom_function.py", "grad_x = grad_y * (ctx.expx + ctx.expnegx) / 2", "grad_x = grad_y * (ctx.expx - ctx.expnegx) / 2"),
     ("06_extending_autograd_custom_function.py", "        @once_differentiable  # runs", "        # runs"),
+    ("06_extending_autograd_custom_function.py", "two = torch.tensor(2.0, dtype=torch.float32,", "two = torch.tensor(2.0, dtype=torch.float64,"),
+    ("06_extending_autograd_custom_function.py", "step_down = two - (two - 1e-6)", "step_down = two - (two - 1e-6 / 2)"),
     ("06_extending_autograd_custom_function.py", "z = (y**2).sum()  # so", "z = y.sum()  # so"),
 ]
 
@@ -54,10 +56,12 @@ def test_wrong_backward_gives_3x_and_fails_gradcheck(lab):
 def test_float32_rounding_of_the_step(lab):
     made = lesson.float32_gradcheck(lab)
     assert_caught(made["error"], RuntimeError, "Jacobian mismatch")
-    # The step gradcheck's x + 1e-6 really takes near 2 in float32, from IEEE rounding:
-    step = float32(2.0 + float32(1e-6)) - 2.0
-    assert step == pytest.approx(9.5367431640625e-07, rel=0, abs=1e-18)
-    assert made["step_taken"].item() == step
+    # The steps gradcheck's x ± 1e-6 really take at 2 in float32, from IEEE rounding:
+    step_up = float32(2.0 + float32(1e-6)) - 2.0
+    step_down = 2.0 - float32(2.0 - float32(1e-6))
+    assert step_up == 4 * 2.0**-22 and step_down == 8 * 2.0**-23  # the spacing is 2**-22 above 2, 2**-23 below
+    assert made["step_up"].item() == step_up
+    assert made["step_down"].item() == step_down
     up, down = float32(float32(2.0 + 1e-6) ** 2), float32(float32(2.0 - 1e-6) ** 2)
     assert made["central_difference"].item() == pytest.approx((up - down) / 2e-6, rel=1e-6)
     assert abs(made["central_difference"].item() - 4.0) > 0.1  # off by more than any default tolerance

@@ -21,6 +21,8 @@ MUTANTS = [
      "    t.register_hook(lambda grad: record(\"tensor hook\", grad))\n    t.register_hook(lambda grad: grad * 10)"),
     ("06_extending_autograd_hooks.py", "(grad_outputs[0] * 100,)", "(grad_outputs[0] * 10,)"),
     ("06_extending_autograd_hooks.py", "(a * 3).backward()  # b is not", "(a * b).backward()  # b is not"),
+    ("06_extending_autograd_hooks.py", "(c * 3).backward()  # neither", "(c * a).backward()  # neither"),
+    ("06_extending_autograd_hooks.py", "    t_grad = t.grad  #", "    t_grad = x.grad  #"),
     ("06_extending_autograd_hooks.py", "torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)",
      "torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3)"),
 ]
@@ -73,8 +75,23 @@ def test_hook_order_derived_by_hand(lab):
     assert made["x.grad"].item() == node_input * 2
 
 
+def test_retain_grad_fires_after_the_tensor_hooks_wherever_it_is_registered():
+    """Backs [5]'s comment: registered before the tensor hooks, retain_grad still keeps what they returned."""
+    x = torch.tensor(1.0, requires_grad=True)
+    t = x * 2
+    t.retain_grad()  # first, this time
+    seen_by_pre_hook = []
+    t.grad_fn.register_prehook(lambda grad_outputs: seen_by_pre_hook.append(t.grad.item()))
+    t.register_hook(lambda grad: grad * 10)
+    (t * 3).backward()
+    assert t.grad.item() == 3 * 10  # after the ×10 tensor hook, not the 3 that arrived
+    assert seen_by_pre_hook == [3 * 10]  # and already there when the Node pre-hook runs
+
+
 def test_multi_grad_hook(lab):
-    assert lesson.multi_grad_hook(lab) == [[True, False], [True, True]]
+    # Backwards of c·3 (reaches neither a nor b), a·3 (a only), a·b (both): one call for each that reaches a or b.
+    reached = [(False, False), (True, False), (True, True)]
+    assert lesson.multi_grad_hook(lab) == [[a, b] for a, b in reached if a or b]
 
 
 def test_module_backward_hooks_shapes_order_and_values(lab):

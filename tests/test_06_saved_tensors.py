@@ -18,7 +18,10 @@ lesson = load_lesson("06_extending_autograd_saved_tensors.py")
 MUTANTS = [
     ("06_extending_autograd_saved_tensors.py", "    y = a * b  # dy/da = b", "    y = a * b.detach()  # dy/da = b"),
     ("06_extending_autograd_saved_tensors.py", "        y = a * b\n    lab.check((len(packs)", "        y = a * 2\n    lab.check((len(packs)"),
-    ("06_extending_autograd_saved_tensors.py", "saved_tensors_hooks(lambda tensor: tensor / 4,", "saved_tensors_hooks(lambda tensor: tensor / 2,"),
+    ("06_extending_autograd_saved_tensors.py", "kept.append(tensor / 4)", "kept.append(tensor / 2)"),
+    ("06_extending_autograd_saved_tensors.py", "        return kept[-1]\n", "        return tensor\n"),
+    ("06_extending_autograd_saved_tensors.py", "storages = {t.untyped_storage().data_ptr() for t in packed}",
+     "storages = {id(t) for t in packed}"),
     ("06_extending_autograd_saved_tensors.py", "out = torch.tanh(h @ w)", "out = torch.sigmoid(h @ w)"),
     ("06_extending_autograd_saved_tensors.py", "    with torch.autograd.graph.allow_mutation_on_saved_tensors():", "    if True:"),
     ("06_extending_autograd_saved_tensors.py", "        out = checkpoint(layers, x, use_reentrant=False)\n    checkpointed",
@@ -63,8 +66,11 @@ def test_pack_unpack_counts(lab):
     assert made["b.grad"].cpu().tolist() == [1.0, 2.0, 3.0]  # dy/db = a
 
 
-def test_divide_and_multiply_keeps_2x(lab):
-    assert lesson.divide_and_multiply(lab)["x.grad"].cpu().tolist() == [2.0, 4.0, 6.0]
+def test_divide_and_multiply_keeps_x_over_4_and_2x(lab):
+    made = lesson.divide_and_multiply(lab)
+    x = [1.0, 2.0, 3.0]
+    assert [t.cpu().tolist() for t in made["kept"]] == [[v / 4 for v in x]]  # pow saves x once, packed as x / 4
+    assert made["x.grad"].cpu().tolist() == [2 * v for v in x]
 
 
 def test_offload_bytes_and_gradient(lab):
@@ -92,6 +98,8 @@ def test_checkpoint_saves_from_the_shapes(lab):
     assert made["plain"] == (12, 32768)
     assert made["checkpointed"] == (1, batch * width)
     assert made["packed"][0] is made["x"]
+    # Storages: every weight, x, and each layer's tanh output (the next layer's input is that same output).
+    assert made["storages"] == (layers + 1 + layers, 1 + layers)
 
 
 def test_pack_calls_count_references_not_storages():
@@ -122,6 +130,18 @@ def test_reentrant_checkpoint_and_grad(lab):
     assert_caught(made["error"], RuntimeError, "torch.utils.checkpoint is incompatible with .grad()")
     expected_x_grad = hand_backprop(made["layers"], made["x"])[0]
     assert torch.allclose(made["x.grad"].double().cpu(), expected_x_grad, atol=1e-5)
+    assert made["node"] == "CheckpointFunctionBackward"
+
+
+def test_checkpoint_without_use_reentrant_warns_and_falls_back_to_the_reentrant_variant():
+    """Backs [8]'s comment: no use_reentrant means a warning, then the custom Function of use_reentrant=True."""
+    layers = lesson.tanh_layers(2, 8, "cpu")
+    x = torch.randn(4, 8, requires_grad=True)
+    with pytest.warns(UserWarning, match="the use_reentrant parameter should be passed explicitly"):
+        out = torch.utils.checkpoint.checkpoint(layers, x)
+    assert type(out.grad_fn).__name__ == "CheckpointFunctionBackward"
+    # The reentrant forward runs the layers under no_grad: one node stands for all of them.
+    assert [type(fn).__name__ for fn, _ in out.grad_fn.next_functions if fn is not None] == ["AccumulateGrad"]
 
 
 # -- bench row 7 -----------------------------------------------------------------------------------
