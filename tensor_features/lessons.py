@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +94,8 @@ class Finished:
 def run_in_process(path: str | os.PathLike, argv: list[str] = ()) -> Finished:
     """Run a lesson file as `python PATH ARGV...` would, but inside this process.
 
-    runpy executes it as __main__ (so its lab is live and parses argv); its output is captured
-    and its sys.exit code returned. torch's global defaults are restored afterwards, so that a
+    runpy executes it as __main__ (so its lab is live and parses argv); its output is captured,
+    warnings included (written to stderr as a terminal shows them), and its sys.exit code returned. torch's global defaults are restored afterwards, so that a
     lesson (or a Try that edits one) cannot leak a setting into the next run.
     """
     import torch
@@ -103,8 +104,15 @@ def run_in_process(path: str | os.PathLike, argv: list[str] = ()) -> Finished:
     out, err = io.StringIO(), io.StringIO()
     code = 0
     sys.argv = [str(path), *argv]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # As in a terminal: Python's default filter, each warning written to stderr.
+            warnings.simplefilter("default")
+            warnings.showwarning = show_warning
             runpy.run_path(str(path), run_name="__main__")
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
