@@ -6,7 +6,8 @@ them, and the average equals the gradient one process computes from all 8 rows. 
 where that arithmetic surprises people: accumulating micro-batches with no_sync(), and what
 happens when the forward runs outside it; a summed loss, world_size times too small; shards of
 3 and 5 rows, whose mean of means is not the mean (and the fix); and how DDP gets into
-backward() at all: a hook on each parameter's AccumulateGrad node.
+backward() at all: a hook on each parameter's AccumulateGrad node, and one all-reduce per bucket
+of gradients, started when the bucket's last gradient is written.
 
 `python 09_distributed_gradients_ddp.py` starts its own two worker processes (torch.multiprocessing,
 spawn); `torchrun --standalone --nproc-per-node 2 09_distributed_gradients_ddp.py` runs the same
@@ -91,8 +92,9 @@ def two_processes(lab: Lab) -> dict:
     torch.manual_seed(dist.get_rank())  # a different random start on each rank
     model = torch.nn.Linear(3, 1, dtype=torch.float64, device=lab.device)
     before = every_rank(model.weight.detach())
-    # The constructor broadcasts rank 0's parameters to every rank (notes/ddp.rst, "Construction").
-    ddp_model = DDP(model)  # device_ids=None: the module stays where it is
+    # The constructor broadcasts rank 0's parameters to every rank (init_sync=True, the default;
+    # pytorch/pytorch docs/source/notes/ddp.md, "Construction").
+    ddp_model = DDP(model)  # device_ids=None: required for a CPU module, allowed for one GPU (DDP's docstring)
     after = every_rank(ddp_model.module.weight.detach())
     lab.check(torch.equal(before[0], before[1]), False, "seeds 0 and 1 drew different weights")
     lab.check(torch.equal(after[1], before[0]), True, "rank 1 now holds rank 0's weights")
@@ -239,37 +241,50 @@ lab.run(uneven_shards)
 
 # %% [8] How DDP gets into backward()
 def record_then_all_reduce(seen: list, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """A DDP communication hook: note which autograd node is running, then all-reduce as DDP would."""
-    seen.append(("all-reduce starts", torch._C._current_autograd_node()))  # private API: the running node
+    """A DDP communication hook: note the running autograd node, the bucket's parameters and their .grad
+    at this moment, then all-reduce as DDP would."""
+    parameters = bucket.parameters()
+    seen.append(("all-reduce starts", {"node": torch._C._current_autograd_node(),  # private API: the running node
+                                       "parameters": parameters, "grads": [p.grad.clone() for p in parameters]}))
     # Divide by world_size, all-reduce: the same result as no hook at all (default_hooks.py).
     return allreduce_hook(None, bucket)
 
 
 @on_every_rank
 def how_ddp_enters_backward(lab: Lab) -> dict:
-    """How DDP gets into backward(): a hook on each parameter's AccumulateGrad node"""
+    """How DDP gets into backward(): a hook on each parameter's AccumulateGrad node, an all-reduce per bucket"""
     x, y = shard(my_half(), lab.device)
-    # DDP's Reducer hooks each parameter's AccumulateGrad node; backward() itself is out of DDP's
-    # control (notes/ddp.rst, "Backward Pass"; reducer.cpp: grad_accumulator->add_post_hook).
+    # DDP(...) makes a Reducer: the C++ object that groups the parameters' gradients into buckets and
+    # all-reduces one bucket at a time. It hooks each parameter's AccumulateGrad node; backward() itself
+    # is out of DDP's control (pytorch/pytorch docs/source/notes/ddp.md, "Construction" and "Backward
+    # Pass"; reducer.cpp: grad_accumulator->add_post_hook).
     model = DDP(toy_model(lab.device))
-    weight = model.module.weight
+    weight, bias = model.module.weight, model.module.bias
     weight_node = get_gradient_edge(weight).node  # the AccumulateGrad node that writes weight.grad
     seen = []
-    weight.register_post_accumulate_grad_hook(lambda w: seen.append(("weight.grad written", w.grad.clone())))
-    weight_node.register_hook(lambda grad_inputs, grad_outputs: seen.append(("our hook on the node", None)))
-    model.register_comm_hook(seen, record_then_all_reduce)  # DDP passes `seen` to it as its state
+    bias.register_post_accumulate_grad_hook(lambda b: seen.append(("bias.grad written", None)))
+    weight.register_post_accumulate_grad_hook(lambda w: seen.append(("weight.grad written", None)))
+    weight_node.register_hook(lambda grad_inputs, grad_outputs: seen.append(("our hook on weight's node", None)))
+    model.register_comm_hook(seen, record_then_all_reduce)  # DDP calls it once per bucket, `seen` as its state
     F.mse_loss(model(x), y).backward()
     events = [event for event, _ in seen]
-    lab.check(events, ["weight.grad written", "all-reduce starts", "our hook on the node"],
-              "it starts after weight.grad is written, before our own hook on the same node runs")
-    lab.check(seen[1][1] is weight_node, True, "it starts while autograd runs weight's AccumulateGrad node")
-    lab.check(seen[0][1], mse_gradient(my_half()), "at that moment weight.grad was still this rank's own")
+    all_reduce = dict(seen)["all-reduce starts"]
+    in_bucket = [name for name, p in model.module.named_parameters() if any(p is q for q in all_reduce["parameters"])]
+    lab.check(in_bucket, ["weight", "bias"], "one bucket holds both parameters: one all-reduce for the two")
+    lab.check(events, ["bias.grad written", "weight.grad written", "all-reduce starts", "our hook on weight's node"],
+              "the bucket's all-reduce starts once its last gradient, weight's, is written")
+    lab.check(all_reduce["node"] is weight_node, True, "so it starts from DDP's hook on weight's AccumulateGrad node")
+    # Ours ran after it: DDP registered its hook in DDP(...), earlier than ours, and a node's hooks run in
+    # registration order (pytorch/pytorch docs/source/notes/autograd.md, "Backward Hooks execution").
+    weight_grad_then = next(g for p, g in zip(all_reduce["parameters"], all_reduce["grads"]) if p is weight)
+    lab.check(weight_grad_then, mse_gradient(my_half()), "weight.grad as the all-reduce started: still this rank's own")
     full_weight_grad, _ = full_batch_gradient(lab.device)
     # The Reducer queued a callback that waits for the all-reduce and writes the mean into .grad
-    # before backward() returns (notes/ddp.rst, "Backward Pass"; reducer.cpp: queue_callback).
+    # before backward() returns (notes/ddp.md, "Backward Pass"; reducer.cpp: queue_callback).
     lab.check(weight.grad, full_weight_grad, "when backward() returned, the mean over the ranks was in place",
               rtol=0, atol=1e-12)
-    return {"events": events, "grad_in_hook": seen[0][1], "weight_grad": weight.grad}
+    return {"events": events, "in_bucket": in_bucket, "grad_at_all_reduce": weight_grad_then,
+            "node_is_weights": all_reduce["node"] is weight_node, "weight_grad": weight.grad}
 
 
 lab.run(how_ddp_enters_backward)

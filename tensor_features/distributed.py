@@ -133,7 +133,7 @@ def merge(lab: Lab, reports: list[RankReport]) -> None:
     for report in reports[1:]:
         total = report.passed + len(report.failed)
         lab.record(not report.failed, f"rank {report.rank}: {report.passed}/{total} checks match",
-                    f"{total}/{total}", f"rank {report.rank} ran the same code on its own rows",
+                    f"{total}/{total}", f"rank {report.rank} ran the same code in its own process",
                     details=report.failed)
     lab.stream.flush()
 

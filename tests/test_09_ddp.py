@@ -36,6 +36,9 @@ MUTANTS = [
     ("09_distributed_gradients_ddp.py", "* dist.get_world_size() / len(X)", "/ len(X)"),
     ("09_distributed_gradients_ddp.py", "    torch.manual_seed(dist.get_rank())", "    torch.manual_seed(0)"),
     ("09_distributed_gradients_ddp.py", "    model.register_comm_hook(seen, record_then_all_reduce)", "    pass"),
+    ("09_distributed_gradients_ddp.py", 'all_reduce["grads"]) if p is weight)', 'all_reduce["grads"]) if p is bias)'),
+    ("09_distributed_gradients_ddp.py", "    bias.register_post_accumulate_grad_hook(lambda b: seen.append((\"bias.grad written\", None)))\n",
+     ""),
 ]
 
 # The test's own copy of the problem: 8 rows, w = [0.5, -1, 2], b = 0.1 (not read from the lesson).
@@ -150,8 +153,15 @@ def test_uneven_shards_and_the_fix(lab):
 def test_ddp_enters_backward_through_a_hook_on_accumulate_grad(lab):
     ranks = lesson.how_ddp_enters_backward(lab)
     for rank, report in enumerate(ranks):
-        assert report["events"] == ["weight.grad written", "all-reduce starts", "our hook on the node"]
-        assert torch.allclose(report["grad_in_hook"], by_hand(HALVES[rank]), **EXACT)
+        # 4 float64 numbers (32 bytes) fit in one bucket of the default 25 MiB: one all-reduce for both.
+        assert report["in_bucket"] == ["weight", "bias"]
+        # Linear's backward reaches bias's AccumulateGrad directly and weight's through the transpose of
+        # weight, so bias.grad is written first; the bucket is complete when weight's is, and the
+        # all-reduce starts from DDP's hook on weight's node, registered before ours.
+        assert report["events"] == ["bias.grad written", "weight.grad written", "all-reduce starts",
+                                    "our hook on weight's node"]
+        assert report["node_is_weights"] is True
+        assert torch.allclose(report["grad_at_all_reduce"], by_hand(HALVES[rank]), **EXACT)
         assert torch.allclose(report["weight_grad"], one_process_gradient()[0], **EXACT)
 
 
