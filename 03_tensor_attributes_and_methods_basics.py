@@ -3,10 +3,11 @@
 Every tensor has a shape, a dtype and a device; for autograd it also has requires_grad,
 is_leaf and grad_fn, and these depend on how the tensor was made. The lesson makes tensors
 in different ways and reads these attributes, then shows the rules that surprise people:
-dtype promotion (and uint8 arithmetic that wraps around), .to() of a leaf giving a non-leaf
-that an optimiser refuses, and NumPy arrays that share a tensor's memory, even behind
-autograd's back. With --images N (or --save-grid PNG) it adds a batch of cat images: uint8,
-[N, C, H, W], a channels-last view, and a float copy to normalise. Without the CIFAR-10
+dtype promotion (and uint8 arithmetic that wraps around), .to() of a leaf that requires grad
+giving a non-leaf that an optimiser refuses, and NumPy arrays that share a tensor's memory,
+even behind autograd's back. With --images N (or --save-grid PNG) it adds a batch of cat
+images: uint8, [N, C, H, W], an [N, H, W, C] view (the layout PIL and matplotlib use; not
+torch.channels_last, which keeps the shape [N, C, H, W]), and a float copy to normalise. Without the CIFAR-10
 download (python -m tensor_features.download) those images are N random crops and flips of
 one photo, not N photos.
 """
@@ -88,9 +89,9 @@ def dtype_promotion(lab: Lab) -> dict:
 lab.run(dtype_promotion)
 
 
-# %% [3] .to() of a leaf makes a non-leaf; dtype= at creation keeps a leaf
+# %% [3] .to() of a leaf that requires grad makes a non-leaf; dtype= at creation keeps a leaf
 def to_makes_non_leaf(lab: Lab) -> dict:
-    """.to() that converts a leaf is an op: the result is not a leaf, and an optimiser refuses it"""
+    """.to() of a leaf that requires grad is a recorded op: a non-leaf, which an optimiser refuses"""
     source = torch.ones(2, requires_grad=True, device=lab.device)  # a float32 leaf
     converted = source.to(torch.float64)  # an op: a float64 copy that remembers source
     created = torch.ones(2, dtype=torch.float64, requires_grad=True, device=lab.device)  # a float64 leaf
@@ -105,15 +106,19 @@ def to_makes_non_leaf(lab: Lab) -> dict:
               "the gradient went on, through ToCopyBackward0, to the float32 leaf, in its dtype")
     lab.check(created.grad, [1.0, 1.0], "d(sum)/dx = 1 for each element")
     with lab.expect_error("can't optimize a non-leaf Tensor", "torch/optim/optimizer.py takes leaves (and tensors "
-                          "that retain_grad()) only: give it created, or source", error_type=ValueError) as caught:
+                          "that retain_grad()) only, unless differentiable=True: give it created, or source",
+                          error_type=ValueError) as caught:
         torch.optim.SGD([converted], lr=0.1)
+    untracked = torch.ones(2, device=lab.device).to(torch.float64)  # the same .to(), of a leaf without requires_grad
+    lab.check((untracked.is_leaf, untracked.grad_fn), (True, None),
+              "nothing to record without requires_grad: the copy is a leaf, a plain new tensor")
     same = source.to(torch.float32)  # already float32, already on this device
     lab.check(same is source, True, ".to() with nothing to change returns the tensor itself (Tensor.to docs)")
     moved = torch.ones(2, requires_grad=True).to(lab.device)  # made on the CPU, then moved
     lab.check(moved.is_leaf, lab.device.type == "cpu",
               "to the CPU it is already on: the leaf itself; to a GPU: a copy, a non-leaf, as .cuda() gives")
     return {"source": source, "converted": converted, "converted_grad": converted_grad, "created": created,
-            "same": same, "moved": moved, "error": caught.error}
+            "same": same, "moved": moved, "untracked": untracked, "error": caught.error}
 
 
 lab.run(to_makes_non_leaf)
@@ -130,20 +135,27 @@ def numpy_interop(lab: Lab) -> dict:
     lab.check(array.ctypes.data == w.data_ptr(), True, "the array's buffer starts at w's first byte: no copy")
     y = w * w  # mul saves w for backward
     array[0] = 5.0  # a write through NumPy, which autograd cannot see
-    lab.check((w.tolist(), w._version), ([5.0, 1.0], 0), "w changed, and its version counter did not count it")
+    after_numpy_write = (w.tolist(), w._version)
+    lab.check(after_numpy_write, ([5.0, 1.0], 0),
+              "w changed, yet w._version, torch's count of in-place writes to w, is still 0")
     y.sum().backward()
     lab.check(w.grad, [10.0, 2.0], "no error: backward used the new w, 2·5, though y was computed with w = 1")
+    with torch.no_grad():
+        w[1] = 3.0  # a write through torch
+    lab.check((w.tolist(), w._version), ([5.0, 3.0], 1),
+              "a write through torch is counted; backward() checks this count (03 storage [4])")
 
     numbers = np.zeros(3, dtype=np.float32)
     shared = torch.from_numpy(numbers)  # wraps the array's buffer: no copy
-    copied = torch.tensor(numbers)  # the docs: "torch.tensor() always copies data"
+    copied = torch.tensor(numbers)  # torch.tensor's docs: it constructs a tensor "by copying data"
     lab.check(shared.dtype, torch.float32, "from_numpy keeps NumPy's dtype")
     numbers[0] = 5.0
     lab.check(shared, [5.0, 0.0, 0.0], "from_numpy shares the array's memory")
     lab.check(copied, [0.0, 0.0, 0.0], "a copy, taken before the write")
     shared[1] = 7.0
     lab.check(numbers.tolist(), [5.0, 7.0, 0.0], "and the other way: a write into shared lands in numbers")
-    return {"error": caught.error, "w": w, "array": array, "shared": shared, "copied": copied, "numbers": numbers}
+    return {"error": caught.error, "w": w, "after_numpy_write": after_numpy_write, "array": array, "shared": shared,
+            "copied": copied, "numbers": numbers}
 
 
 lab.run(numpy_interop)
@@ -151,7 +163,7 @@ lab.run(numpy_interop)
 
 # %% [5] A batch of images (with --images N or --save-grid PNG: it imports torchvision, seconds)
 def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = None) -> dict:
-    """A batch of N cat images: uint8 [N, C, H, W], a channels-last view, a float copy to normalise"""
+    """A batch of N cat images: uint8 [N, C, H, W], an [N, H, W, C] view, a float copy to normalise"""
     from tensor_features.load_data import cat_images_source, load_cat_images
     from tensor_features.utils import display_images
 
@@ -160,11 +172,17 @@ def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = N
     lab.check((batch.dtype, batch.shape), (torch.uint8, (n, 3, 32, 32)),
               "bytes; N images, 3 channels (red, green, blue), 32×32 pixels")
     lab.check(batch.stride(), (3 * 32 * 32, 32 * 32, 32, 1), "next image, channel, row, pixel: C·H·W, H·W, W, 1")
-    channels_last = batch.permute(0, 2, 3, 1)  # [N, H, W, C]: pixel by pixel, as PIL and matplotlib lay images out
-    lab.check((channels_last.shape, channels_last.stride()), ((n, 32, 32, 3), (3 * 32 * 32, 32, 1, 32 * 32)),
+    nhwc = batch.permute(0, 2, 3, 1)  # [N, H, W, C]: pixel by pixel, as PIL and matplotlib lay images out
+    lab.check((nhwc.shape, nhwc.stride()), ((n, 32, 32, 3), (3 * 32 * 32, 32, 1, 32 * 32)),
               "permute reorders shape and strides together")
-    lab.check(channels_last.data_ptr() == batch.data_ptr(), True, "a view: the same bytes, read in another order")
-    scaled = batch / 255  # true division: a new float32 tensor, since uint8 cannot hold 0.5
+    lab.check(nhwc.data_ptr() == batch.data_ptr(), True, "a view: the same bytes, read in another order")
+    # Not the same thing as torch.channels_last, a memory format: a copy that keeps the shape.
+    stored_channels_last = batch.contiguous(memory_format=torch.channels_last)
+    lab.check((stored_channels_last.shape, stored_channels_last.stride()),
+              ((n, 3, 32, 32), (3 * 32 * 32, 1, 32 * 3, 3)),
+              "still indexed [N, C, H, W]; only the bytes lie pixel by pixel, so C's stride is 1")
+    # True division "always promotes integer types to the default scalar type" (torch.div docs): float32.
+    scaled = batch / 255
     lab.check((scaled.dtype, scaled.untyped_storage().nbytes()), (torch.float32, 4 * n * 3 * 32 * 32),
               "4 bytes per value where uint8 took 1")
     channel_mean = scaled.mean(dim=(0, 2, 3))  # one mean per channel: shape [3]
@@ -179,8 +197,8 @@ def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = N
     if grid is not None:
         written = display_images(batch.cpu(), grid)  # a grid of 8 images per row
         lab.note(f"wrote the {n} images as one grid to {written}")
-    return {"batch": batch, "channels_last": channels_last, "scaled": scaled, "mean": mean, "std": std,
-            "normalized": normalized, "error": caught.error, "grid": grid}
+    return {"batch": batch, "nhwc": nhwc, "stored_channels_last": stored_channels_last, "scaled": scaled,
+            "mean": mean, "std": std, "normalized": normalized, "error": caught.error, "grid": grid}
 
 
 # In a notebook, set lab.args.images = 8 in this cell to run it.
@@ -197,9 +215,9 @@ TRIES = [
     Try("a dimensioned float64 widens float16, so that dtype check disagrees",
         edit=("half + double_scalar", "half + double_scalar.reshape(1)"), where=dtype_promotion,
         exit=1, shows=("FAIL  half_plus_double.dtype = torch.float64",)),
-    Try("an int16 sum does not wrap at 256: 300, so the wrap check disagrees",
+    Try("two checks disagree: the sum stays int16, and an int16 does not wrap at 256: 300",
         edit=("dtype=torch.uint8", "dtype=torch.int16"), where=dtype_promotion, exit=1,
-        shows=("FAIL  brighter = [300, 200]",)),
+        shows=("FAIL  brighter.dtype = torch.int16", "FAIL  brighter = [300, 200]")),
     Try("from_numpy still shares the memory, but keeps NumPy's float64, so the dtype check disagrees",
         edit=("np.zeros(3, dtype=np.float32)", "np.zeros(3)"), where=numpy_interop, exit=1,
         shows=("FAIL  shared.dtype = torch.float64",)),

@@ -81,7 +81,8 @@ def copies(lab: Lab) -> dict:
     lab.check((row_major.is_contiguous(), row_major.stride()), (True, (3, 1)), "the copy is laid out row after row")
     lab.check(base.contiguous() is base, True, "already contiguous: contiguous() returns base itself")
     in_rows_of_3 = base.reshape(4, 3)
-    lab.check(in_rows_of_3.untyped_storage().data_ptr() == block, True, "reshape returns a view when one exists")
+    lab.check(in_rows_of_3.untyped_storage().data_ptr() == block, True,
+              "reshape returns a view when one exists (the torch.reshape docs warn not to rely on it)")
     cloned = base.clone()
     lab.check(cloned.untyped_storage().data_ptr() == block, False, "clone() always copies")
     return {"error": caught.error, "flat": flat, "row_major": row_major, "in_rows_of_3": in_rows_of_3,
@@ -101,8 +102,11 @@ def write_through_view(lab: Lab) -> dict:
     lab.check(base[1, 1], 100.0, "the view's [0, 0] is the base's [1, 1]")
     lab.check((base._version, corner._version), (1, 1), "one counter for base and its views: one write, +1")
     copy = base.clone()
+    version_of_new_copy = copy._version
+    lab.check(version_of_new_copy, 0, "a clone is a new tensor, with a counter of its own, at 0 while base's is at 1")
     copy[0, 0] = -1.0
-    lab.check((base[0, 0], base._version, copy._version), (0.0, 1, 1), "a clone has its own memory and counter")
+    lab.check((base[0, 0], base._version, copy._version), (0.0, 1, 1),
+              "the write went into copy's own memory and counter: base's stayed at 1")
 
     leaf = torch.ones(3, requires_grad=True, device=lab.device)
     h = leaf * 2  # not a leaf, so autograd allows in-place writes into it
@@ -111,7 +115,8 @@ def write_through_view(lab: Lab) -> dict:
     with lab.expect_error("is at version 1; expected version 0 instead",
                           "backward() compares h's version now with the version pow saved") as caught:
         out.backward()
-    return {"base": base, "corner": corner, "copy": copy, "h": h, "leaf": leaf, "error": caught.error}
+    return {"base": base, "corner": corner, "copy": copy, "version_of_new_copy": version_of_new_copy, "h": h,
+            "leaf": leaf, "error": caught.error}
 
 
 lab.run(write_through_view)

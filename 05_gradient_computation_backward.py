@@ -1,10 +1,11 @@
 """05 · backward: how a scalar's gradient reaches the leaves, and where it does not.
 
-The original example (d/dx of x**2 + 2x at x = 3 is 8); which tensors keep a .grad (leaves)
-and which do not (intermediates, unless retain_grad()); the real graph that backward()
-walks, printed from grad_fn.next_functions, with AccumulateGrad at the leaves and a None
-edge for an input that needs no gradient; the chain rule checked by hand; and the two errors
-backward() raises most often.
+The original example (docs/original-description.ko.md, Autograd Playground §1: d/dx of
+x**2 + 2x at x = 3 is 8); which tensors keep a .grad (leaves) and which do not (intermediates,
+unless retain_grad()); the real graph that backward() walks, printed from
+grad_fn.next_functions, with AccumulateGrad at the leaves, a None edge for an input that needs
+no gradient (the 2 of 2 * x) and no edge at all for an argument that is not an input (the 2 of
+x**2); the chain rule checked by hand; and two common errors of backward().
 """
 
 # %% Setup
@@ -21,6 +22,7 @@ lab = Lab.start("05 · backward", __doc__, __name__)
 # %% [1] The original example
 def original_example(lab: Lab) -> torch.Tensor:
     """The original example: y = x**2 + 2x at x = 3, y.backward()"""
+    # From docs/original-description.ko.md (§1), the description this lab started from.
     x = torch.tensor(3.0, requires_grad=True, device=lab.device)
     y = x**2 + 2 * x
     # y is a scalar, so backward() needs no argument: it starts from dy/dy = 1.
@@ -47,7 +49,7 @@ def leaf_and_non_leaf(lab: Lab) -> dict:
     lab.check(h.grad, 1.0, "dy/dh = 1, kept because of retain_grad()")
     with lab.expect_warning("is not a leaf Tensor", "reading .grad of a non-leaf warns, then gives None"):
         u_grad = u.grad
-    lab.check(u_grad, None, "autograd used du's gradient on the way to x, then dropped it")
+    lab.check(u_grad, None, "autograd used dy/du on the way to x, then dropped it")
     lab.check(x.grad, 14.0, "dy/dx = 2x + 2x + 2 = 14 at x = 3")
     return {"x.grad": x.grad, "h.grad": h.grad, "u.grad": u_grad}
 
@@ -69,7 +71,7 @@ def graph_lines(grad_fn, depth: int = 0) -> list[str]:
     return lines
 
 
-def real_graph(lab: Lab) -> list[str]:
+def real_graph(lab: Lab) -> dict:
     """The graph backward() walks, read from y.grad_fn.next_functions"""
     x = torch.tensor(3.0, requires_grad=True, device=lab.device)
     y = x**2 + 2 * x
@@ -77,8 +79,14 @@ def real_graph(lab: Lab) -> list[str]:
     lab.note("\n".join(lines))
     names = [line.strip().split(" ")[0] for line in lines]
     lab.check(names, ["AddBackward0", "PowBackward0", "AccumulateGrad", "MulBackward0", "AccumulateGrad", "None"],
-              "Add(Pow(x), Mul(x, 2)): x is reached once per term, the constant 2 is a None edge")
-    return lines
+              "Add(Pow(x), Mul(x, 2)): x is reached once per term")
+    power, product = (node for node, _input_index in y.grad_fn.next_functions)
+    lab.check((len(power.next_functions), power._saved_exponent), (1, 2),
+              "pow has one input, x; the 2 of x**2 is an argument, a number kept in the node: no edge")
+    lab.check(len(product.next_functions), 2,
+              "mul has two inputs, x and the 2 of 2 * x; that 2 needs no gradient: the None edge")
+    return {"lines": lines, "pow_edges": len(power.next_functions), "exponent": power._saved_exponent,
+            "mul_edges": len(product.next_functions)}
 
 
 lab.run(real_graph)
@@ -133,7 +141,8 @@ TRIES = [
         shows=("device cuda",)),
     Try("h.grad stays None, so its check fails", edit=("h.retain_grad()", ""), where=leaf_and_non_leaf,
         exit=1, shows=("FAIL  h.grad = None",)),
-    Try("the constant's None edge becomes a second AccumulateGrad, so the graph check fails",
+    Try("the 2 of 2 * x now needs a gradient: its None edge becomes a second AccumulateGrad, so the graph "
+        "check disagrees",
         edit=("y = x**2 + 2 * x", "y = x**2 + torch.tensor(2.0, requires_grad=True) * x"), where=real_graph,
         exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, AccumulateGrad, "
                        "AccumulateGrad]",)),

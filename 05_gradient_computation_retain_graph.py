@@ -1,10 +1,11 @@
 """05 · retain_graph: what backward() frees, when a graph can be walked twice, and what .grad does then.
 
-The original loop calls y.backward(retain_graph=True) twice on y = x**3 and prints 12, then
-24: keeping the graph does not make the gradient start afresh, it still adds up. Without
-retain_graph the second call raises, because the first one freed the x that y's graph saved.
-A graph that saved no tensor can be walked twice with no error at all, silently doubling
-.grad. And create_graph=True records the backward pass itself, so the derivative can be
+The original loop (docs/original-description.ko.md, Autograd Playground §3) calls
+y.backward(retain_graph=True) twice on y = x**3 and prints 12, then 24: keeping the graph does
+not make the gradient start afresh, it still adds up. Without retain_graph the second call
+raises, because the first one released what y's graph saved, its reference to x (x itself is
+untouched). A graph that saved no tensor can be walked twice with no error at all, silently
+doubling .grad. And create_graph=True records the backward pass itself, so the derivative can be
 differentiated again.
 """
 
@@ -18,14 +19,17 @@ lab = Lab.start("05 · retain_graph", __doc__, __name__)
 
 # %% [1] The original loop: 12, then 24
 def original_loop(lab: Lab) -> list[float]:
-    """The original loop: y = x**3 at x = 2, y.backward(retain_graph=True) twice"""
+    """The original loop: y = x**3 at x = 2, backward twice, keeping the graph"""
+    # From docs/original-description.ko.md (§3), the description this lab started from.
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x**3
     printed = []
     for call in range(1, 3):
         y.backward(retain_graph=True)  # keep what y's graph saved, for the next call
         printed.append(x.grad.item())
-        lab.check(x.grad, call * 3 * 2.0**2, f"{call} × 3x² at x = 2: the graph is kept, and .grad still adds",
+        lab.check(x.grad, call * 3 * 2.0**2,
+                  "3x² at x = 2, into an empty .grad; the graph is kept for the next call" if call == 1 else
+                  f"{call} × 3x²: the kept graph was walked again, and .grad added to what it held",
                   label=f"call {call}: x.grad")
     return printed
 
@@ -40,16 +44,18 @@ def what_backward_frees(lab: Lab) -> dict:
     y = x**3
     # Attributes named _saved_* show what a node saved (docs: notes/autograd.rst, "Saved tensors").
     lab.check(y.grad_fn._saved_self is x, True, "PowBackward0 saved x itself, to compute 3x² later")
-    y.backward()  # no retain_graph: this frees what the graph saved
+    y.backward(retain_graph=False)  # the default (docs: Tensor.backward): free what the graph saved
     lab.check(x.grad, 12.0, "3x² at x = 2")
-    with lab.expect_error("after they have already been freed", "the backward freed the saved x") as read_caught:
+    with lab.expect_error("after they have already been freed",
+                          "the backward released the node's reference to x: it cannot read x any more") as read_caught:
         y.grad_fn._saved_self
+    lab.check(x, 2.0, "x itself is untouched: only the graph's saved reference is gone")
     with lab.expect_error("Trying to backward through the graph a second time",
-                          "a second walk needs the x that is gone; retain_graph=True on the first call keeps it"
-                          ) as backward_caught:
+                          "a second walk needs the saved x, which the graph no longer holds; retain_graph=True on "
+                          "the first call keeps it") as backward_caught:
         y.backward()
     lab.check(x.grad, 12.0, "only the first call got through")
-    return {"grad": x.grad.item(), "read_error": read_caught.error, "backward_error": backward_caught.error}
+    return {"grad": x.grad.item(), "x": x, "read_error": read_caught.error, "backward_error": backward_caught.error}
 
 
 lab.run(what_backward_frees)
@@ -90,7 +96,7 @@ def second_derivative(lab: Lab) -> dict:
     """y = x**3 at x = 2: autograd.grad with and without create_graph=True"""
     x = torch.tensor(2.0, requires_grad=True, device=lab.device)
     y = x**3
-    (plain,) = torch.autograd.grad(y, x)  # a number with no graph behind it
+    (plain,) = torch.autograd.grad(y, x)  # a tensor with no graph behind it
     lab.check((plain, plain.requires_grad), (12.0, False), "3x² = 12, recorded nowhere")
     with lab.expect_error("element 0 of tensors does not require grad",
                           "plain has no grad_fn, so there is nothing to differentiate") as caught:
@@ -118,9 +124,9 @@ TRIES = [
     Try(".grad starts from None before each call, so both calls give 12 and the check of call 2 fails",
         edit=("y.backward(retain_graph=True)  #", "x.grad = None; y.backward(retain_graph=True)  #"),
         where=original_loop, exit=1, shows=("FAIL  call 2: x.grad = 12.0",)),
-    Try("the saved x survives: reading it and the second backward both work (no error where one was "
-        "expected), and x.grad ends at 24",
-        edit=("y.backward()  #", "y.backward(retain_graph=True)  #"),
+    Try("the graph keeps its reference to x: reading it and the second backward both work (no error where one "
+        "was expected), and x.grad ends at 24",
+        edit=("y.backward(retain_graph=False)", "y.backward(retain_graph=True)"),
         where=what_backward_frees, exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24.0")),
 ]
 lab.finish(TRIES)

@@ -24,7 +24,12 @@ MUTANTS = [
     ("03_tensor_attributes_and_methods_basics.py", "    array = w.detach().numpy()  #", "    array = w.detach().numpy().copy()  #"),
     ("03_tensor_attributes_and_methods_basics.py", "    shared = torch.from_numpy(numbers)", "    shared = torch.tensor(numbers)"),
     ("03_tensor_attributes_and_methods_basics.py", "    copied = torch.tensor(numbers)", "    copied = torch.as_tensor(numbers)"),
-    ("03_tensor_attributes_and_methods_basics.py", "channels_last = batch.permute(0, 2, 3, 1)", "channels_last = batch.permute(0, 3, 2, 1)"),
+    ("03_tensor_attributes_and_methods_basics.py", "nhwc = batch.permute(0, 2, 3, 1)", "nhwc = batch.permute(0, 3, 2, 1)"),
+    ("03_tensor_attributes_and_methods_basics.py", "batch.contiguous(memory_format=torch.channels_last)",
+     "batch.permute(0, 2, 3, 1).contiguous()"),
+    ("03_tensor_attributes_and_methods_basics.py", "    untracked = torch.ones(2, device=lab.device).to(torch.float64)",
+     "    untracked = torch.ones(2, device=lab.device, requires_grad=True).to(torch.float64)"),
+    ("03_tensor_attributes_and_methods_basics.py", "        w[1] = 3.0  # a write through torch", "        array[1] = 3.0  # a write through torch"),
     ("03_tensor_attributes_and_methods_basics.py", "    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)",
      "    mean = scaled.mean(dim=(0, 1, 2, 3), keepdim=True)"),
     ("03_tensor_attributes_and_methods_basics.py", "    std = scaled.std(dim=(0, 2, 3), keepdim=True)",
@@ -73,6 +78,10 @@ def test_to_makes_a_non_leaf_that_an_optimiser_refuses(lab):
     assert seen["same"] is source
     assert seen["moved"].is_leaf == (lab.device.type == "cpu")
     assert seen["moved"].device.type == lab.device.type
+    # The same conversion of a tensor that does not require grad records nothing: a plain leaf.
+    untracked = seen["untracked"]
+    assert untracked.is_leaf and untracked.grad_fn is None and not untracked.requires_grad
+    assert untracked.dtype == torch.float64 and untracked.cpu().tolist() == [1.0, 1.0]
 
 
 def test_numpy_shares_memory_behind_autograds_back(lab):
@@ -80,9 +89,10 @@ def test_numpy_shares_memory_behind_autograds_back(lab):
     assert_caught(seen["error"], RuntimeError, "Can't call numpy() on Tensor that requires grad")
     w, array = seen["w"], seen["array"]
     assert np.shares_memory(array, w.detach().numpy())  # NumPy's own answer, not a value compared
-    assert w.tolist() == [5.0, 1.0] and w._version == 0
+    assert seen["after_numpy_write"] == ([5.0, 1.0], 0)  # written through NumPy: not counted
     # y = w * w was built at w = 1, but backward read the saved w after the write: 2 · [5, 1].
     assert w.grad.tolist() == [2 * 5.0, 2 * 1.0]
+    assert w.tolist() == [5.0, 3.0] and w._version == 1  # then one write through torch: counted once
     shared, copied, numbers = seen["shared"], seen["copied"], seen["numbers"]
     assert shared.dtype == torch.float32 and np.shares_memory(shared.numpy(), numbers)
     assert not np.shares_memory(copied.numpy(), numbers)
@@ -102,10 +112,17 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
     assert batch.stride() == (3 * 32 * 32, 32 * 32, 32, 1)
     raw = batch.cpu().numpy()
 
-    channels_last = seen["channels_last"]
-    assert tuple(channels_last.shape) == (n, 32, 32, 3) and channels_last.stride() == (3072, 32, 1, 1024)
-    assert channels_last.data_ptr() == batch.data_ptr()
-    assert np.array_equal(channels_last.cpu().numpy(), raw.transpose(0, 2, 3, 1))
+    nhwc = seen["nhwc"]
+    assert tuple(nhwc.shape) == (n, 32, 32, 3) and nhwc.stride() == (3072, 32, 1, 1024)
+    assert nhwc.data_ptr() == batch.data_ptr()
+    assert np.array_equal(nhwc.cpu().numpy(), raw.transpose(0, 2, 3, 1))
+
+    # torch.channels_last: the [N, C, H, W] values, in bytes laid out pixel by pixel (H, W, C innermost).
+    stored = seen["stored_channels_last"]
+    assert tuple(stored.shape) == (n, 3, 32, 32) and stored.stride() == (3 * 32 * 32, 1, 32 * 3, 3)
+    assert np.array_equal(stored.cpu().numpy(), raw)
+    stored_bytes = np.frombuffer(bytes(stored.untyped_storage().cpu().tolist()), dtype=np.uint8)
+    assert np.array_equal(stored_bytes, raw.transpose(0, 2, 3, 1).reshape(-1))
 
     values = raw.astype(np.float64) / 255
     assert seen["scaled"].dtype == torch.float32

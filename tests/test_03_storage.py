@@ -22,6 +22,8 @@ MUTANTS = [
     ("03_tensor_attributes_and_methods_storage.py", "    row_major = transposed.contiguous()", "    row_major = transposed"),
     ("03_tensor_attributes_and_methods_storage.py", "    corner[0, 0] = 100.0", "    corner[0, 1] = 100.0"),
     ("03_tensor_attributes_and_methods_storage.py", "    copy = base.clone()", "    copy = base.view(3, 4)"),
+    ("03_tensor_attributes_and_methods_storage.py", "    copy = base.clone()", "    copy = base.detach()"),
+    ("03_tensor_attributes_and_methods_storage.py", "    version_of_new_copy = copy._version", "    version_of_new_copy = base._version"),
     ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0", "    h[1:].clone()[0] = 5.0"),
 ]
 
@@ -119,7 +121,7 @@ def test_write_through_a_view_and_the_version_counter(lab):
     cloned_then_written = [row[:] for row in written]
     cloned_then_written[0][0] = -1.0
     assert copy.cpu().tolist() == cloned_then_written and not same_block(copy, base)
-    assert copy._version == 1
+    assert seen["version_of_new_copy"] == 0 and copy._version == 1  # made fresh, then written once
 
     assert seen["h"].cpu().tolist() == [2.0, 5.0, 2.0]  # leaf * 2, then h[1] = 5 through a view
     assert seen["h"]._version == 1

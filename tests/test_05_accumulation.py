@@ -2,10 +2,13 @@
 by hand, the micro-batch gradient in float64, saved-element counts from the shapes, and SGD
 replayed in plain floats (with the gradient reset, and summed)."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from conftest import assert_caught, load_lesson
+from conftest import ROOT, assert_caught, load_lesson
 
 lesson = load_lesson("05_gradient_computation_accumulation.py")
 
@@ -16,11 +19,32 @@ MUTANTS = [
     ("05_gradient_computation_accumulation.py", "    x.grad.zero_()  # in place: the same tensor, now 0\n", ""),
     ("05_gradient_computation_accumulation.py", "    x.grad = None  # drop it: the next backward stores a new tensor instead of adding\n", ""),
     ("05_gradient_computation_accumulation.py", "    optimizer.zero_grad()\n    after_zero_grad = x.grad", "    after_zero_grad = x.grad"),
-    ("05_gradient_computation_accumulation.py", "mean() / k)", "mean())"),
-    ("05_gradient_computation_accumulation.py", "        count += tensor.numel()", "        count += 1"),
+    ("05_gradient_computation_accumulation.py", "mean() / k, x)", "mean(), x)"),
+    ("05_gradient_computation_accumulation.py", "            other += tensor.numel()", "            other += 1"),
+    ("05_gradient_computation_accumulation.py", "tensor.untyped_storage().data_ptr() == data.untyped_storage().data_ptr()",
+     "tensor is data"),
+    ("05_gradient_computation_accumulation.py", "    loss, full_in_x, full_new = saved_elements(lambda: ((w * x - y) ** 2).mean(), x)",
+     "    loss, full_in_x, full_new = saved_elements(lambda: ((w * x - y) ** 2).mean(), y)"),
+    ("05_gradient_computation_accumulation.py", "    growth_per_step = (late / early) ** (1 / (steps - 10))",
+     "    growth_per_step = (late / early) ** (1 / steps)"),
+    ("05_gradient_computation_accumulation.py", "    return max(abs((b + spread) / 2), abs((b - spread) / 2))",
+     "    return abs((b + spread) / 2)"),
+    ("05_gradient_computation_accumulation.py", "\"it settles at 0\" if abs(factor) < 1", "\"it settles at 0\" if factor < 1"),
     ("05_gradient_computation_accumulation.py", "            if reset:\n                optimizer.zero_grad()\n", ""),
     ("05_gradient_computation_accumulation.py", "(2 - a) * trajectory[-1] - trajectory[-2]", "(1 - a) * trajectory[-1]"),
 ]
+
+
+def test_the_docstring_points_at_the_original_description():
+    """Autograd Playground §2 holds the original example; the trainer's observation points ask the question."""
+    assert "docs/original-description.ko.md, Autograd Playground §2" in " ".join(lesson.__doc__.split())
+    text = (ROOT / "docs" / "original-description.ko.md").read_text()
+    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
+    section = playground[playground.index("### 2."): playground.index("### 3.")]
+    assert "y1 = x ** 2" in section and "y2 = 3 * x" in section and "# 2x + 3 = 7" in section
+    assert section.count("y2.backward()") == 2 and "x.grad.zero_()" in section
+    points = text[text.index("### 관찰 포인트"):]
+    assert "`.grad.zero_()`를 제거했을 때 발산 여부" in points.split("###")[1]  # "whether it diverges"
 
 
 def test_original_as_written_adds_then_raises(lab):
@@ -54,9 +78,24 @@ def test_micro_batches_add_up_to_the_full_batch(lab, k, n):
     expected = (2 * (0.5 * x - y) * x).mean().item()  # d/dw mean((w x - y)²) at w = 0.5
     assert seen["full_batch"].item() == pytest.approx(expected, rel=1e-6)
     assert seen["accumulated"].item() == pytest.approx(expected, rel=1e-5)
-    # mul saves x (for w's gradient), pow saves w x - y: one element per point each.
-    assert seen["full_saved"] == 2 * n
-    assert seen["micro_saved"] == [2 * n // k] * k
+    # mul saves x itself (for w's gradient), pow saves w x - y, a new tensor: one element per point each.
+    assert seen["full_saved"] == (n, n)
+    assert seen["micro_saved"] == [(n // k, n // k)] * k
+
+
+def test_saved_elements_tells_data_from_new_tensors():
+    data = torch.linspace(-1.0, 1.0, 6)
+    w = torch.tensor(0.5, requires_grad=True)
+    # mul by a tensor that needs no gradient saves only that tensor, for w's gradient.
+    assert lesson.saved_elements(lambda: (w * data).sum(), data)[1:] == (6, 0)
+    assert lesson.saved_elements(lambda: (w * data[2:5]).sum(), data)[1:] == (3, 0)  # a view: data's memory
+    assert lesson.saved_elements(lambda: (w * (data + 1)).sum(), data)[1:] == (0, 6)  # data + 1: a new tensor
+    # The two tensors the lesson's loss saves, recorded here by a hook of this test: x and w x - y.
+    x, y = data, 2 * data + 1
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.detach().clone()) or t, lambda t: t):
+        ((w * x - y) ** 2).mean()
+    assert sorted(t.tolist() for t in saved) == sorted([x.tolist(), (0.5 * x - y).tolist()])
 
 
 def test_forgotten_reset_adds_18_each_step(lab):
@@ -74,13 +113,44 @@ def sgd_by_hand(lr: float, steps: int, reset: bool) -> list[float]:
     return trajectory
 
 
-@pytest.mark.parametrize("lr", [0.05, 0.01])
+@pytest.mark.parametrize("lr", [0.05, 0.01, 0.15])
 def test_summed_gradient_oscillates_without_growing(lab, lr):
     runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
     assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4, abs=1e-6)
     assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4, abs=1e-5)
-    # Bounded and not settling: the amplitude of cos/sin with roots on the unit circle.
-    assert 0.9 < max(abs(w) for w in runs["summed"][-10:]) < 1.2
+    # Bounded and not settling: w_k = cos kθ + B sin kθ with cos θ = (2 - a)/2, w_1 = 1 - a (a = 18 lr),
+    # so B = -(a/2)/sin θ and the amplitude is sqrt(1 + B²) = 2/sqrt(4 - a); the last 10 steps come near it.
+    amplitude = 2 / math.sqrt(4 - 18 * lr)
+    assert 0.95 * amplitude < max(abs(w) for w in runs["summed"][-10:]) <= amplitude * (1 + 1e-5)
+    assert runs["growth_per_step"] == pytest.approx(1.0, abs=0.01)
+    printed = lab.stream.getvalue()
+    assert "< 4, both roots on the unit circle, so no decay and no growth" in printed
+    # With the reset, w_k = (1 - 18 lr)^k: it settles for 18 lr < 2 (0.05, 0.01), grows for 0.15 (1.7× a step).
+    if 18 * lr < 2:
+        assert "it settles at 0" in printed and "grows" not in printed
+    else:
+        assert abs(runs["reset"][-1] / runs["reset"][-2]) == pytest.approx(abs(1 - 18 * lr), rel=1e-4)
+        assert "|w| grows 1.7× a step" in printed and "settles at 0" not in printed
+
+
+def test_above_lr_18_of_4_both_runs_grow_the_reset_one_faster(lab):
+    lr = 0.25  # 18 lr = 4.5
+    runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
+    assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4)
+    assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4)
+    # With the reset: w_k = (1 - 4.5)^k = (-3.5)^k. Summed: r² + 2.5 r + 1 = (r + 2)(r + 0.5), so 2× a step.
+    assert runs["reset"][-1] / runs["reset"][-2] == pytest.approx(-3.5, rel=1e-5)
+    assert runs["summed"][-1] / runs["summed"][-2] == pytest.approx(-2.0, rel=1e-5)
+    assert runs["growth_per_step"] == pytest.approx(2.0, rel=1e-4)
+    printed = lab.stream.getvalue()
+    assert "(-3.5)^k: |w| grows 3.5× a step" in printed and "a real root of size 2: |w| grows 2× a step" in printed
+    assert "unit circle" not in printed and "settles at 0" not in printed
+
+
+@pytest.mark.parametrize("lr_times_curvature", [0.9, 2.7, 4.5, 5.4])
+def test_largest_root_size_against_numpy(lr_times_curvature):
+    roots = np.roots([1.0, -(2 - lr_times_curvature), 1.0])
+    assert lesson.largest_root_size(lr_times_curvature) == pytest.approx(max(abs(roots)), rel=1e-9)
 
 
 @pytest.mark.parametrize("lr_times_curvature", [0.9, 3.6, 4.5])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_caught, load_lesson
+from conftest import ROOT, assert_caught, load_lesson
 
 lesson = load_lesson("05_gradient_computation_backward.py")
 
@@ -16,6 +16,12 @@ MUTANTS = [
     ("05_gradient_computation_backward.py", "    y = h + u + 2 * x", "    y = h + 2 * x"),
     ("05_gradient_computation_backward.py", "    for next_fn, _input_index in grad_fn.next_functions:",
      "    for next_fn, _input_index in grad_fn.next_functions[:1]:"),
+    ("05_gradient_computation_backward.py", "        lines += graph_lines(next_fn, depth + 1)",
+     "        lines += graph_lines(next_fn, depth)"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
+     "    y = x**2 + x * torch.tensor(2.0, requires_grad=True)\n    lines = graph_lines"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
+     "    y = x**3 + 2 * x\n    lines = graph_lines"),
     ("05_gradient_computation_backward.py", "    y = u**3", "    y = u**2"),
     ("05_gradient_computation_backward.py", "    y = x * 2\n", "    y = (x * 2).sum()\n"),
     ("05_gradient_computation_backward.py", "    x = torch.tensor(3.0, device=lab.device)  # requires_grad defaults",
@@ -26,6 +32,16 @@ MUTANTS = [
 def test_original_example_matches_the_analytic_derivative(lab):
     x = 3.0
     assert lesson.original_example(lab).item() == pytest.approx(2 * x + 2)
+
+
+def test_the_original_example_is_in_the_original_description():
+    """The docstring's pointer: docs/original-description.ko.md, Autograd Playground §1, has this code."""
+    assert "docs/original-description.ko.md, Autograd Playground §1" in " ".join(lesson.__doc__.split())
+    text = (ROOT / "docs" / "original-description.ko.md").read_text()
+    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
+    section = playground[playground.index("### 1."): playground.index("### 2.")]
+    assert "x = torch.tensor(3.0, requires_grad=True)" in section and "y = x ** 2 + 2 * x" in section
+    assert "y.backward()" in section and "dy/dx = 2x + 2 = 8" in section
 
 
 def test_original_function_passes_gradcheck():
@@ -42,9 +58,14 @@ def test_leaf_and_non_leaf(lab):
 
 
 def test_graph_walk_reaches_every_leaf_and_constant(lab):
-    names = [line.strip().split(" ")[0] for line in lesson.real_graph(lab)]
-    # y = x**2 + 2*x: Add(Pow(x), Mul(x, 2)); the constant 2 is a None edge.
-    assert names == ["AddBackward0", "PowBackward0", "AccumulateGrad", "MulBackward0", "AccumulateGrad", "None"]
+    seen = lesson.real_graph(lab)
+    # y = x**2 + 2*x: Add(Pow(x), Mul(x, 2)), drawn two spaces deeper per level. pow has one input, x
+    # (its exponent is an argument); mul has two, x and the 2, which needs no gradient: a None edge.
+    assert seen["lines"] == ["AddBackward0",
+                             "  PowBackward0", "    AccumulateGrad -> leaf of shape ()",
+                             "  MulBackward0", "    AccumulateGrad -> leaf of shape ()", "    None"]
+    assert seen["pow_edges"] == 1 and seen["mul_edges"] == 2
+    assert seen["exponent"] == 2 and not isinstance(seen["exponent"], torch.Tensor)
 
 
 def test_graph_walk_turns_none_into_accumulate_grad_for_a_second_leaf():

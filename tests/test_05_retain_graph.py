@@ -5,14 +5,18 @@ errors by their stable substrings."""
 import pytest
 import torch
 
-from conftest import assert_caught, load_lesson
+from conftest import ROOT, assert_caught, load_lesson
 
 lesson = load_lesson("05_gradient_computation_retain_graph.py")
 
 MUTANTS = [
     ("05_gradient_computation_retain_graph.py", "        y.backward(retain_graph=True)  # keep",
      "        x.grad = None\n        y.backward(retain_graph=True)  # keep"),
-    ("05_gradient_computation_retain_graph.py", "    y.backward()  # no retain_graph", "    y.backward(retain_graph=True)  # no retain_graph"),
+    ("05_gradient_computation_retain_graph.py", "    y.backward(retain_graph=False)  # the default",
+     "    y.backward(retain_graph=True)  # the default"),
+    ("05_gradient_computation_retain_graph.py", "    y.backward(retain_graph=False)  # the default",
+     "    y.backward(create_graph=True)  # the default"),
+    ("05_gradient_computation_retain_graph.py", "next call\" if call == 1 else", "next call\" if call <= 2 else"),
     ("05_gradient_computation_retain_graph.py", "    y = x + 1\n", "    y = x * 1.0\n"),
     ("05_gradient_computation_retain_graph.py", "    y.backward()  # no error: no saved tensor to free\n", ""),
     ("05_gradient_computation_retain_graph.py", 'name.startswith("_saved_") and isinstance', 'name.startswith("_saved_") or isinstance'),
@@ -25,11 +29,24 @@ MUTANTS = [
 def test_original_loop_accumulates_12_then_24(lab):
     x = 2.0
     assert lesson.original_loop(lab) == [pytest.approx(3 * x**2), pytest.approx(2 * 3 * x**2)]
+    printed = lab.stream.getvalue()
+    assert printed.count("into an empty .grad") == 1 and printed.count(".grad added to what it held") == 1
+
+
+def test_the_original_loop_is_in_the_original_description():
+    """The docstring's pointer: docs/original-description.ko.md, Autograd Playground §3, has this loop."""
+    assert "docs/original-description.ko.md, Autograd Playground §3" in " ".join(lesson.__doc__.split())
+    text = (ROOT / "docs" / "original-description.ko.md").read_text()
+    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
+    section = playground[playground.index("### 3."): playground.index("### 4.")]
+    assert "y = x ** 3" in section and "for _ in range(2):" in section
+    assert "    y.backward(retain_graph=True)\n    print(x.grad)" in section
 
 
 def test_backward_frees_the_saved_x(lab):
     seen = lesson.what_backward_frees(lab)
     assert seen["grad"] == pytest.approx(3 * 2.0**2)  # once, not twice
+    assert seen["x"].item() == 2.0 and seen["x"].is_leaf  # the leaf itself, as it was made
     assert_caught(seen["read_error"], RuntimeError, "after they have already been freed")
     assert_caught(seen["backward_error"], RuntimeError, "Trying to backward through the graph a second time")
 
