@@ -38,7 +38,8 @@ class TrainConfig:
     lr: float | str = option(0.1, "learning rate in (0, 1e6], or 'auto' for 2/(λmax+λmin) of the loss's Hessian",
                              type=learning_rate)
     epochs: int = option(100, "number of full-batch gradient steps", type=int_in_range(1, 10**7))
-    log_every: int = option(10, "print the loss every this many epochs", type=int_in_range(1))
+    log_every: int = option(10, "print the loss every this many epochs; with --fast also how often the losses, kept "
+                            "on the device meanwhile, are copied to the host", type=int_in_range(1))
     update: str = option("both", "which update to run: the original manual one, torch.optim.SGD, or both "
                          "from the same initial w", choices=("manual", "sgd", "both"))
     seed: int = option(0, "seed for the noise and the initial w, 0..2**32-1", type=int_in_range(0, 2**32 - 1))
@@ -53,9 +54,12 @@ class TrainConfig:
     outside_no_grad: bool = option(False, "observation point: update w outside torch.no_grad(), "
                                    "in place and by rebinding, and see what breaks (with --loss mse)")
     fast: bool = option(False, "fast path (--loss mse): Φ stored feature by feature (d×n) and the loss compiled "
-                        "with torch.compile; same update, gradient still from autograd; the first epoch compiles "
-                        "(seconds; torch caches the result in the system temp folder, TORCHINDUCTOR_CACHE_DIR "
-                        "moves it)")
+                        "with torch.compile; same update, gradient still from autograd; no .item() per epoch: the "
+                        "losses are copied to the host every --log-every epochs, so a loss that stops being finite "
+                        "is seen at the end of its interval; the first epoch compiles (seconds; torch caches the "
+                        "result in the system temp folder, TORCHINDUCTOR_CACHE_DIR moves it); on CUDA, in one "
+                        "process, each epoch (forward, backward, update, loss log) is captured once in a CUDA "
+                        "graph after 3 warm-up epochs and replayed")
     sweep: bool = option(False, "observation point: feature dimension vs convergence, degrees 1..6")
     plot: str | None = option(None, "write PNG plots into this folder (created if needed)", metavar="DIR")
 

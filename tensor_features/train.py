@@ -8,7 +8,7 @@
     python -m tensor_features.train --outside-no-grad
     python -m tensor_features.train --basis mlp --batchnorm --loss sobolev   # the per-sample trap
     python -m tensor_features.train --basis legendre --lr auto --plot plots
-    python -m tensor_features.train --n 4194304 --fast   # same loop, loss compiled
+    python -m tensor_features.train --n 4194304 --fast   # same loop, loss compiled (on CUDA: one graph per epoch)
     torchrun --standalone --nproc-per-node 2 -m tensor_features.train   # data parallel: 2 processes, half the rows each
     torchrun --standalone --nproc-per-node 2 -m tensor_features.train -- --n 101   # "--": else torchrun reads --n
 
@@ -33,12 +33,13 @@ from typing import TextIO
 
 import torch
 
-from tensor_features.cli import device_or_exit
+from tensor_features.cli import device_or_exit, run_main
 from tensor_features.config import TrainConfig, build_parser, config_from_args
 from tensor_features.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
 from tensor_features.distributed import _one_line, only_rank_0_prints
 from tensor_features.fitting import (
-    Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, rows_layout)
+    REFERENCE_EPOCHS, Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, payoff_epochs,
+    reference_epoch_ms, rows_layout)
 from tensor_features.load_data import load_data
 from tensor_features.model import (  # noqa: F401 (re-exported for code that imported them from train)
     DerivativeRows, Loss, Optimum, epochs_to_within, initial_weights, least_squares_optimum,
@@ -143,6 +144,7 @@ class RunResult:
     mse_curve: Curve | None = None
     sweep: list[SweepRow] | None = None
     data_parallel: DataParallel | None = None  # under torchrun: this rank's place; None in one process
+    reference_ms: float | None = None  # with --fast in one process: the original loop's epoch, timed here
 
     @property
     def optimum(self) -> Optimum:
@@ -190,8 +192,10 @@ def run(config: TrainConfig, device: torch.device, world: DataParallel | None = 
     else:
         phi_train, y_train = (problem.phi, y) if world is None else (world.shard(problem.phi), world.shard(y))
         fast = FastLoss(phi_train, y_train) if config.fast else None
-        result.fits = [fit(phi_train, y_train, w0, lr, config.epochs, update, zero_grad, fast, world)
-                       for update in updates]
+        result.fits = [fit(phi_train, y_train, w0, lr, config.epochs, update, zero_grad, fast, world,
+                           log_every=config.log_every) for update in updates]
+        if fast is not None and world is None:  # what --fast is measured against: the default run's Φ (n×d)
+            result.reference_ms = reference_epoch_ms(problem.phi.contiguous(), y, w0, lr)
 
     if config.basis == "mlp":
         result.mlp, result.extractor = fit_mlp(x, y, w0, lr, config.epochs, config.seed, loss, config.batchnorm)
@@ -249,12 +253,25 @@ def describe_fit(result: FitResult, optimum: Optimum, lr: float) -> str:
 
 
 def describe_time(result: FitResult) -> str:
-    epochs = len(result.losses)
-    if epochs < 2:
-        return f"{name(result)}: {epochs} epoch in {result.seconds:.3f} s"
-    return (f"{name(result)}: {epochs} epochs in {result.seconds:.3f} s: the first {result.first_epoch_seconds:.3f} s"
-            f"{' (torch.compile compiling)' if result.compiled_in_first_epoch else ''}, "
-            f"then {result.epoch_ms:.3f} ms/epoch")
+    epochs = result.epochs_run
+    if result.epoch_ms is None:
+        return f"{name(result)}: {epochs} epoch{'s' if epochs != 1 else ''} in {result.seconds:.3f} s"
+    if not result.setup_what:  # the plain loops: the first epoch warms up
+        return (f"{name(result)}: {epochs} epochs in {result.seconds:.3f} s: the first {result.setup_seconds:.3f} s, "
+                f"then {result.epoch_ms:.3f} ms/epoch")
+    return (f"{name(result)}: {epochs} epochs in {result.seconds:.3f} s: setup {result.setup_seconds:.3f} s "
+            f"({result.setup_what}), then {result.epoch_ms:.3f} ms/epoch; the losses copied to the host every "
+            f"{result.log_every} epochs")
+
+
+def payoff_line(fitted: FitResult, reference_ms: float) -> str:
+    """When --fast has paid for its setup, from the epoch times measured in this run."""
+    epochs = payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, fitted.epoch_ms, reference_ms)
+    times = (f"{fitted.update} at {fitted.epoch_ms:.3f} ms/epoch, the original loop at {reference_ms:.3f} "
+             f"({REFERENCE_EPOCHS} epochs on a copy of w0; one run each, measured here)")
+    if epochs is None:
+        return f"--fast never pays for its setup ({fitted.setup_seconds:.3f} s) here: its epoch is not faster: {times}"
+    return f"--fast pays for its setup ({fitted.setup_seconds:.3f} s) from {epochs} epochs on: {times}"
 
 
 def convergence_lines(optimum: Optimum, lr: float) -> list[str]:
@@ -376,6 +393,8 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
         say(describe_mlp(result.mlp, optimum))
     for fit_result in shown:
         say(describe_time(fit_result))
+    if result.reference_ms is not None and result.fits[0].epoch_ms is not None:
+        say(payoff_line(result.fits[0], result.reference_ms))
     if len(result.fits) == 2:
         compare_updates(result.fits[0], result.fits[1], out)
     if result.mse_fit is not None:
@@ -670,4 +689,4 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
+from conftest import CUDA, DEVICES
 from tensor_features import fitting, model
-from train_oracles import derivative_gradient, mse_gradient, numpy_optimum, original_problem
+from train_oracles import derivative_gradient, descent_losses, mse_gradient, numpy_optimum, original_problem
 
 MUTANTS = [
     ("tensor_features/fitting.py", "w.grad.zero_()  # without this, next epoch's backward adds to this gradient",
@@ -27,6 +27,26 @@ MUTANTS = [
      "prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))"),
     ("tensor_features/fitting.py", "_, slopes = batched_derivative(linear_model(features, w), x_new, create_graph=False)",
      "_, slopes = batched_derivative(linear_model(features, w), x_new**2, create_graph=False)"),
+    # --fast: the loss log, the per-interval reads, the epoch's original lines, the pay-off
+    ("tensor_features/fitting.py", "        self.position += 1\n", "        self.position += 0\n"),
+    ("tensor_features/fitting.py", "        losses = self.values[:count].tolist()\n        self.position.zero_()",
+     "        losses = self.values[:count].tolist()\n        pass"),
+    ("tensor_features/fitting.py", "losses = self.values[:count].tolist()", "losses = self.values[-count:].tolist()"),
+    ("tensor_features/fitting.py", "            result.diverged_at = epoch\n            return False",
+     "            result.diverged_at = epoch + 1\n            return False"),
+    ("tensor_features/fitting.py", "        count = min(log_every, epochs - done)\n", "        count = log_every\n"),
+    ("tensor_features/fitting.py", "going = _keep_finite(result, runner.read(count), done)",
+     "going = _keep_finite(result, runner.read(count), done + 1)"),
+    ("tensor_features/fitting.py", "# the original update, as in manual_step\n            w -= lr * w.grad",
+     "# the original update, as in manual_step\n            w -= 0.5 * lr * w.grad"),
+    ("tensor_features/fitting.py", "                w.grad.zero_()\n        self.needs_compiling = False",
+     "                pass\n        self.needs_compiling = False"),
+    ("tensor_features/fitting.py", "        if zero_grad:\n            optimizer.zero_grad()\n        loss = self.loss_fn",
+     "        if False:\n            optimizer.zero_grad()\n        loss = self.loss_fn"),
+    ("tensor_features/fitting.py", "(setup_seconds * 1e3 - setup_epochs * fast_ms)", "(setup_seconds * 1e3)"),
+    ("tensor_features/fitting.py", "    if fast_ms >= default_ms:\n", "    if fast_ms > default_ms:\n"),
+    ("bench/rows/epoch.py", "epochs = fitting.payoff_epochs(setup_seconds, setup_epochs, fast_ms, default_ms)",
+     "epochs = fitting.payoff_epochs(setup_seconds, 1, fast_ms, default_ms)"),
 ]
 
 
@@ -164,3 +184,167 @@ def test_fitted_curve_is_the_fit_and_its_derivative_at_new_x():
     assert torch.allclose(curve.values, 0.1 * x + 0.9 * x**2 + 0.2 * x**3, atol=1e-6)
     assert torch.allclose(curve.slopes, 0.1 + 1.8 * x + 0.6 * x**2, atol=1e-6)
     assert curve.values.is_inference() and not curve.values.requires_grad
+
+
+# -- --fast: the loss log on the device, read once per interval; the CUDA graph (skips without CUDA) --------
+
+def rows_epochs_by_hand(phi, y, w0, lr, epochs, update="manual", zero_grad=True, loss_fn=None):
+    """The --fast epoch written out here, with the loss read by .item() every epoch: (losses, w).
+
+    The prediction is Σ_k w_k Φ_k typed in term by term, in the order rows_loss adds them, so that
+    in float32 the eager loss rounds exactly as rows_loss's does (0 + a is a, exactly)."""
+    phi_rows, y_flat = phi.T.contiguous(), y.reshape(-1)
+    w = w0.clone().requires_grad_()
+    optimizer = torch.optim.SGD([w], lr=lr) if update == "sgd" else None
+    losses = []
+    for _ in range(epochs):
+        if optimizer is not None and zero_grad:
+            optimizer.zero_grad()
+        if loss_fn is None:
+            loss = ((w[0] * phi_rows[0] + w[1] * phi_rows[1] + w[2] * phi_rows[2] - y_flat) ** 2).mean()
+        else:
+            loss = loss_fn(w, phi_rows, y_flat)
+        loss.backward()
+        losses.append(loss.item())
+        if optimizer is not None:
+            optimizer.step()
+            continue
+        with torch.no_grad():
+            w -= lr * w.grad
+            if zero_grad:
+                w.grad.zero_()
+    return losses, w.detach()
+
+
+@pytest.mark.parametrize("update, zero_grad", [("manual", True), ("sgd", True), ("manual", False), ("sgd", False)])
+def test_fast_loss_log_is_the_per_epoch_item_trajectory_exactly(update, zero_grad):
+    # 100 epochs read every 7: the first epoch alone (setup), 14 intervals of 7, one of 1.
+    x, y, phi, w0 = original_problem()
+    fast = fitting.FastLoss(phi, y, compile=False)
+    result = fitting.fit(phi, y, w0, 0.1, 100, update, zero_grad, fast=fast, log_every=7)
+    losses, w = rows_epochs_by_hand(phi, y, w0, 0.1, 100, update, zero_grad)
+    assert result.losses == losses and torch.equal(result.w, w)
+    assert result.epochs_run == 100 and result.setup_epochs == 1 and result.log_every == 7
+    assert result.diverged_at is None and result.capture_seconds is None  # no CUDA graph on the CPU
+
+
+def test_compiled_fast_loss_log_is_its_per_epoch_item_trajectory_exactly():
+    x, y, phi, w0 = original_problem()
+    fast = fitting.FastLoss(phi, y)
+    result = fitting.fit(phi, y, w0, 0.1, 30, fast=fast, log_every=4)
+    losses, w = rows_epochs_by_hand(phi, y, w0, 0.1, 30, loss_fn=fast.loss_fn)  # the same compiled code
+    assert result.losses == losses and torch.equal(result.w, w)
+    x64, y64 = x.double(), y.double()
+    phi64 = torch.cat([x64, x64**2, x64**3], dim=1)  # and against float64 by hand: float32 rounding
+    w64 = w0.double()
+    for epoch in range(30):
+        assert result.losses[epoch] == pytest.approx(((phi64 @ w64 - y64) ** 2).mean().item(), rel=1e-5)
+        w64 = w64 - 0.1 * mse_gradient(phi64, w64, y64)
+
+
+def test_fast_divergence_is_seen_when_its_interval_is_read():
+    x, y, phi, w0 = original_problem()
+    lr, n = 50.0, len(x)
+    losses64, _ = descent_losses(x, y, w0, lr, 30)
+    # Oracle: float32's mean sums n squares first, so the first float32 loss that is not finite is the
+    # first epoch whose float64 sum n·loss passes float32's largest value; both sides of it by a margin.
+    largest = torch.finfo(torch.float32).max
+    first = next(epoch for epoch, loss in enumerate(losses64) if n * loss > largest)
+    assert n * losses64[first - 1] < largest / 2 and n * losses64[first] > 2 * largest
+    plain = fitting.fit(phi, y, w0, lr, 30)
+    fast = fitting.fit(phi, y, w0, lr, 30, fast=fitting.FastLoss(phi, y, compile=False), log_every=7)
+    assert plain.diverged_at == fast.diverged_at == first == 12
+    assert plain.epochs_run == first + 1  # a .item() every epoch: stops at once
+    # Read after epoch 0, then after 7 more (epochs 1..7), then after epochs 8..14: 12 is in that one.
+    assert fast.epochs_run == 1 + 7 * math.ceil(first / 7) == 15
+    assert fast.losses == pytest.approx(losses64[:first], rel=1e-4) and len(fast.losses) == first
+    # w is the w after the last epoch run: 13 updates for the plain loop, 15 for --fast (still finite:
+    # the gradient 2/n Φᵀ(Φw − y) has not overflowed yet, only the sum of squares has).
+    for result, updates in ((plain, 13), (fast, 15)):
+        _, w64 = descent_losses(x, y, w0, lr, updates)
+        assert np.linalg.norm(result.w.double().numpy() - w64) < 1e-3 * np.linalg.norm(w64)
+
+
+def test_the_loss_log_keeps_what_was_recorded_until_read():
+    log = fitting.LossLog(4, torch.device("cpu"))
+    for value in (0.5, 0.25, 0.125):
+        log.record(torch.tensor(value))
+    assert log.read(3) == [0.5, 0.25, 0.125]
+    log.record(torch.tensor(2.0))
+    assert log.read(1) == [2.0]  # after a read, the next epoch writes the first slot again
+    x, y, phi, w0 = original_problem()
+    runner = fitting.FastFit(fitting.FastLoss(phi, y, compile=False), w0, 0.1, log_every=4)
+    runner.setup(10)
+    with pytest.raises(ValueError, match="holds 4 epochs"):
+        runner.run(4)  # 1 + 4 > 4: refused before any epoch runs
+    runner.run(3)
+    assert len(runner.read(4)) == 4
+    with pytest.raises(ValueError, match="a CUDA graph needs the data on a CUDA device"):
+        fitting.FastLoss(phi, y, cuda_graph=True)
+
+
+def test_payoff_epochs_by_hand():
+    # 2 s of setup for 3 epochs, then 0.5 ms/epoch against 1.5: E·1.5 ≥ 2000 + (E − 3)·0.5 from E = 1998.5.
+    assert fitting.payoff_epochs(2.0, 3, 0.5, 1.5) == 1999
+    assert 1999 * 1.5 >= 2000 + 1996 * 0.5 and 1998 * 1.5 < 2000 + 1995 * 0.5
+    assert fitting.payoff_epochs(2.0, 1, 1.5, 1.5) is None  # not faster per epoch: never
+    assert fitting.payoff_epochs(0.001, 1, 0.5, 1.5) == 1  # a setup no slower than its epoch: from the first
+
+
+def test_bench_row_3_says_when_fast_pays_off():
+    from bench.rows import epoch
+
+    # On CUDA the setup is 3 warm-up epochs: 2 s, then 0.5 ms against 1.5 pays off from 1999 epochs (see above).
+    assert epoch.payoff_note(2.0, 3, 0.5, 1.5) == "pays off from 1999 epochs on (3d vs 3a − 3c)"
+    assert epoch.payoff_note(2.0, 1, 0.75, 0.5) == "never pays off (3c ≥ 3a)"
+
+
+@CUDA
+@pytest.mark.parametrize("update, zero_grad", [("manual", True), ("sgd", True), ("manual", False), ("sgd", False)])
+def test_cuda_graph_replays_the_eager_epoch_exactly(update, zero_grad):
+    # The same eager kernels, launched one by one or replayed from a graph: the same bits.
+    x, y, phi, w0 = original_problem("cuda")
+    graphed = fitting.fit(phi, y, w0, 0.1, 60, update, zero_grad,
+                          fast=fitting.FastLoss(phi, y, compile=False, cuda_graph=True), log_every=7)
+    eager = fitting.fit(phi, y, w0, 0.1, 60, update, zero_grad,
+                        fast=fitting.FastLoss(phi, y, compile=False, cuda_graph=False), log_every=7)
+    assert graphed.graph_error is None and graphed.capture_seconds is not None
+    assert graphed.setup_epochs == fitting.WARMUP_EPOCHS and eager.capture_seconds is None
+    assert graphed.losses == eager.losses and torch.equal(graphed.w, eager.w)
+    by_hand, w = rows_epochs_by_hand(phi, y, w0, 0.1, 60, update, zero_grad)
+    assert graphed.losses == pytest.approx(by_hand, rel=1e-5) and torch.allclose(graphed.w, w, atol=1e-6)
+
+
+@CUDA
+@pytest.mark.parametrize("update", ["manual", "sgd"])
+def test_cuda_fast_fit_matches_the_eager_default_within_float32_rounding(update):
+    x, y, phi, w0 = original_problem("cuda")
+    default = fitting.fit(phi, y, w0, 0.1, 100, update)
+    fast = fitting.fit(phi, y, w0, 0.1, 100, update, fast=fitting.FastLoss(phi, y), log_every=10)
+    assert fast.graph_error is None and fast.capture_seconds is not None and fast.epochs_run == 100
+    assert fast.losses == pytest.approx(default.losses, rel=1e-5)
+    assert torch.allclose(fast.w, default.w, rtol=1e-5, atol=1e-6)
+    losses64, w64 = descent_losses(x, y, w0, 0.1, 100)  # and both against float64 by hand
+    assert fast.losses == pytest.approx(losses64, rel=1e-5)
+    assert np.allclose(fast.w.cpu().double().numpy(), w64, atol=1e-5)
+
+
+@CUDA
+def test_cuda_fast_divergence_is_seen_when_its_interval_is_read():
+    x, y, phi, w0 = original_problem("cuda")
+    plain = fitting.fit(phi, y, w0, 50.0, 30)
+    fast = fitting.fit(phi, y, w0, 50.0, 30, fast=fitting.FastLoss(phi, y), log_every=7)
+    assert fast.diverged_at == plain.diverged_at is not None and fast.capture_seconds is not None
+    # Read after the 3 warm-up epochs, then every 7: the read that saw it ends at 3 + 7k > diverged_at.
+    assert fast.epochs_run == 3 + 7 * math.ceil((fast.diverged_at + 1 - 3) / 7)
+
+
+@CUDA
+def test_cuda_bench_row_3_runs_small():
+    from bench.rows import epoch
+
+    rows = epoch.epoch(torch.device("cuda"), 2**16, repeats=2)
+    assert [row.key for row in rows] == ["3a", "3b", "3c", "3d"]
+    for row in rows[:3]:
+        assert row.cpu.value > 0 and row.cpu.reference > 0  # CUDA-event milliseconds, the floor's included
+    assert "graph capture (" in rows[3].cpu.note and "pays off" in rows[3].cpu.note

@@ -5,14 +5,17 @@ terminal run."""
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import terminal_usage_error, usage_error
+from conftest import CUDA, ROOT, terminal_usage_error, usage_error
 from tensor_features import fitting, model, train
 from tensor_features.config import TrainConfig
 from train_oracles import descent_losses, numpy_optimum, original_problem, stacked_system
@@ -36,6 +39,14 @@ MUTANTS = [
     ("tensor_features/config.py", 'beta: float = option(1.0,', 'beta: float = option(0.5,'),
     ("tensor_features/train.py", "steps = lr * optimum.hessian_eigenvalues", "steps = optimum.hessian_eigenvalues"),
     ("tensor_features/config.py", "type=float_in_range(0.0, 1e6))\n    degree", "type=float)\n    degree"),
+    # --fast: the log interval, the pay-off, the setup text; the closed pipe
+    ("tensor_features/train.py", "log_every=config.log_every) for update in updates]", "log_every=1) for update in updates]"),
+    ("tensor_features/train.py", "payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, fitted.epoch_ms, reference_ms)",
+     "payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, reference_ms, fitted.epoch_ms)"),
+    ("tensor_features/train.py", 'f"{result.log_every} epochs")', 'f"{result.setup_epochs} epochs")'),
+    ("tensor_features/train.py", "    sys.exit(run_main(main))", "    sys.exit(main())"),
+    ("tensor_features/fitting.py", "        self.needs_compiling = False\n        return loss.detach()\n\n    def sgd_epoch",
+     "        pass\n        return loss.detach()\n\n    def sgd_epoch"),
 ]
 
 CPU = torch.device("cpu")
@@ -210,11 +221,74 @@ def test_no_zero_grad_and_outside_no_grad_switches(capsys):
 
 
 def test_fast_switch_compiles_and_reaches_the_same_loss(capsys):
-    code, out = run_main(capsys, "--update", "manual", "--fast", "--epochs", "20")
+    code, out = run_main(capsys, "--update", "manual", "--fast", "--epochs", "20", "--log-every", "5")
     assert code == 0 and "torch.compile compiling" in out
     x, y, phi, w0 = original_problem()
-    assert number_after(out, "manual --fast: final loss") == pytest.approx(
-        fitting.fit(phi, y, w0, 0.1, 20).final_loss, abs=2e-6)
+    losses, _ = descent_losses(x, y, w0, 0.1, 20)  # the original loop, in float64 by hand
+    assert number_after(out, "manual --fast: final loss") == pytest.approx(losses[-1], abs=2e-6)
+    for epoch in (0, 5, 10, 15):  # the log lines, from losses that reached the host 5 at a time
+        assert number_after(out, f"Epoch {epoch}, Loss") == pytest.approx(losses[epoch], abs=1e-4)
+    timing = re.search(r"manual --fast: 20 epochs in [\d.]+ s: setup ([\d.]+) s \(1 epoch, torch.compile compiling "
+                       r"in the first\), then ([\d.]+) ms/epoch; the losses copied to the host every 5 epochs", out)
+    assert timing, out
+    payoff = re.search(r"--fast (?:never )?pays for its setup \(([\d.]+) s\)(?: from (\d+) epochs on)?.*manual --fast "
+                       r"at ([\d.]+) ms/epoch, the original loop at ([\d.]+) \(5 epochs", out)
+    assert payoff and payoff.group(1) == timing.group(1) and payoff.group(3) == timing.group(2), out
+    setup_ms, fast_ms, default_ms = float(payoff.group(1)) * 1e3, float(payoff.group(3)), float(payoff.group(4))
+    if payoff.group(2) is None:
+        assert fast_ms >= default_ms - 1e-3  # printed to 3 decimals
+    else:  # the printed figures, rounded, give the printed epoch count within one
+        assert abs(int(payoff.group(2)) - (setup_ms - fast_ms) / (default_ms - fast_ms)) <= 1.5
+
+
+def test_payoff_line_by_hand():
+    # 2 s of setup for its first epoch, then 10 epochs of 0.5 ms: 0.5 ms/epoch after the setup.
+    fast = fitting.FitResult("manual --fast", losses=[1.0] * 11, epochs_run=11, seconds=2.005, setup_seconds=2.0,
+                             setup_epochs=1, setup_what="1 epoch")
+    assert fast.epoch_ms == pytest.approx(0.5)
+    line = train.payoff_line(fast, reference_ms=1.5)  # E·1.5 ≥ 2000 + (E − 1)·0.5 from E = 1999.5
+    assert line.startswith("--fast pays for its setup (2.000 s) from 2000 epochs on: manual --fast at 0.500 ms/epoch, "
+                           "the original loop at 1.500")
+    assert train.payoff_line(fast, reference_ms=0.4).startswith("--fast never pays for its setup (2.000 s) here")
+
+
+def test_fast_fits_read_their_losses_once_per_log_interval():
+    result = train.run(TrainConfig(update="both", fast=True, epochs=23, log_every=6), CPU)
+    x, y, phi, w0 = original_problem()
+    losses, _ = descent_losses(x, y, w0, 0.1, 23)
+    for fitted in result.fits:
+        assert fitted.log_every == 6 and fitted.epochs_run == 23 and fitted.setup_epochs == 1
+        assert fitted.losses == pytest.approx(losses, abs=2e-6)
+    assert "compiling" not in result.fits[1].setup_what  # the second fit reuses the first's compiled code
+    assert result.reference_ms > 0
+
+
+def test_a_closed_pipe_ends_the_trainer_quietly():
+    """`python -m tensor_features.train | head -1`: the reader goes away; no traceback, exit 1."""
+    # 5000 log lines (over 100 kB) do not fit in a pipe's buffer (64 kB on Linux, pipe(7)): the trainer
+    # is still writing when the reader goes away.
+    child = subprocess.Popen([sys.executable, "-m", "tensor_features.train", "--epochs", "5000", "--log-every", "1",
+                              "--update", "manual"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    assert child.stdout.readline().startswith(b"tensor_features.train ")
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1 and stderr == "", stderr
+
+
+@CUDA
+def test_fast_cuda_trajectory_is_the_original_loop_within_float32_rounding(capsys):
+    code, out = run_main(capsys, "--device", "cuda", "--fast", "--epochs", "50", "--log-every", "10")
+    assert code == 0 and "CUDA graph capture" in out and "capture failed" not in out
+    assert "setup" in out and "3 epochs on a side stream" in out
+    x, y, phi, w0 = original_problem()
+    losses, _ = descent_losses(x, y, w0, 0.1, 50)  # the original loop, in float64 by hand
+    for label in ("manual --fast: final loss", "sgd --fast: final loss"):
+        assert number_after(out, label) == pytest.approx(losses[-1], abs=2e-6)
+    result = train.run(TrainConfig(update="both", fast=True, epochs=50, log_every=10), torch.device("cuda"))
+    for fitted in result.fits:
+        assert fitted.capture_seconds is not None and fitted.losses == pytest.approx(losses, abs=2e-6)
 
 
 @pytest.mark.parametrize("args, named", [

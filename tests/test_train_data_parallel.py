@@ -44,6 +44,8 @@ MUTANTS = [
     ("tensor_features/data_parallel.py", "        if dist.get_rank() == 0:\n            print(message",
      "        if dist.get_rank() == 1:\n            print(message"),
     ("tensor_features/data_parallel.py", "if stop.code not in (0, None):", "if stop.code not in (0, 2, None):"),
+    ("tensor_features/fitting.py", "            losses = list(self.world.mean_over_rows(*losses))",
+     "            losses = list(losses)"),
 ]
 
 CPU = torch.device("cpu")
@@ -81,10 +83,10 @@ from tensor_features import train
 fit = train.fit
 
 
-def fit_or_give_up(phi, y, w0, lr, epochs, update, *rest):
+def fit_or_give_up(phi, y, w0, lr, epochs, update, *rest, **options):
     if update == "sgd" and dist.get_rank() == 1:
         raise ValueError("rank 1 gives up")
-    result = fit(phi, y, w0, lr, epochs, update, *rest)
+    result = fit(phi, y, w0, lr, epochs, update, *rest, **options)
     torch.save({"losses": result.losses, "w": result.w}, f"{update}_rank{dist.get_rank()}.pt")
     return result
 
@@ -261,6 +263,32 @@ def test_say_once_writes_on_rank_0_after_joining_and_leaves_no_group(monkeypatch
     data_parallel.say_once("one line\n")
     assert capsys.readouterr().err == "one line\n"
     assert not torch.distributed.is_initialized()
+
+
+class RecordingWorld:
+    """A stand-in for DataParallel in one process: the gradient hook is left out, and each "mean over
+    all rows" doubles the values (easy to tell apart from the unreduced ones) and records how many it got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def average_gradient(self, w):
+        pass
+
+    def mean_over_rows(self, *values):
+        self.calls.append(len(values))
+        return tuple(2 * value for value in values)
+
+
+def test_fast_losses_are_reduced_once_per_log_interval():
+    # --fast under torchrun: one all-reduce per interval of losses, not one per epoch. 20 epochs read
+    # every 7: the first epoch alone (it compiles), then 7, 7 and the last 5.
+    x, y, phi, w0 = original_problem()
+    world = RecordingWorld()
+    reduced = fitting.fit(phi, y, w0, 0.1, 20, fast=fitting.FastLoss(phi, y, compile=False), world=world, log_every=7)
+    alone = fitting.fit(phi, y, w0, 0.1, 20, fast=fitting.FastLoss(phi, y, compile=False), log_every=7)
+    assert world.calls == [1, 7, 7, 5]
+    assert reduced.losses == [2 * loss for loss in alone.losses]
 
 
 def test_the_same_settings_run_in_one_process(monkeypatch):
