@@ -3,7 +3,7 @@
 A tensor hook sees (and may replace) the gradient of one tensor; handle.remove() takes it off.
 A post-accumulate-grad hook sees a leaf after its .grad was updated. Node pre-hooks and
 post-hooks sit on a grad_fn. The order in which these fire is recorded here and set against
-the autograd notes ("Backward Hooks execution", docs/source/notes/autograd.rst). Last,
+the autograd notes ("Backward Hooks execution", docs/source/notes/autograd.md). Last,
 register_multi_grad_hook (one call per backward that reaches any of several tensors, once their
 gradients are ready) and a module's full backward hook (gradients with respect to the module's
 inputs and outputs).
@@ -24,7 +24,7 @@ def tensor_hook(lab: Lab) -> dict:
     seen = []
     # A hook that returns None leaves the gradient as it is; one that returns a tensor replaces it
     # (torch/_tensor.py, Tensor.register_hook). Hooks on one tensor run in the order registered
-    # (docs/source/notes/autograd.rst).
+    # (docs/source/notes/autograd.md).
     x.register_hook(lambda grad: seen.append(grad.item()))  # returns None
     x.register_hook(lambda grad: grad * 10)  # returns a tensor
     y = x * x * x  # x is used three times
@@ -98,7 +98,7 @@ def hook_order(lab: Lab) -> dict:
     # Registered here in the reverse of the order they fire in: the Node post-hook, the Node pre-hooks,
     # the tensor hooks. retain_grad, registered last, fires right after the tensor hooks, wherever it
     # is registered (tests/test_06_hooks.py registers it first). Within a kind, hooks fire in the order
-    # registered (docs/source/notes/autograd.rst, "Backward Hooks execution").
+    # registered (docs/source/notes/autograd.md, "Backward Hooks execution").
     t.grad_fn.register_hook(lambda grad_inputs, grad_outputs: record("Node post-hook", grad_inputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: record("Node pre-hook", grad_outputs[0]))
     t.grad_fn.register_prehook(lambda grad_outputs: (grad_outputs[0] * 100,))  # after the recording pre-hook
@@ -110,7 +110,8 @@ def hook_order(lab: Lab) -> dict:
     lab.note("each event: (who, the gradient it sees, t.grad at that moment)")
     lab.check(events, [("tensor hook", 30.0, None), ("Node pre-hook", 30.0, 30.0), ("Node post-hook", 6000.0, 30.0)],
               "3 ×10 = 30 reaches the pre-hook; after its ×100, MulBackward0 gives 3000 · 2 = 6000")
-    # The notes list: tensor hooks, Node pre-hooks, retain_grad's .grad, the Node, post-hooks. Here t.grad
+    # The notes list (steps 1-4 and 6; step 5, post-accumulate-grad hooks, is for leaves only):
+    # tensor hooks, Node pre-hooks, retain_grad's .grad, the Node, post-hooks. Here t.grad
     # is already 30 when the pre-hook runs, and the pre-hook's ×100 never reaches it: the engine runs
     # retain_grad with the tensor hooks, last among them, before Node pre-hooks (call_function in
     # torch/csrc/autograd/engine.cpp; pytorch/pytorch#85849).

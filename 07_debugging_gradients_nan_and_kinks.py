@@ -107,7 +107,7 @@ def kinks(lab: Lab) -> dict:
     lab.check(norm_at_0, [0.0, 0.0], "rule 2: ‖x‖ is convex; subgradients fill the unit ball, min norm the zero vector")
     # torch.max's docstring: over all dimensions, "gradients evenly distribute between equally max values".
     lab.check(max_of_tie, [0.5, 0.5], "rule 2: max is convex; at a tie subgradients are (t, 1 − t), min norm (½, ½)")
-    lab.check(leaky_at_0, [0.1], "rule 2 again, not a fixed 0: subgradients [0.1, 1], min norm 0.1")
+    lab.check(leaky_at_0, [0.1], "leaky_relu's backward uses the negative slope at 0; below slope 1 that is also rule 2's min-norm subgradient of [0.1, 1]")
     return {"relu": relu_at_0, "abs": abs_at_0, "sqrt": sqrt_at_0, "norm": norm_at_0, "max": max_of_tie,
             "leaky_relu": leaky_at_0}
 
