@@ -2,7 +2,7 @@
 
 Reverse mode (backward, vjp: lesson 05 vjp) starts from the outputs and gives vᵀ·J, a row of the
 Jacobian per pass when v is a unit vector. Forward mode starts from the inputs: inside
-torch.autograd.forward_ad.dual_level(), make_dual(x, v) ties a tangent v to x, every op pushes
+torch.autograd.forward_ad.dual_level(), make_dual(x, v) returns a dual tensor, x's value with a tangent v attached, every op pushes
 it forward along with the value, and unpack_dual(f(x)).tangent is J·v, a column of J when v is
 a unit vector. torch.func.jvp and torch.func.vjp are the same two products as function
 transforms. So a Jacobian of f: ℝⁿ → ℝᵐ costs n JVPs (jacfwd) or m VJPs (jacrev), and on a tall
@@ -36,7 +36,7 @@ def dual_numbers(lab: Lab) -> dict:
     """Dual numbers: f(x) = x**2 at x = 3, with tangent 1"""
     x = torch.tensor(3.0, device=lab.device)
     with fwAD.dual_level():
-        dual_x = fwAD.make_dual(x, torch.tensor(1.0, device=lab.device))  # x carries the direction 1
+        dual_x = fwAD.make_dual(x, torch.tensor(1.0, device=lab.device))  # x's value with the direction 1 attached (x itself gets no tangent)
         y = dual_x**2
         value, tangent = fwAD.unpack_dual(y)
         lab.check(value, 9.0, "f(3) = 9")

@@ -6,8 +6,8 @@ it; on a function with cross terms, torch.func.hessian matches jacfwd(jacrev(f))
 which is how it is written (the other routes are printed with their distance to it). Without
 create_graph there is nothing to differentiate a second time. Often only H·v is needed: jvp of grad
 (forward-over-reverse) or vjp of grad (reverse-over-reverse) give it without forming H, which
-takes n JVPs of the gradient and n² numbers of memory. Last, the trainer's loss mean((Φw − y)²):
-its Hessian is 2ΦᵀΦ/n, and the eigenvalues behind the trainer's printed step-size limit and
+takes n JVPs (torch.func.hessian) or n VJPs of the gradient and n² numbers of memory. Last,
+the trainer's loss mean((Φw − y)²): its Hessian is 2ΦᵀΦ/n, and the eigenvalues behind the trainer's printed step-size limit and
 condition number are this matrix's.
 
 Sources: pytorch/tutorials intermediate_source/jacobians_hessians.py (hessian = jacfwd(jacrev),
@@ -170,7 +170,7 @@ def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
     # (where the margin was measured).
     if lab.device.type == "cpu":
         fastest_hvp = min(seconds["jvp of grad"], seconds["vjp of grad"])
-        lab.check(seconds["forming H, then H @ v"] > 2 * fastest_hvp, True, f"n = {n} JVPs of grad against one")
+        lab.check(seconds["forming H, then H @ v"] > 2 * fastest_hvp, True, f"forming H (n = {n} JVPs of grad) against one HVP")
     return {"n": n, "hvp_by_hand": hvp_by_hand, "from_h": from_h, "forward_over_reverse": forward_over_reverse,
             "reverse_over_reverse": reverse_over_reverse, "h_bytes": h_bytes, "hvp_bytes": hvp_bytes,
             "seconds": seconds}

@@ -7,7 +7,8 @@ where that arithmetic surprises people: accumulating micro-batches with no_sync(
 happens when the forward runs outside it; a summed loss, world_size times too small; shards of
 3 and 5 rows, whose mean of means is not the mean (and the fix); and how DDP gets into
 backward() at all: a hook on each parameter's AccumulateGrad node, and one all-reduce per bucket
-of gradients, started when the bucket's last gradient is written.
+of gradients, started once the bucket's last gradient is written and the buckets before it have
+started (DDP goes in bucket order).
 
 `python 09_distributed_gradients_ddp.py` starts its own two worker processes (torch.multiprocessing,
 spawn); `torchrun --standalone --nproc-per-node 2 09_distributed_gradients_ddp.py` runs the same
@@ -203,7 +204,7 @@ def summed_loss(lab: Lab) -> dict:
     loss.backward()  # DDP still divides by the number of ranks
     weight_grad = model.module.weight.grad
     full_sum_weight_grad, _ = full_batch_gradient(lab.device, reduction="sum")
-    lab.check(torch.allclose(weight_grad, full_sum_weight_grad), False, "one process summing 8 rows divides by nothing")
+    lab.check(torch.allclose(weight_grad, full_sum_weight_grad), False, "DDP divided the summed gradient by 2 ranks; one process summing all 8 rows divides by nothing")
     lab.check(weight_grad * dist.get_world_size(), full_sum_weight_grad, "× world_size: the single-process sum",
               rtol=0, atol=1e-12)
     return {"weight_grad": weight_grad, "world_size": dist.get_world_size()}

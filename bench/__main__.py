@@ -5,10 +5,11 @@
     python -m bench --json bench.json    # the same figures as JSON
     python -m bench --markdown           # the table as Markdown (the README's copy)
 
-A goal is a ratio of two figures measured side by side in the same run, because this machine
-is shared and noisy. The rows are listed below (one module each under bench/rows/).
-
-Every time is a median. Nothing here is a test: tests check that the bench runs, never its times.
+Each figure stands beside a reference: another figure measured in the same run where one exists
+(this machine is shared and noisy, so a goal is a ratio, not a time), else a computed bound or
+byte count. Each row's note and docstring say how its figures were taken (most times are medians;
+row 2 takes the fastest of --repeats runs on one thread). The rows are listed below (one module
+each under bench/rows/). Nothing here is a test: tests check that the bench runs, never its times.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def row_help() -> str:
     for number, family in FAMILIES.items():
         paragraph = " ".join((family.__doc__ or "").split("\n\n")[0].split())
         first = paragraph.split(": ", 1)[-1].split(". ")[0].rstrip(".") + "."
-        lines += textwrap.wrap(first, 92, initial_indent=f"  {number}  ", subsequent_indent="     ")
+        lines += textwrap.wrap(first, 92, initial_indent=f"  {number:>2}  ", subsequent_indent="      ")
     return "\n".join(lines)
 
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int_in_range(1, 50), default=3,
                         help="alternating process launches per lesson in row 1 (default: %(default)s)")
     parser.add_argument("--repeats", type=int_in_range(1, 1000), default=11,
-                        help="timed repeats behind each in-process median (default: %(default)s)")
+                        help="timed repeats behind each in-process figure (default: %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return parser
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {json_path}")
     missed = [row.key for row in rows if row.cpu is not None and row.cpu.met is False]
     if missed:
-        print(f"goals missed on the CPU: {', '.join(missed)} (the README's 성능 section says why)")
+        print(f"goals missed on the CPU: {', '.join(missed)} (docs/performance.md says why)")
     # A slow row is a finding; a wrong one (Jacobians that disagree, a process that failed) is an error.
     broken = [row.key for row in rows for f in (row.cpu, row.cuda)
               if f is not None and (f.met is False and row.goal.startswith("agree") or "exit code" in f.note)]

@@ -43,7 +43,7 @@ else:
 
 
 def peak_rss_mb(args: list[str]) -> tuple[float, int]:
-    """(peak resident memory in MB, exit code) of `python -c CODE` or `python -m MODULE ARGS`."""
+    """(peak resident memory in MiB, exit code) of `python -c CODE` or `python -m MODULE ARGS`."""
     read_end, write_end = os.pipe()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", PEAK_RSS_WRAPPER, str(write_end), *args], cwd=ROOT, env=env,

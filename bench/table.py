@@ -55,8 +55,8 @@ def fmt(value: float | None, unit: str) -> str:
         return "∞"
     if unit == "epochs":
         return f"{value:.0f}"
-    if unit == "MB":
-        return f"{value:.0f} MB"
+    if unit in ("MB", "MiB"):
+        return f"{value:.0f} MiB"
     if unit == "×":
         return f"{value:.1f}×"
     return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
@@ -87,7 +87,7 @@ def render_text(rows: list[Row], info: dict) -> str:
     widths = [max(len(line[i]) for line in body) for i in range(len(HEADER))]
     out = [f"machine: {info['cpu']} · {info['cores']} cores, torch threads {info['torch_threads']} · "
            f"Python {info['python']} · torch {info['torch']} · GPU: {info['gpu']}",
-           "ratio = measured / reference, both medians from this run; goal applies to the ratio"]
+           "ratio = value / reference (each row's note says how its figures were taken); a goal applies to the ratio"]
     for line in body:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
     return "\n".join(out)

@@ -20,8 +20,8 @@ lesson = load_lesson("08_higher_order_forward_mode.py")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 MUTANTS = [
-    ("08_higher_order_forward_mode.py", "make_dual(x, torch.tensor(1.0, device=lab.device))  # x carries",
-     "make_dual(x, torch.tensor(2.0, device=lab.device))  # x carries"),
+    ("08_higher_order_forward_mode.py", "make_dual(x, torch.tensor(1.0, device=lab.device))  # x's value",
+     "make_dual(x, torch.tensor(2.0, device=lab.device))  # x's value"),
     ("08_higher_order_forward_mode.py", "        y = dual_x**2\n", "        y = dual_x**3\n"),
     ("08_higher_order_forward_mode.py",
      "        inside = fwAD.unpack_dual(y).tangent\n    after = fwAD.unpack_dual(y)\n",

@@ -1,4 +1,4 @@
-"""Row 7: activation checkpointing (lesson 06 saved tensors) on L layers of tanh(h @ Wᵀ), as L grows: memory kept for backward and forward+backward time, with √L checkpointed segments against none."""
+"""Row 7: activation checkpointing (lesson 06 saved tensors) on L layers of tanh(h @ Wᵀ), as L grows: memory kept for backward and forward+backward time, with √L segments (all but the last checkpointed) against none."""
 
 # Each figure is checkpointed / plain, both measured in this run. Memory, on the CPU: the bytes of
 # the distinct storages the forward packs for backward (counted with saved_tensors_hooks; the

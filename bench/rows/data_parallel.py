@@ -1,4 +1,4 @@
-"""Row 11: the trainer's epoch at n = 2**22 in one process and data-parallel in two (torchrun, gloo, CPU), and the share of the two-process epoch spent in its all-reduces.
+"""Row 11: the trainer's epoch at n = --n (default 2**22) in one process and data-parallel in two (torchrun, gloo, CPU), and the share of the two-process epoch spent in its all-reduces.
 
 How it is measured: an epoch time is FitResult.epoch_ms of tensor_features.fitting.fit (the mean of
 the epochs after the first), and each figure is the median over --repeats fits of EPOCHS epochs.

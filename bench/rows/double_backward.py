@@ -4,8 +4,9 @@ epoch of the original mse loop, on the same data (n points, degree 3), as a rati
 A derivative loss pays three things the original loop does not: Φ is rebuilt from x every epoch
 (f′ needs x in the graph), autograd.grad(f(x).sum(), x, create_graph=True) runs inside the forward,
 and backward() then goes through that derivative's graph too. Row 10c separates the last two: mse
-computed the same way (Φ rebuilt from x every epoch, one backward), so 10a over 10c is the price of
-the derivative term and its double backward alone.
+computed the same way (Φ rebuilt from x every epoch, one backward), so 10c's ratio (sobolev over
+mse with Φ rebuilt) is the price of the derivative term and its double backward alone; 10a's ratio
+over 10c's is the price of rebuilding Φ.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Row 3: one training epoch at n = 2**22, degree 3, vs a memory-bandwidth floor: reading Φ twice
+"""Row 3: one training epoch at n = --n (default 2**22), degree 3, vs a memory-bandwidth floor: reading Φ twice
 and y once with plain sums, the least any epoch that reads its data forward and backward can cost.
 
 On the CPU every figure is a median wall time. On CUDA each is a median of GPU time from CUDA

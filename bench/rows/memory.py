@@ -1,4 +1,4 @@
-"""Row 5: peak resident memory of a training run at n = 2**22 above an idle `import torch`, vs
+"""Row 5: peak resident memory of a training run at n = --n (default 2**22) above an idle `import torch`, vs
 the bytes of x, y and Φ."""
 
 from __future__ import annotations

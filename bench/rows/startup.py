@@ -1,4 +1,7 @@
-"""Row 1: each lesson's whole-process start-up vs a bare `python -c "import torch"`, alternating runs."""
+"""Row 1: each lesson's whole run, start to exit, vs a bare `python -c "import torch"`, alternating runs.
+
+A lesson's own work (its timing loops, lesson 09's two worker processes) is inside the figure, so
+the ratio says how much a lesson adds to torch's import; it has no goal of its own."""
 
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ def startup(device: torch.device, lessons: list[Path], rounds: int) -> list[Row]
     rows = []
     for lesson in lessons:
         figure = Figure(statistics.median(lesson_times[lesson.name]), reference, "s")
-        figure.met = figure.ratio <= 1.3 and lesson.name not in failures
-        if lesson.name in failures:
+        if lesson.name in failures:  # a lesson that fails is broken, not slow
+            figure.met = False
             figure.note = f"exit code {failures[lesson.name]}"
-        rows.append(Row(f"1{chr(ord('a') + len(rows))}", f"start-up: lesson {short_name(lesson.name)}", "≤ 1.3",
+        rows.append(Row(f"1{chr(ord('a') + len(rows))}", f"whole run: lesson {short_name(lesson.name)}", "report",
                         figure))
     return rows
 
