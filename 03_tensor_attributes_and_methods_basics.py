@@ -3,13 +3,14 @@
 Every tensor has a shape, a dtype and a device; for autograd it also has requires_grad,
 is_leaf and grad_fn, and these depend on how the tensor was made. The lesson makes tensors
 in different ways and reads these attributes, then shows the rules that surprise people:
-dtype promotion (and uint8 arithmetic that wraps around), .to() of a leaf that requires grad
-giving a non-leaf that an optimiser refuses, and NumPy arrays that share a tensor's memory,
-even behind autograd's back. With --images N (or --save-grid PNG) it adds a batch of cat
-images: uint8, [N, C, H, W], an [N, H, W, C] view (the layout PIL and matplotlib use; not
-torch.channels_last, which keeps the shape [N, C, H, W]), and a float copy to normalise. Without the CIFAR-10
-download (python -m tensor_features.download) those images are N random crops and flips of
-one photo, not N photos.
+dtype promotion (and uint8 arithmetic that wraps around), .to() that changes the dtype or
+device of a leaf that requires grad giving a non-leaf that an optimiser refuses, and NumPy
+arrays that share a tensor's memory, even behind autograd's back. With --images N (or
+--save-grid PNG) it adds a batch of cat images: uint8, [N, C, H, W], an [N, H, W, C] view
+(the layout PIL and matplotlib use; not torch.channels_last, which keeps the shape
+[N, C, H, W]), and a float copy to normalise. Without the CIFAR-10 download (python -m
+tensor_features.download) those images are N random crops and flips of one photo, not N
+photos.
 """
 
 # %% Setup
@@ -51,8 +52,8 @@ def attributes(lab: Lab) -> dict:
     lab.check((a.requires_grad, a.is_leaf, a.grad_fn), (False, True, None), "data: a leaf that autograd ignores")
     lab.check((w.requires_grad, w.is_leaf, w.grad_fn), (True, True, None),
               "a parameter: a leaf whose .grad backward() will fill")
-    lab.check((y.requires_grad, y.is_leaf), (True, False), "made by an op from w: a node in the graph")
-    lab.check(type(y.grad_fn).__name__, "MvBackward0", "the op that made y: matrix @ vector")
+    lab.check((y.requires_grad, y.is_leaf), (True, False), "made by an op from w: its grad_fn is its node in the graph")
+    lab.check(type(y.grad_fn).__name__, "MvBackward0", "the backward node of the op that made y (mv: matrix @ vector)")
     lab.check(y, [3.0, 7.0], "[1·1 + 2·1, 3·1 + 4·1]")
     return {"a": a, "w": w, "y": y}
 
@@ -89,9 +90,9 @@ def dtype_promotion(lab: Lab) -> dict:
 lab.run(dtype_promotion)
 
 
-# %% [3] .to() of a leaf that requires grad makes a non-leaf; dtype= at creation keeps a leaf
+# %% [3] .to() that changes a leaf's dtype or device makes a non-leaf; dtype= at creation keeps a leaf
 def to_makes_non_leaf(lab: Lab) -> dict:
-    """.to() of a leaf that requires grad is a recorded op: a non-leaf, which an optimiser refuses"""
+    """.to() that changes the dtype or device of a leaf that requires grad is a recorded op: a non-leaf, which an optimiser refuses"""
     source = torch.ones(2, requires_grad=True, device=lab.device)  # a float32 leaf
     converted = source.to(torch.float64)  # an op: a float64 copy that remembers source
     created = torch.ones(2, dtype=torch.float64, requires_grad=True, device=lab.device)  # a float64 leaf
@@ -104,7 +105,7 @@ def to_makes_non_leaf(lab: Lab) -> dict:
     lab.check(converted_grad, None, "backward() fills .grad of leaves only (unless retain_grad(): 05 backward)")
     lab.check((source.grad, source.grad.dtype), ([1.0, 1.0], torch.float32),
               "the gradient went on, through ToCopyBackward0, to the float32 leaf, in its dtype")
-    lab.check(created.grad, [1.0, 1.0], "d(sum)/dx = 1 for each element")
+    lab.check(created.grad, [1.0, 1.0], "d(sum)/d(created) = 1 for each element")
     with lab.expect_error("can't optimize a non-leaf Tensor", "torch/optim/optimizer.py takes leaves (and tensors "
                           "that retain_grad()) only, unless differentiable=True: give it created, or source",
                           error_type=ValueError) as caught:
@@ -176,7 +177,8 @@ def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = N
     lab.check((nhwc.shape, nhwc.stride()), ((n, 32, 32, 3), (3 * 32 * 32, 32, 1, 32 * 32)),
               "permute reorders shape and strides together")
     lab.check(nhwc.data_ptr() == batch.data_ptr(), True, "a view: the same bytes, read in another order")
-    # Not the same thing as torch.channels_last, a memory format: a copy that keeps the shape.
+    # torch.channels_last is a memory format, not a permute: .contiguous(memory_format=…) makes a copy that
+    # keeps the shape [N, C, H, W].
     stored_channels_last = batch.contiguous(memory_format=torch.channels_last)
     lab.check((stored_channels_last.shape, stored_channels_last.stride()),
               ((n, 3, 32, 32), (3 * 32 * 32, 1, 32 * 3, 3)),
@@ -195,7 +197,7 @@ def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = N
     lab.check((mean.shape, normalized.shape), ((1, 3, 1, 1), (n, 3, 32, 32)),
               "the size-1 axes stretch over N, H and W; C meets C")
     if grid is not None:
-        written = display_images(batch.cpu(), grid)  # a grid of 8 images per row
+        written = display_images(batch.cpu(), grid)  # a grid of up to 8 images per row
         lab.note(f"wrote the {n} images as one grid to {written}")
     return {"batch": batch, "nhwc": nhwc, "stored_channels_last": stored_channels_last, "scaled": scaled,
             "mean": mean, "std": std, "normalized": normalized, "error": caught.error, "grid": grid}

@@ -1,12 +1,13 @@
 """03 · storage: a tensor is a view (offset, shape, strides) onto a flat block of memory.
 
-untyped_storage() is that block (its size in bytes), data_ptr() the address of this tensor's
-first element, storage_offset() how many elements into the block that is, and stride() how
-many elements to jump per index. Many operations only make a new view of the same block
+untyped_storage() is that block (.nbytes() its size in bytes), data_ptr() the address of this
+tensor's first element, storage_offset() how many elements into the block that is, and stride()
+how many elements to jump per index. Many operations only make a new view of the same block
 (slicing, view, t(), permute, expand); others copy (clone(), contiguous() of a non-contiguous
 tensor, reshape() when no view can express the result). A write through a view changes the
 base and raises the version counter that views share, and backward() refuses a graph whose
-saved tensor was written after it was saved.
+saved tensor was written in place through torch after it was saved (the version counter sees
+only such writes; a write through NumPy goes unnoticed, 03 basics [4]).
 """
 
 # %% Setup
@@ -27,7 +28,7 @@ def storage_anatomy(lab: Lab) -> dict:
     lab.check((base.storage_offset(), base.is_contiguous()), (0, True), "from the block's start, row after row")
     lab.check(base.data_ptr() == storage.data_ptr(), True, "base's first element is the block's first byte")
     # Element [i, j] sits at storage_offset() + i·stride(0) + j·stride(1); arange wrote k into element k.
-    lab.check(base[2, 1], 0 + 2 * 4 + 1 * 1, "[2, 1] is element 0 + 2·4 + 1·1 = 9 of the block")
+    lab.check(base[2, 1], float(0 + 2 * 4 + 1 * 1), "[2, 1] is element 0 + 2·4 + 1·1 = 9 of the block")
     return {"base": base, "nbytes": storage.nbytes()}
 
 
@@ -43,6 +44,8 @@ def views(lab: Lab) -> dict:
     lab.check(corner.untyped_storage().data_ptr() == block, True, "the slice reads base's block")
     lab.check((corner.storage_offset(), corner.stride()), (5, (4, 1)), "it starts at element [1, 1] = 1·4 + 1")
     lab.check(corner.data_ptr() - base.data_ptr(), 5 * 4, "5 elements × 4 bytes further on")
+    lab.check((base._base.shape, corner._base is base._base), ((12,), True),
+              "base is only our name: torch's ._base of both is arange's 1-D result, which reshape viewed")
     reshaped = base.view(4, 3)
     lab.check(reshaped.untyped_storage().data_ptr() == block, True, "view() never copies")
     lab.check((reshaped.shape, reshaped.stride()), ((4, 3), (3, 1)), "the same 12 numbers, read in rows of 3")
@@ -51,7 +54,8 @@ def views(lab: Lab) -> dict:
     lab.check((transposed.stride(), transposed.is_contiguous()), ((1, 4), False),
               "the strides swap, so the block is no longer read row after row")
     permuted = base.permute(1, 0)
-    lab.check(permuted.stride(), (1, 4), "for 2-D, permute(1, 0) is t(); permute takes any order of any number of axes")
+    lab.check(permuted.stride(), (1, 4),
+              "for 2-D, permute(1, 0) is t(); permute takes any reordering of all the axes, however many there are")
     column = torch.tensor([[1.0], [2.0], [3.0]], device=lab.device)
     expanded = column.expand(3, 4)
     lab.check((expanded.stride(), expanded.untyped_storage().nbytes()), ((1, 0), 3 * 4),
@@ -75,7 +79,7 @@ def copies(lab: Lab) -> dict:
         transposed.view(12)
     flat = transposed.reshape(12)
     lab.check(flat.untyped_storage().data_ptr() == block, False, "reshape copied, since no view exists")
-    lab.check(flat, [0.0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11], "base read column after column")
+    lab.check(flat, [0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0], "base read column after column")
     row_major = transposed.contiguous()
     lab.check(row_major.untyped_storage().data_ptr() == block, False, "contiguous() of t() must copy")
     lab.check((row_major.is_contiguous(), row_major.stride()), (True, (3, 1)), "the copy is laid out row after row")
@@ -113,7 +117,8 @@ def write_through_view(lab: Lab) -> dict:
     out = (h**2).sum()  # pow saves h, at version 0, for backward
     h[1:][0] = 5.0  # a write through a view of h: h is now at version 1
     with lab.expect_error("is at version 1; expected version 0 instead",
-                          "backward() compares h's version now with the version pow saved") as caught:
+                          "backward() compares h's version now with the version pow saved; CopySlices is the "
+                          "grad_fn h got when it was written through a view") as caught:
         out.backward()
     return {"base": base, "corner": corner, "copy": copy, "version_of_new_copy": version_of_new_copy, "h": h,
             "leaf": leaf, "error": caught.error}

@@ -149,7 +149,7 @@ def update_by_rebinding(lab: Lab, lr: float = 0.1) -> dict:
     (w * 2).backward()
     w = w - lr * w.grad  # a new tensor computed from the old leaf, and recorded
     lab.check((w.item(), w.is_leaf, type(w.grad_fn).__name__), (1.0 - lr * 2, False, "SubBackward0"),
-              f"1 - {lr} × 2, but w now names an intermediate of first_w")
+              f"1 - {lr} × 2, but w now names a non-leaf computed from first_w")
     (w * 2).backward()  # the next epoch's backward
     lab.check(first_w.grad, 4.0, "2 + 2: the gradient went through the new w to the old leaf")
     with lab.expect_warning("is not a leaf Tensor", "the new w is not a leaf; the leaf the message means is first_w"):

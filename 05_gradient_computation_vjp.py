@@ -37,7 +37,8 @@ def original_example(lab: Lab) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.tensor([1.0, 2.0], requires_grad=True, device=lab.device)
     y = x**2  # J = diag(2x) = diag(2, 4)
     # "torch.autograd is an engine for computing vector-Jacobian product" (pytorch/tutorials,
-    # beginner_source/blitz/autograd_tutorial.py): y.backward(v) puts vᵀJ into x.grad.
+    # beginner_source/blitz/autograd_tutorial.py): y.backward(v) adds vᵀJ into x.grad
+    # (None before, so it now holds vᵀJ).
     y.backward(torch.tensor([1.0, 1.0], device=lab.device))
     lab.check(x.grad, [2.0, 4.0], "vᵀJ = [1, 1] diag(2, 4) = [2, 4]")
     original = x.grad.clone()
@@ -103,7 +104,7 @@ def jacobian_three_ways(lab: Lab, size: int = 4) -> dict:
         "jacrev": jacrev(layer)(x),
     }
     for name, jacobian in results.items():
-        lab.check((jacobian - analytic).abs().max().item(), 0.0, "diag(1 - y²) W, by hand", atol=1e-5,
+        lab.check((jacobian - analytic).abs().max().item(), 0.0, "within 1e-5: diag(1 - y²) W, by hand", atol=1e-5,
                   label=f"{name}: max |J - diag(1 - y²) W|")
     return results
 
@@ -124,7 +125,7 @@ def loop_traps(lab: Lab, size: int = 3) -> dict:
         y.backward(basis[i], retain_graph=True)  # adds e_iᵀJ into x.grad
         no_reset.append(x.grad.clone())  # cloned, but x.grad is never reset
     no_reset = torch.stack(no_reset)
-    lab.check(no_reset, analytic.cumsum(0), "row i holds J_0 + ... + J_i: the rows pile up")
+    lab.check(no_reset, analytic.cumsum(0), "row i holds rows 0..i of J, summed: the rows pile up")
 
     no_clone = []
     for i in range(size):
@@ -161,16 +162,17 @@ def jacobian_timings(lab: Lab, size: int = 256, repeats: int = 3) -> dict:
     jacobians, seconds = {}, {}
     for name, method in methods.items():
         jacobians[name] = method(layer, x)
-        lab.check((jacobians[name] - analytic).abs().max().item(), 0.0, "diag(1 - y²) W, by hand", atol=1e-5,
-                  label=f"{name}, {size}×{size}: max |J - diag(1 - y²) W|")
+        lab.check((jacobians[name] - analytic).abs().max().item(), 0.0, "within 1e-5: diag(1 - y²) W, by hand",
+                  atol=1e-5, label=f"{name}, {size}×{size}: max |J - diag(1 - y²) W|")
         seconds[name] = fastest_seconds(lambda: method(layer, x), lab.device, repeats)
     lab.note(f"Time per Jacobian, measured here (fastest of {repeats}, one CPU thread; rerun to see the spread):\n"
              + "\n".join(f"  {name:<17} {seconds[name] * 1e3:9.2f} ms" for name in methods))
     lab.note(f"All three do the same {size} × {size}² multiply-adds for Wᵀ, in different calls ([5] counts them at\n"
              f"N = 8). The loop: {size} autograd.grad calls, each one matrix-vector product and one tanh_backward.\n"
              f"is_grads_batched: one autograd.grad call, but its legacy vmap does Wᵀ's product as one bmm over\n"
-             f"{size} copies of Wᵀ and falls back to one tanh_backward call per row. vmap(vjp): one tanh_backward\n"
-             f"on all {size} rows and one matrix-matrix product (mm).")
+             f"a batch of {size} stride-0 views of the one Wᵀ (expand: nothing copied), and falls back to one\n"
+             f"tanh_backward call per row. vmap(vjp): one tanh_backward on all {size} unit vectors and one\n"
+             f"matrix-matrix product (mm).")
     return {"jacobians": jacobians, "seconds": seconds}
 
 
@@ -224,11 +226,13 @@ def batched_grad_fallback(lab: Lab, size: int = 8) -> dict:
         jacobian_by_batched_grad(layer, x)
     lab.check(batched_ops.counts,
               {f"mv({n}×{n}, {n})": 1, f"tanh_backward({n}, {n})": n, f"bmm({n}×{n}×{n}, {n}×{n}×1)": 1},
-              f"one bmm over {n} copies of Wᵀ; tanh_backward still once per row, on one row each")
+              f"one bmm over Wᵀ expanded to a batch of {n} (stride 0, no copy); tanh_backward still once per row, "
+              "on one row each")
     with CountedOps() as func_ops:
         jacobian_by_vmap_vjp(layer, x)
     lab.check(func_ops.counts, {f"mv({n}×{n}, {n})": 1, f"tanh_backward({n}×{n}, {n})": 1, f"mm({n}×{n}, {n}×{n})": 1},
-              f"one tanh_backward on all {n} rows, and the {n} unit vectors times W as one matrix product")
+              f"one tanh_backward on all {n} unit vectors, then its {n} rows, diag(1 - y²), times W as one "
+              "matrix product")
     with vmap_fallback_warnings():
         # A fallback runs an op once per row of the batch (aten/src/ATen/LegacyBatchedFallback.cpp).
         with lab.expect_warning("batching rule for aten::tanh_backward",
@@ -270,7 +274,7 @@ def per_sample_trap(lab: Lab, batch: int = 5, features: int = 3) -> dict:
     # in eval mode the running estimates are used instead.
     lab.check(gaps["train"] > 1e-3, True, "batch statistics couple the samples: each x_j moves every y_i",
               label=f"train mode: max |sum-grad - per-sample| = {gaps['train']:.4f} > 0.001")
-    lab.check(gaps["eval"], 0.0, "running statistics: the samples are independent", atol=1e-6,
+    lab.check(gaps["eval"], 0.0, "within 1e-6: running statistics, the samples are independent", atol=1e-6,
               label="eval mode:  max |sum-grad - per-sample|")
     return {"gaps": gaps, "summed": summed, "per_sample": per_sample, "model": model, "x": x}
 

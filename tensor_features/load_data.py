@@ -33,8 +33,8 @@ def cat_images_source(root: str | os.PathLike | None = None) -> str:
     cached = data_dir(root) / CATS_FILE
     if cached.exists():
         return f"CIFAR-10 cats from {cached}"
-    return (f"views of one photo, {EMBEDDED_CAT.name}: random crops and flips of the same cat "
-            f"(no CIFAR-10 download in {cached.parent})")
+    folder = cached.parent if cached.parent.is_absolute() else os.path.join(os.curdir, cached.parent)  # ./data
+    return f"random crops and flips of one photo, {EMBEDDED_CAT.name} (no CIFAR-10 download in {folder})"
 
 
 def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: int = 0) -> torch.Tensor:

@@ -34,6 +34,8 @@ MUTANTS = [
      "    mean = scaled.mean(dim=(0, 1, 2, 3), keepdim=True)"),
     ("03_tensor_attributes_and_methods_basics.py", "    std = scaled.std(dim=(0, 2, 3), keepdim=True)",
      "    std = scaled.std(dim=(0, 2, 3), keepdim=True, unbiased=False)"),
+    # the note names the default folder as "data", not as the relative path "./data"
+    ("tensor_features/load_data.py", "else os.path.join(os.curdir, cached.parent)", "else cached.parent"),
 ]
 
 
@@ -106,7 +108,8 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
     n = 5
     grid = tmp_path / "grid.png"
     seen = lesson.image_batch(lab, n, grid, root=str(tmp_path / "no-download"))
-    assert "views of one photo" in lab.stream.getvalue()  # offline, it says what the batch is
+    offline = f"random crops and flips of one photo, chelsea.png (no CIFAR-10 download in {tmp_path / 'no-download'})"
+    assert offline in lab.stream.getvalue()  # offline, it says what the batch is
     batch = seen["batch"]
     assert batch.dtype == torch.uint8 and tuple(batch.shape) == (n, 3, 32, 32)
     assert batch.stride() == (3 * 32 * 32, 32 * 32, 32, 1)
@@ -135,7 +138,7 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
     assert np.allclose(seen["normalized"].cpu().numpy(), (values - mean) / std, atol=1e-4)
     assert_caught(seen["error"], RuntimeError, "The size of tensor a (32) must match the size of tensor b (3)")
 
-    # make_grid: 8 tiles a row, 2 pixels of padding around each: n tiles in one row here.
+    # make_grid: up to 8 tiles a row, 2 pixels of padding around each: n tiles in one row here.
     with Image.open(grid) as image:
         assert image.format == "PNG" and image.size == (n * (32 + 2) + 2, 32 + 2 * 2)
         pixels = np.asarray(image.convert("RGB"))
@@ -146,9 +149,11 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
 
 def test_the_grid_is_the_only_file_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSOR_FEATURES_DATA", raising=False)  # the default place: ./data
     done = run_in_process(ROOT / LESSON, ["--device", "cpu", "--images", "3", "--save-grid", "cats.png"])
     assert done.code == 0, done.stdout[-2000:] + done.stderr
-    assert "[5] A batch of N cat images" in done.stdout and "views of one photo" in done.stdout
+    assert "[5] A batch of N cat images" in done.stdout
+    assert "random crops and flips of one photo, chelsea.png (no CIFAR-10 download in ./data)" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cats.png"]
     assert re.findall(r"^\[(\d)\] ", done.stdout, re.M) == ["1", "2", "3", "4", "5"]
 

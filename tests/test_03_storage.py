@@ -4,6 +4,7 @@ offset + i·stride(0) + j·stride(1), values of the 3×4 arange written out by h
 shapes, and the version counter's steps counted by hand."""
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import assert_caught, load_lesson
@@ -25,6 +26,13 @@ MUTANTS = [
     ("03_tensor_attributes_and_methods_storage.py", "    copy = base.clone()", "    copy = base.detach()"),
     ("03_tensor_attributes_and_methods_storage.py", "    version_of_new_copy = copy._version", "    version_of_new_copy = base._version"),
     ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0", "    h[1:].clone()[0] = 5.0"),
+    # the same write, but not through a view: h's grad_fn is IndexFillBackward0, not CopySlices
+    ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0",
+     "    h.index_fill_(0, torch.tensor([1], device=lab.device), 5.0)"),
+    # [2]'s base made as a copy: no longer a view of arange's result
+    ("03_tensor_attributes_and_methods_storage.py",
+     "    base = torch.arange(12.0, device=lab.device).reshape(3, 4)\n    block = base.untyped_storage().data_ptr()  # where",
+     "    base = torch.arange(12.0, device=lab.device).reshape(3, 4).clone()\n    block = base.untyped_storage().data_ptr()  # where"),
 ]
 
 ARANGE_3x4 = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]]
@@ -64,7 +72,12 @@ def test_views_share_the_block_at_hand_computed_offsets_and_strides(lab):
     base = seen["base"]
     assert base.cpu().tolist() == ARANGE_3x4
 
+    # base is itself a view, of arange's 1-D result; a view's ._base is the tensor its chain of views began at.
+    assert base._base is not None and base._base.dim() == 1 and base._base.cpu().tolist() == list(range(12))
+    assert same_block(base._base, base) and not base._base._is_view()
+
     corner = seen["corner"]
+    assert corner._base is base._base
     assert same_block(corner, base) and corner.cpu().tolist() == [[5.0, 6.0, 7.0], [9.0, 10.0, 11.0]]
     assert corner.storage_offset() == 1 * 4 + 1 and corner.stride() == (4, 1)
     assert corner.data_ptr() - base.data_ptr() == (1 * 4 + 1) * 4  # elements × bytes
@@ -125,5 +138,17 @@ def test_write_through_a_view_and_the_version_counter(lab):
 
     assert seen["h"].cpu().tolist() == [2.0, 5.0, 2.0]  # leaf * 2, then h[1] = 5 through a view
     assert seen["h"]._version == 1
+    assert type(seen["h"].grad_fn).__name__ == "CopySlices"  # the grad_fn of a tensor written through a view
+    assert_caught(seen["error"], RuntimeError, "which is output 0 of torch::autograd::CopySlices")
     assert_caught(seen["error"], RuntimeError, "is at version 1; expected version 0 instead")
     assert seen["leaf"].grad is None  # backward stopped before reaching the leaf
+
+
+def test_permute_takes_a_reordering_of_all_the_axes():
+    """Backs [2]'s why: any reordering of all the axes, for any number of axes; fewer, or one twice, is refused."""
+    x = torch.zeros(2, 3, 4, 5)
+    assert tuple(x.permute(3, 1, 0, 2).shape) == (5, 3, 2, 4)
+    assert x.permute(3, 1, 0, 2).stride() == (1, 20, 60, 5)  # strides of [2, 3, 4, 5]: 60, 20, 5, 1, reordered
+    for too_few_or_twice in [(1, 0), (1, 0, 2), (0, 0, 1, 2)]:
+        with pytest.raises(RuntimeError):
+            x.permute(*too_few_or_twice)

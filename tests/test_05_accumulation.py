@@ -32,6 +32,10 @@ MUTANTS = [
     ("05_gradient_computation_accumulation.py", "\"it settles at 0\" if abs(factor) < 1", "\"it settles at 0\" if factor < 1"),
     ("05_gradient_computation_accumulation.py", "            if reset:\n                optimizer.zero_grad()\n", ""),
     ("05_gradient_computation_accumulation.py", "(2 - a) * trajectory[-1] - trajectory[-2]", "(1 - a) * trajectory[-1]"),
+    # [6]'s two gaps: the closed form one step off, and the summed run measured against the wrong run
+    ("05_gradient_computation_accumulation.py", "closed_form = [factor**k for k in range(steps + 1)]",
+     "closed_form = [factor**k for k in range(1, steps + 2)]"),
+    ("05_gradient_computation_accumulation.py", "zip(summed, recurrence)", "zip(with_reset, recurrence)"),
 ]
 
 
@@ -103,6 +107,18 @@ def test_forgotten_reset_adds_18_each_step(lab):
     assert lesson.forgotten_reset(lab, steps=4) == [18.0, 36.0, 54.0, 72.0]
 
 
+def relative_gap(run: list[float], oracle: list[float]) -> float:
+    """max_k |run_k - oracle_k| / max_k |oracle_k|, as [6] reports it, against the test's oracle."""
+    return max(abs(a - b) for a, b in zip(run, oracle, strict=True)) / max(abs(b) for b in oracle)
+
+
+def assert_gaps(runs: dict, lr: float) -> None:
+    """The two gaps [6] prints: the float32 runs against SGD replayed here in float64, and small."""
+    for name, reset in (("reset_gap", True), ("summed_gap", False)):
+        oracle = relative_gap(runs["reset" if reset else "summed"], sgd_by_hand(lr, 30, reset=reset))
+        assert runs[name] == pytest.approx(oracle, rel=1e-6, abs=1e-12) and runs[name] < 1e-4, name
+
+
 def sgd_by_hand(lr: float, steps: int, reset: bool) -> list[float]:
     """Plain SGD on (3w)², gradient 18w, in floats: the gradient replaced each step, or summed."""
     w, grad, trajectory = 1.0, 0.0, [1.0]
@@ -118,6 +134,7 @@ def test_summed_gradient_oscillates_without_growing(lab, lr):
     runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
     assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4, abs=1e-6)
     assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4, abs=1e-5)
+    assert_gaps(runs, lr)
     # Bounded and not settling: w_k = cos kθ + B sin kθ with cos θ = (2 - a)/2, w_1 = 1 - a (a = 18 lr),
     # so B = -(a/2)/sin θ and the amplitude is sqrt(1 + B²) = 2/sqrt(4 - a); the last 10 steps come near it.
     amplitude = 2 / math.sqrt(4 - 18 * lr)
@@ -138,6 +155,7 @@ def test_above_lr_18_of_4_both_runs_grow_the_reset_one_faster(lab):
     runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
     assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4)
     assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4)
+    assert_gaps(runs, lr)
     # With the reset: w_k = (1 - 4.5)^k = (-3.5)^k. Summed: r² + 2.5 r + 1 = (r + 2)(r + 0.5), so 2× a step.
     assert runs["reset"][-1] / runs["reset"][-2] == pytest.approx(-3.5, rel=1e-5)
     assert runs["summed"][-1] / runs["summed"][-2] == pytest.approx(-2.0, rel=1e-5)

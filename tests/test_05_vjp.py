@@ -1,7 +1,9 @@
 """05 vjp: every value the lesson returns, against an oracle written here: vᵀ diag(2x) and vᵀW by
 hand, float64 central differences of the tanh layer, their running sums for the loop traps, the
-ops each way runs counted from the shapes (and the bmm's operand read back as stride-0 copies of
-Wᵀ), the fallback warnings by substring, and the per-sample trap against a full Jacobian of the model."""
+ops each way runs counted from the shapes (the bmm's operand read back as a stride-0 expand of the
+forward's own W, transposed; vmap(vjp)'s tanh_backward fed the unit vectors and its mm fed that
+output and W), the fallback warnings by substring, and the per-sample trap against a full Jacobian
+of the model."""
 
 import pytest
 import torch
@@ -27,6 +29,9 @@ MUTANTS = [
     ("05_gradient_computation_vjp.py", "torch.autograd.grad(outputs[i], inputs, retain_graph=True)[0][i]",
      "torch.autograd.grad(outputs.sum(), inputs, retain_graph=True)[0][i]"),
     ("05_gradient_computation_vjp.py", 'model.train(mode == "train")', 'model.train(mode == "eval")'),
+    # the same Jacobian, but tanh_backward no longer gets the unit vectors themselves
+    ("05_gradient_computation_vjp.py", "    basis = torch.eye(y.numel(), device=x.device)\n    return vmap(vjp_fn)(basis)[0]",
+     "    basis = 2 * torch.eye(y.numel(), device=x.device)\n    return vmap(vjp_fn)(basis)[0] / 2"),
 ]
 
 
@@ -108,28 +113,47 @@ def test_the_ops_each_way_runs_from_the_shapes(lab, n):
 
 
 class RecordMatrixProducts(TorchDispatchMode):
-    """The test's own recorder: every mv and bmm with its tensor arguments."""
+    """The test's own recorder: every mv, mm, bmm and tanh_backward with its tensor arguments and output."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ("mv", "bmm"):
-            self.calls.append((func.overloadpacket.__name__, [a for a in args if isinstance(a, torch.Tensor)]))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("mv", "mm", "bmm", "tanh_backward"):
+            self.calls.append((func.overloadpacket.__name__, [a for a in args if isinstance(a, torch.Tensor)], out))
+        return out
 
 
-def test_is_grads_batched_bmm_runs_on_stride_0_copies_of_w_transposed():
-    """Backs [4]'s note and [5]'s why: the bmm's first operand is Wᵀ repeated N times, not a new matrix."""
+def test_is_grads_batched_bmm_runs_on_stride_0_views_of_w_transposed():
+    """Backs [4]'s note and [5]'s why: the bmm's first operand is Wᵀ expanded N times, not a copy."""
     n = 6
     layer, x, _ = lesson.tanh_layer(n, torch.device("cpu"))
     with RecordMatrixProducts() as recorded:
         lesson.jacobian_by_batched_grad(layer, x)
-    (forward_name, (weight, _)), (bmm_name, (copies, _)) = recorded.calls
+    calls = [(name, args) for name, args, _ in recorded.calls if name != "tanh_backward"]
+    (forward_name, (weight, _)), (bmm_name, (batch, _)) = calls
     assert (forward_name, bmm_name) == ("mv", "bmm")
-    assert copies.shape == (n, n, n) and copies.stride(0) == 0  # one matrix, seen n times
-    assert torch.equal(copies[0], weight.T)
+    assert batch.shape == (n, n, n) and batch.stride() == (0, 1, n)  # Wᵀ's strides, batch stride 0
+    assert batch.data_ptr() == weight.data_ptr()  # W's own memory: nothing copied
+    assert all(torch.equal(batch[i], weight.T) for i in range(n))
+
+
+def test_vmap_vjp_feeds_the_unit_vectors_to_tanh_backward_then_multiplies_by_w():
+    """Backs [5]'s why: tanh_backward gets the n unit vectors (and y); the mm gets its output, diag(1 - y²), and W."""
+    n = 6
+    layer, x, _ = lesson.tanh_layer(n, torch.device("cpu"))
+    with RecordMatrixProducts() as recorded:
+        jacobian = lesson.jacobian_by_vmap_vjp(layer, x)
+    (forward, (weight, _), _), (tanh_name, (grads, y), scaled), (mm_name, mm_args, product) = recorded.calls
+    assert (forward, tanh_name, mm_name) == ("mv", "tanh_backward", "mm")
+    assert torch.equal(grads, torch.eye(n))  # the unit vectors go into tanh_backward
+    assert torch.allclose(y, layer(x))
+    assert torch.allclose(scaled, torch.diag(1 - y**2))  # row i: e_i ⊙ (1 - y²)
+    # The mm's two operands are those rows and W (views of them: W's own memory, no copy) ...
+    assert {a.data_ptr() for a in mm_args} == {weight.data_ptr(), scaled.data_ptr()}
+    assert product.shape == (n, n) and torch.allclose(jacobian, scaled @ weight)  # ... and J = rows times W
 
 
 def test_batchnorm_train_mode_breaks_per_sample_gradients(lab):
