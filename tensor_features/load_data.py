@@ -23,7 +23,7 @@ def load_data(n: int = 100, noise: float = 0.1, seed: int = 0, device: torch.dev
 
 
 EMBEDDED_CAT = Path(__file__).resolve().parent / "assets" / "chelsea.png"
-CAT_SIZE = 32  # the side of a CIFAR-10 image; the views of the embedded photo are cut to the same size
+CAT_SIZE = 32  # the side of a CIFAR-10 image; the crops of the embedded photo are cut to the same size
 
 
 def cat_images_source(root: str | os.PathLike | None = None) -> str:
@@ -41,10 +41,10 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: in
     """n cat images as a uint8 tensor [n, 3, 32, 32] (fewer only if a download holds fewer).
 
     From the cache that ``python -m tensor_features.download`` fills: the first n CIFAR-10 cats.
-    When nothing was downloaded: n distinct views of the one photo that ships with the package
+    When nothing was downloaded: n distinct crops of the one photo that ships with the package
     (chelsea.png, CC0), each a random crop (a quarter to all of its area, aspect 3:4 to 4:3)
     resized to 32×32 and flipped left-right half of the time, by torchvision.transforms.v2.
-    They are views of one photo, not n photos. The same seed gives the same views, and the
+    They are crops of one photo, not n photos. The same seed gives the same crops, and the
     global random state is left as it was (the draws happen inside torch.random.fork_rng).
     ``cat_images_source(root)`` says which of the two a call returns.
     """
@@ -64,14 +64,14 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: in
         v2.RandomResizedCrop(CAT_SIZE, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
         v2.RandomHorizontalFlip(p=0.5),
     ])
-    views: list[torch.Tensor] = []
+    crops: list[torch.Tensor] = []
     seen: set[bytes] = set()
     with torch.random.fork_rng(devices=[]):  # v2 draws from the global generator; restore it after
         torch.manual_seed(seed)
-        while len(views) < n:
-            view = augment(photo)
-            key = view.numpy().tobytes()
-            if key not in seen:  # two draws can round to the same crop; keep the views distinct
+        while len(crops) < n:
+            crop = augment(photo)
+            key = crop.numpy().tobytes()
+            if key not in seen:  # two draws can round to the same crop; keep the crops distinct
                 seen.add(key)
-                views.append(view)
-    return torch.stack(views)
+                crops.append(crop)
+    return torch.stack(crops)
