@@ -24,7 +24,7 @@ MUTANTS = [  # the image loader (the download itself is tested against the local
     ("tensor_features/load_data.py", "with torch.random.fork_rng(devices=[]):", "with torch.no_grad():"),
     ("tensor_features/load_data.py", "return torch.load(cached, weights_only=True)[:n]",
      "return torch.load(cached, weights_only=True)[-n:]"),
-    ("tensor_features/load_data.py", "        while len(views) < n:", "        while len(views) < max(n - 1, 1):"),
+    ("tensor_features/load_data.py", "        while len(crops) < n:", "        while len(crops) < max(n - 1, 1):"),
 ]
 
 
@@ -155,19 +155,19 @@ def test_the_embedded_photo_is_the_451_by_300_rgb_png_its_readme_names():
         assert (image.format, image.mode, image.size) == ("PNG", "RGB", (451, 300))
 
 
-def test_offline_n_distinct_seeded_views_of_the_embedded_photo(tmp_path):
+def test_offline_n_distinct_seeded_crops_of_the_embedded_photo(tmp_path):
     empty = tmp_path / "empty"
     torch.manual_seed(123)
     expected_next_draw = torch.rand(3)
     torch.manual_seed(123)
-    views = load_cat_images(12, root=empty, seed=7)
+    crops = load_cat_images(12, root=empty, seed=7)
     assert torch.equal(torch.rand(3), expected_next_draw)  # the caller's random state is untouched
-    assert views.shape == (12, 3, CAT_SIZE, CAT_SIZE) and CAT_SIZE == 32 and views.dtype == torch.uint8
-    assert len({view.numpy().tobytes() for view in views}) == 12  # 12 distinct views
-    assert torch.equal(load_cat_images(12, root=empty, seed=7), views)  # the same seed, the same views
+    assert crops.shape == (12, 3, CAT_SIZE, CAT_SIZE) and CAT_SIZE == 32 and crops.dtype == torch.uint8
+    assert len({crop.numpy().tobytes() for crop in crops}) == 12  # 12 distinct crops
+    assert torch.equal(load_cat_images(12, root=empty, seed=7), crops)  # the same seed, the same crops
     other = load_cat_images(12, root=empty, seed=8)
-    assert not any(torch.equal(a, b) for a, b in zip(other, views))
-    assert torch.equal(load_cat_images(3, root=empty, seed=7), views[:3])  # a smaller n: the first views
+    assert not any(torch.equal(a, b) for a, b in zip(other, crops))
+    assert torch.equal(load_cat_images(3, root=empty, seed=7), crops[:3])  # a smaller n: the first crops
     source = cat_images_source(empty)
     assert source == f"random crops and flips of one photo, chelsea.png (no CIFAR-10 download in {empty})"
     assert not empty.exists()  # looking for the cache creates nothing
