@@ -3,7 +3,7 @@
     python -m bench                      # every row; CUDA columns when a GPU is visible
     python -m bench --rows 2,3,4         # some rows only
     python -m bench --json bench.json    # the same figures as JSON
-    python -m bench --markdown           # the table as Markdown (the README's copy)
+    python -m bench --markdown           # the table as Markdown (docs/performance.md's copy)
 
 Each figure stands beside a reference: another figure measured in the same run where one exists
 (this machine is shared and noisy, so a goal is a ratio, not a time), else a computed bound or
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
-from pathlib import Path
 
 import torch
 
 from bench.rows import FAMILIES
 from bench.table import Row, as_json, machine, render_markdown, render_text
-from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, pick_device, run_main
+from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, new_file, pick_device, run_main
 
 ROWS = tuple(FAMILIES)
 
@@ -62,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="alternating process launches per lesson in row 1 (default: %(default)s)")
     parser.add_argument("--repeats", type=int_in_range(1, 1000), default=11,
                         help="timed repeats behind each in-process figure (default: %(default)s)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", type=new_file((".json",)),
+                        help="also write the figures as JSON to PATH (a .json file in a folder that exists)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return parser
 
@@ -82,14 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
-    json_path = Path(args.json) if args.json else None
-    if json_path is not None:  # fail now, not after minutes of measuring
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            parser.error(f"--json {args.json}: cannot create its folder ({err.strerror})")
-        if json_path.is_dir() or not os.access(json_path.parent, os.W_OK):
-            parser.error(f"--json {args.json}: not a writable file path")
+    json_path = args.json  # checked by its type before any measuring: a .json file in a writable folder
 
     info = machine()
     rows = measure(args.rows, torch.device("cpu"), args)

@@ -83,7 +83,9 @@ def new_file(suffixes: tuple[str, ...]):
 
     def parse(text: str) -> Path:
         path = Path(text)
-        if not text.strip() or path.is_dir() or text.endswith(("/", "\\")):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"an empty name; give a file name ending in {'/'.join(suffixes)}")
+        if path.is_dir() or text.endswith(("/", "\\")):
             raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name ending in {'/'.join(suffixes)}")
         if path.suffix.lower() not in suffixes or path.name.lower() in suffixes:
             raise argparse.ArgumentTypeError(f"{text!r} must be a file name ending in {'/'.join(suffixes)}")

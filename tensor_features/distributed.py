@@ -127,7 +127,7 @@ def _run_here(observation: Callable[[Lab], Any], number: int, title: str, device
 def merge(lab: Lab, reports: list[RankReport]) -> None:
     """Print rank 0's lines into the lesson's lab and count its checks; one check line per other rank."""
     first = reports[0]
-    lab.stream.write(first.text)
+    lab.write(first.text)
     lab.passed += first.passed
     lab.failed.extend(first.failed)
     for report in reports[1:]:
@@ -172,7 +172,7 @@ def only_rank_0_prints() -> Iterator[None]:
 
 # -- the world ----------------------------------------------------------------------------------------
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
@@ -278,7 +278,7 @@ class World:
                 reports = _run_here(observation, number, self.title, self.device, self.args)
             except Exception as error:  # noqa: BLE001 - one line, then out, as the launcher does
                 print(f"{self.title}: rank {dist.get_rank()} failed in [{number}] {observation.__name__}: "
-                      f"{_one_line(error)}", file=sys.__stderr__, flush=True)
+                      f"{one_line(error)}", file=sys.__stderr__, flush=True)
                 os._exit(1)  # at once: a peer waiting in a collective sees the connection close
         elif self.role == "launcher":
             sources = [source for source in (self.setup, _function_source(observation)) if source is not None]
@@ -435,7 +435,7 @@ def _worker(rank: int, size: int, connections: list, port: int, backend: str) ->
                 connection.send_bytes(pickle.dumps(("done", time.time(), reports)))
     except Exception as error:  # noqa: BLE001 - reported to the launcher as one line
         with contextlib.suppress(OSError):
-            connection.send_bytes(pickle.dumps(("error", time.time(), _one_line(error))))
+            connection.send_bytes(pickle.dumps(("error", time.time(), one_line(error))))
         os._exit(1)  # at once: a peer waiting in a collective sees the connection close
     dist.destroy_process_group()
     os._exit(0)  # skip the interpreter's teardown (seconds, with torch._dynamo loaded); nothing is left to flush

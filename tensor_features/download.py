@@ -22,6 +22,7 @@ import os
 import pickle
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 from dataclasses import dataclass
@@ -95,11 +96,27 @@ def download_cat_images(dest: str | os.PathLike | None = None, force: bool = Fal
     from torchvision.datasets.utils import check_integrity, download_url  # only when downloading
 
     root = data_dir(dest)
+    # The folders this call makes; a failed download takes them away again (nothing left behind).
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    try:
+        return _download_into(root, force, source, check_integrity, download_url)
+    except DownloadError:
+        for folder in created:  # deepest first; only folders that are still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _download_into(root: Path, force: bool, source: Source, check_integrity, download_url) -> Path:
     archive, cats = root / source.filename, root / CATS_FILE
     partial = root / (source.filename + ".part")
     host = urllib.parse.urlsplit(source.url).hostname or source.url
     try:
         root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):  # writable? ask before reaching for the network
+            pass
         if not force and cats.exists() and check_integrity(str(archive), source.md5):
             print(f"cached: {archive} (checksum ok) and {cats}; nothing to download")
             return cats
@@ -145,6 +162,8 @@ def main(argv: list[str] | None = None, source: Source = CIFAR10) -> int:
     parser.add_argument("--dest", help=f"cache folder (default: ${DATA_ENV}, else ./data)")
     parser.add_argument("--force", action="store_true", help="download again even if the cache is verified")
     args = parser.parse_args(argv)
+    if args.dest is not None and not args.dest.strip():
+        parser.error("--dest needs a folder name")
     try:
         download_cat_images(args.dest, args.force, source)
     except DownloadError as err:

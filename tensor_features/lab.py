@@ -438,6 +438,11 @@ class Lab:
         for line in lines:
             self._print(f"    {line}")
 
+    def write(self, text: str) -> None:
+        """Text rendered elsewhere (another process's lab), printed as it is."""
+        for line in text.splitlines():
+            self._print(line)
+
     def note(self, text: str) -> None:
         """An explanation, indented under the current observation."""
         self._flush_code(_lesson_frame())

@@ -148,8 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tensor_features.cli import device_or_exit
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    device_or_exit(parser, args.device)  # one line now, not the same error from every lesson
     lessons = [p for p in lesson_paths() if args.only is None or args.only in p.name]
     if not lessons:
         parser.error(f"--only {args.only!r}: no lesson file name contains it")

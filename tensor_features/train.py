@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -36,7 +37,7 @@ import torch
 from tensor_features.cli import device_or_exit, run_main
 from tensor_features.config import TrainConfig, build_parser, config_from_args
 from tensor_features.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
-from tensor_features.distributed import _one_line, only_rank_0_prints
+from tensor_features.distributed import one_line, only_rank_0_prints
 from tensor_features.fitting import (
     REFERENCE_EPOCHS, Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, payoff_epochs,
     reference_epoch_ms, rows_layout)
@@ -587,6 +588,19 @@ def check_combinations(config: TrainConfig) -> str | None:
         return f"--outside-no-grad shows the original mse update; use --loss mse (got --loss {config.loss})"
     if config.fast and config.basis == "mlp":
         return "--fast compiles the fixed-basis loss; the mlp extractor is not on that path"
+    if config.fast and config.outside_no_grad:
+        return "--outside-no-grad runs the original loop's update by hand; drop --fast"
+    if config.outside_no_grad and config.no_zero_grad:
+        return "--outside-no-grad and --no-zero-grad are two observation points: use one at a time"
+    defaults = TrainConfig()
+    if config.beta != defaults.beta and config.loss != "sobolev":
+        return f"--beta weighs the derivative term of --loss sobolev (got --loss {config.loss})"
+    if config.penalty != defaults.penalty and config.loss != "smooth":
+        return f"--penalty weighs the slope penalty of --loss smooth (got --loss {config.loss})"
+    if config.sweep and config.basis == "mlp":
+        return "--sweep compares fixed bases degree by degree: use --basis monomial or legendre"
+    if config.plot is not None and not config.plot.strip():
+        return "--plot needs a folder name"
     return None
 
 
@@ -616,6 +630,11 @@ def plot_folder_problem(config: TrainConfig) -> str | None:
         Path(config.plot).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         return f"--plot {config.plot}: cannot create the folder ({err.strerror})"
+    try:  # the one sure test of "writable" (permissions, read-only mounts): make a file there
+        with tempfile.TemporaryFile(dir=config.plot):
+            pass
+    except OSError as err:
+        return f"--plot {config.plot}: cannot write into the folder ({err.strerror})"
     return None
 
 
@@ -625,8 +644,11 @@ def finish(result: RunResult) -> None:
     if result.config.plot:
         from tensor_features.plots import write_plots  # matplotlib only when asked for
 
-        for path in write_plots(Path(result.config.plot), result):
-            print(f"wrote {path}")
+        try:
+            for path in write_plots(Path(result.config.plot), result):
+                print(f"wrote {path}")
+        except OSError as err:  # e.g. a folder already standing where a plot's file should go
+            raise UsageError(f"--plot {result.config.plot}: cannot write {err.filename} ({err.strerror})") from None
     write_verdict(result)
 
 
@@ -642,9 +664,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     try:
         result = run(config, device)
+        finish(result)
     except UsageError as err:
         parser.error(str(err))
-    finish(result)
     return 0
 
 
@@ -665,7 +687,7 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
     except DeviceError as err:
         parser.error(str(err))
     except (RuntimeError, ValueError) as error:  # the rendezvous failed or timed out
-        print(f"{parser.prog}: rank {rank_from_env()} could not join the process group: {_one_line(error)}",
+        print(f"{parser.prog}: rank {rank_from_env()} could not join the process group: {one_line(error)}",
               file=sys.stderr, flush=True)
         return 1
     try:
@@ -679,12 +701,15 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
             except UsageError as err:  # the exact optimum, computed alike on every rank before any all-reduce
                 parser.error(str(err))
     except Exception as error:  # noqa: BLE001 - one line per failing rank, then torchrun ends the run
-        print(f"{parser.prog}: rank {world.rank} failed: {_one_line(error)}", file=sys.stderr, flush=True)
+        print(f"{parser.prog}: rank {world.rank} failed: {one_line(error)}", file=sys.stderr, flush=True)
         return 1
     finally:
         world.close()
     if world.rank == 0:
-        finish(result)
+        try:
+            finish(result)
+        except UsageError as err:
+            parser.error(str(err))
     return 0
 
 

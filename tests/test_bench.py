@@ -60,6 +60,7 @@ def test_startup_row_times_a_lesson_against_bare_import():
 
 def test_bench_cli_small(tmp_path):
     out = tmp_path / "out" / "bench.json"
+    out.parent.mkdir()
     # Rows 2 and 3 from the terminal; row 4 (16 s of fits) is checked in process below.
     result = run_script("-m", "bench", "--rows", "2,3", "--device", "cpu", "--n", "4096", "--size", "8",
                         "--repeats", "1", "--json", str(out), cwd=tmp_path, timeout=300)
@@ -98,7 +99,8 @@ def test_bench_markdown_table_has_every_column():
 
 @pytest.mark.parametrize("args, named", [
     (["--rows", "99"], "--rows"), (["--rows", "x"], "--rows"), (["--n", "2"], "--n"),
-    (["--json", "."], "--json"), (["--repeats", "0"], "--repeats"),
+    (["--json", "."], "--json"), (["--json", ""], "--json"), (["--json", "no-such-folder/x.json"], "--json"),
+    (["--json", "/proc/x.json"], "--json"), (["--json", "bench.txt"], "--json"), (["--repeats", "0"], "--repeats"),
 ])
 def test_bench_bad_input_is_one_line_and_exit_2(args, named, capsys):
     assert named in usage_error(bench_cli.main, args, capsys)

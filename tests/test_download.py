@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import usage_error
 from tensor_features import download
 from tensor_features.load_data import CAT_SIZE, EMBEDDED_CAT, cat_images_source, load_cat_images
 from tensor_features.utils import display_images
@@ -119,7 +120,19 @@ def test_failures_leave_no_file_that_passes_for_good(server, tmp_path, capsys, m
     # stderr also carries tqdm's progress bar; the failure itself is one line.
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0]
-    assert list(dest.iterdir()) == []  # no archive, no .part, no cats
+    assert not dest.exists()  # no archive, no .part, no cats, and not the folder this run made
+
+
+def test_a_failed_download_keeps_a_folder_that_was_there(server, tmp_path, capsys):
+    server.mode = "404"
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    assert download.main(["--dest", str(dest)], source=server.source) == 2
+    assert dest.is_dir() and list(dest.iterdir()) == []
+
+
+def test_an_empty_dest_is_a_usage_error(capsys):
+    assert "--dest" in usage_error(download.main, ["--dest", " "], capsys)
 
 
 def test_connection_refused_says_the_lab_runs_without_it(tmp_path, capsys):

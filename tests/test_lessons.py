@@ -71,3 +71,11 @@ def test_a_closed_pipe_ends_the_lesson_quietly():
     child.stdout.close()
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 1 and stderr == "", stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")
+def test_make_run_without_a_gpu_stops_at_once_for_device_cuda(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_all(["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "no CUDA device" in err

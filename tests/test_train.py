@@ -200,6 +200,17 @@ def test_switches_and_plots_write_only_into_the_plot_folder(capsys, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["more", "plots"]  # nothing written elsewhere
 
 
+def test_a_plot_folder_that_cannot_take_the_plots_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o500)  # no writing into it (root ignores modes: then the next case decides)
+    if not os.access(tmp_path / "locked", os.W_OK):
+        assert "cannot write into the folder" in usage_error(train.main, ["--epochs", "2", "--plot", "locked"], capsys)
+    (tmp_path / "taken" / "loss_curves.png").mkdir(parents=True)  # a folder where a plot's file should go
+    stderr = usage_error(train.main, ["--epochs", "2", "--update", "manual", "--plot", "taken"], capsys)
+    assert "--plot taken: cannot write" in stderr and "loss_curves.png" in stderr
+
+
 def test_no_zero_grad_and_outside_no_grad_switches(capsys):
     code, out = run_main(capsys, "--no-zero-grad", "--update", "manual", "--epochs", "200")
     assert code == 0 and "without w.grad.zero_(): gradients accumulate" in out and "convergence at" not in out
@@ -301,6 +312,9 @@ def test_fast_cuda_trajectory_is_the_original_loop_within_float32_rounding(capsy
     (["--seed", str(2**70)], "--seed"), (["--batchnorm"], "--batchnorm"),
     (["--basis", "mlp", "--batchnorm", "--n", "5000"], "--batchnorm"), (["--fast", "--loss", "sobolev"], "--fast"),
     (["--outside-no-grad", "--loss", "smooth"], "--outside-no-grad"), (["--fast", "--basis", "mlp"], "--fast"),
+    (["--fast", "--outside-no-grad"], "--outside-no-grad"), (["--outside-no-grad", "--no-zero-grad"], "--no-zero-grad"),
+    (["--beta", "2"], "--beta"), (["--loss", "sobolev", "--penalty", "2"], "--penalty"),
+    (["--sweep", "--basis", "mlp"], "--sweep"), (["--plot", ""], "--plot"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, named, capsys):
     assert named in usage_error(train.main, args, capsys)
