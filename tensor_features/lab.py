@@ -100,6 +100,14 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def _as_cpu_tensor(value: Any) -> torch.Tensor:
+    """A tensor on the CPU; Python floats become float64, so 0.1 is not first rounded to float32."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    tensor = torch.as_tensor(value)
+    return torch.as_tensor(value, dtype=torch.float64) if tensor.is_floating_point() else tensor
+
+
 def values_match(observed: Any, expected: Any, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
     """Equality for exact things, closeness for floating point, shape-aware for tensors.
 
@@ -109,8 +117,7 @@ def values_match(observed: Any, expected: Any, rtol: float = 1e-5, atol: float =
         return observed is None and expected is None
     if isinstance(observed, torch.Tensor) or isinstance(expected, torch.Tensor):
         try:
-            obs = torch.as_tensor(observed).detach().cpu()
-            exp = torch.as_tensor(expected).detach().cpu()
+            obs, exp = (_as_cpu_tensor(v) for v in (observed, expected))
         except (TypeError, ValueError, RuntimeError):
             return False
         if obs.shape != exp.shape:
@@ -484,7 +491,11 @@ class Lab:
         if label is None and source is not None and frame is not None:
             label = source.lab_call_argument(frame.f_lineno, "check")
         ok = values_match(observed, expected, rtol=rtol, atol=atol)
-        return self._record(ok, f"{label or 'value'} = {format_value(observed)}", format_value(expected), why)
+        shown = format_value(expected)
+        if ok and not values_match(observed, expected, rtol=0.0, atol=0.0):
+            # Close, not equal: say how close counts, so that "ok" never hides a tolerance.
+            shown += f" (±{atol:g} + {rtol:g}·|expected|)"
+        return self._record(ok, f"{label or 'value'} = {format_value(observed)}", shown, why)
 
     @contextmanager
     def expect_error(self, match: str, why: str,
