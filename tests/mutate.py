@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be >= 1")
 
     mutants = collect(args.only)
+    broken = problems(mutants)
     if args.list:
         for mutant in mutants:
             print(f"{mutant.test_file:<36} {mutant.label()}")
-        return 0
-    broken = problems(mutants)
+        print("\n".join(broken), file=sys.stderr)
+        return 2 if broken else 0
     if broken or not mutants:
         print("\n".join(broken) or "no mutants", file=sys.stderr)
         return 2
