@@ -4,8 +4,9 @@ function; for the trainer's loss, the closed form 2ΦᵀΦ/n with Φ = [x, x², 
 float64, its eigenvalues, and the trainer's own printout (its first loss and the figures it
 derives from the eigenvalues).
 
-The lesson's timing check is not asserted here (tests hold no timing claims): that observation
-is run with a lab of the test's own, and only its agreement checks must hold.
+This file asserts no timing: that observation is run with a lab of the test's own, and only its
+agreement checks must hold. (The lesson's own 2×-margin timing check still counts in its terminal
+run, tests/test_lessons.py, as in `make run`.)
 """
 
 import inspect
