@@ -3,7 +3,7 @@
 #                the trainer, and print a summary (one line per lesson, the trainer's verdict)
 #   make test    set up the virtual environment with the test tools (once) and run pytest
 # More:
-#   make bench   the benchmark table (about 10 minutes here; BENCH_ARGS="--rows 2,3 --json bench.json")
+#   make bench   the benchmark table (about 9 minutes here; BENCH_ARGS="--rows 2,3 --json bench.json")
 #   make mutate  small wrong edits of the lessons and the trainer; each must fail a test
 #   make lesson L=05_gradient_computation_backward.py    one lesson, with the environment's Python
 # Overrides: VENV=path (where the environment lives), PYTHON=python3.x, DEVICE=auto|cpu|cuda.

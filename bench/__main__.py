@@ -1,13 +1,13 @@
-"""make bench: what the lab's code costs, each figure beside a reference measured in the same run.
+"""make bench: what the lab's code costs, each figure beside a reference where it has one.
 
     python -m bench                      # every row; CUDA columns when a GPU is visible
     python -m bench --rows 2,3,4         # some rows only
     python -m bench --json bench.json    # the same figures as JSON
     python -m bench --markdown           # the table as Markdown (docs/performance.md's copy)
 
-Each figure stands beside a reference: another figure measured in the same run where one exists
-(this machine is shared and noisy, so a goal is a ratio, not a time), else a computed bound or
-byte count. Each row's note and docstring say how its figures were taken (most times are medians;
+A figure's reference is another figure measured in the same run where one exists (this machine is
+shared and noisy, so most goals are ratios, not times), else a computed bound, a byte count, or a
+fixed goal (row 6: 180 s); some figures are reported without one. Each row's note and docstring say how its figures were taken (most times are medians;
 row 2 takes the fastest of --repeats runs on one thread). The rows are listed below (one module
 each under bench/rows/). Nothing here is a test: tests check that the bench runs, never its times.
 """
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {json_path}")
     missed = [row.key for row in rows if row.cpu is not None and row.cpu.met is False]
     if missed:
-        print(f"goals missed on the CPU: {', '.join(missed)} (docs/performance.md says why)")
+        print(f"goals missed on the CPU: {', '.join(missed)} (docs/performance.md explains the misses of a "
+              "reference run on a 2-core CPU)")
     # A slow row is a finding; a wrong one (Jacobians that disagree, a process that failed) is an error.
     broken = [row.key for row in rows for f in (row.cpu, row.cuda)
               if f is not None and (f.met is False and row.goal.startswith("agree") or "exit code" in f.note)]

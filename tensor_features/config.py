@@ -23,7 +23,9 @@ class TrainConfig:
     n: int = option(100, "number of data points, evenly spaced on [-1, 1]", type=int_in_range(2, 2**26))
     noise: float = option(0.1, "standard deviation of the Gaussian noise added to y = x², 0..1e6",
                           type=float_in_range(0.0, 1e6))
-    degree: int = option(3, "feature dimension D: features [x, x², ..., x^D]", type=int_in_range(1, 12))
+    degree: int = option(3, "feature dimension D: monomials [x, x², ..., x^D]; with --basis legendre "
+                         "P_k(x) − P_k(0) for k = 1..D; with --basis mlp also the learned extractor's D outputs",
+                         type=int_in_range(1, 12))
     basis: str = option("monomial", "feature map: the original monomials, Legendre polynomials (same span, "
                         "better conditioned), or a learned MLP extractor trained beside the monomials",
                         choices=("monomial", "legendre", "mlp"))
@@ -31,10 +33,8 @@ class TrainConfig:
                        "derivative of the clean curve as a second target; smooth: + λ·mean(f′²), a slope "
                        "penalty. f′(x) comes from one batched VJP with create_graph=True, so training is a "
                        "double backward", choices=LOSS_NAMES)
-    beta: float = option(1.0, "β, the weight of the derivative term of --loss sobolev, 0..1e6",
-                         type=float_in_range(0.0, 1e6))
-    penalty: float = option(0.1, "λ, the weight of the slope penalty of --loss smooth, 0..1e6",
-                            type=float_in_range(0.0, 1e6))
+    beta: float = option(1.0, "β > 0, the weight of the derivative term of --loss sobolev, at most 1e6", type=float_in_range(0.0, 1e6, low_inclusive=False))
+    penalty: float = option(0.1, "λ > 0, the weight of the slope penalty of --loss smooth, at most 1e6", type=float_in_range(0.0, 1e6, low_inclusive=False))
     lr: float | str = option(0.1, "learning rate in (0, 1e6], or 'auto' for 2/(λmax+λmin) of the loss's Hessian",
                              type=learning_rate)
     epochs: int = option(100, "number of full-batch gradient steps", type=int_in_range(1, 10**7))

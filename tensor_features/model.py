@@ -204,6 +204,10 @@ class Optimum:
     hessian_eigenvalues: torch.Tensor  # of the loss's Hessian, ascending
     data_loss: float | None = None  # mean((Φw* - y)²) alone (equal to loss for mse)
     derivative_loss: float | None = None  # mean((Φ′w* - t)²) alone (None for mse)
+    # The smallest gap a float32 loss of this size can resolve: float32's eps times the mean of the
+    # squared targets (y², plus weight · t² for a derivative loss). With --noise 0 the optimum is
+    # exactly 0 and "within 1%" of it would ask for exactness; this floor is what "close" can mean.
+    resolution: float = 0.0
 
     @property
     def condition_number(self) -> float:
@@ -268,12 +272,16 @@ def least_squares_optimum(phi: torch.Tensor, y: torch.Tensor, rows_per_chunk: in
     derivative_loss = sums[1] / n if derivative is not None else None
     loss = data_loss + (derivative.weight * derivative_loss if derivative is not None else 0.0)
     hessian = 2 * gram / n
-    return Optimum(w.cpu(), loss, torch.linalg.eigvalsh(hessian).cpu(), data_loss, derivative_loss)
+    scale = sum(weight * sum((b.double() ** 2).sum() for _, b in chunks).item() for chunks, weight in chunked) / n
+    resolution = torch.finfo(torch.float32).eps * scale
+    return Optimum(w.cpu(), loss, torch.linalg.eigvalsh(hessian).cpu(), data_loss, derivative_loss, resolution)
 
 
-def epochs_to_within(losses: list[float], target: float, tolerance: float = 0.01) -> int | None:
-    """First epoch whose loss is within `tolerance` (relative) of target, or None."""
+def epochs_to_within(losses: list[float], target: float, tolerance: float = 0.01,
+                     floor: float = 0.0) -> int | None:
+    """First epoch whose loss is within `tolerance` (relative) of target, or within `floor` (absolute)
+    where that is larger (a target of 0 has no relative neighbourhood); None if no epoch is."""
     for epoch, loss in enumerate(losses):
-        if loss <= target * (1 + tolerance):
+        if loss <= target + max(tolerance * target, floor):
             return epoch
     return None

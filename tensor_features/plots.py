@@ -76,7 +76,7 @@ def write_plots(folder: Path, result) -> list[Path]:
         gaps = [(r.final_loss - r.optimum_loss) if r.final_loss is not None else float("nan") for r in rows]
         # A gap at or below zero (float32 training loss vs the float64 optimum) has no place on a log axis: left out.
         right.semilogy(degrees, [g if g > 0 else float("nan") for g in gaps], marker="o", color="C1")
-        right.set(xlabel="feature dimension D", ylabel="final loss - optimum (log)",
+        right.set(xlabel="feature dimension D", ylabel="last loss − optimum (log)",
                   title=f"gap after {config.epochs} epochs at lr {config.lr}")
         written.append(_save(fig, folder / "degree_sweep.png"))
     return written

@@ -80,7 +80,10 @@ def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, los
 
     `flags` names the settings behind the data (e.g. "--noise 0.1"), for the message when it is not.
     """
-    flags = f"--degree {degree} --basis {basis}" + (f" {flags}" if flags else "")
+    flags = (f"--sweep at degree {degree} (--basis {basis}; the sweep fits degrees 1..6)" if flags == "--sweep"
+             else f"--degree {degree} --basis {basis}" + (f" {flags}" if flags else ""))
+    if not loss.uses_derivative and int((x != 0).sum()) < degree:  # Φ's rank is below D: decided exactly, not by rounding
+        raise UsageError(f"{flags}: ΦᵀΦ is singular; {singular_advice(x, degree)}")
     phi = make_features(x, degree, basis)
     if rows_layout_for_fast:
         phi = rows_layout(phi)  # same Φ, stored feature by feature for FastLoss (no second copy)
@@ -90,15 +93,24 @@ def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, los
     try:
         optimum = least_squares_optimum(phi, y, derivative=rows)
     except torch.linalg.LinAlgError:
-        raise UsageError(f"{flags}: the normal equations are singular in float64; "
-                         "use a lower degree or more --n") from None
+        raise UsageError(f"{flags}: the normal equations are singular in float64; {singular_advice(x, degree)}") from None
     eigenvalues = optimum.hessian_eigenvalues
     if not (math.isfinite(optimum.loss) and torch.isfinite(optimum.w).all() and torch.isfinite(eigenvalues).all()):
         raise UsageError(f"{flags}: the exact optimum is not a finite number in float64")
     if eigenvalues[0] <= 0:
         raise UsageError(f"{flags}: the Hessian is singular in float64 "
-                         f"(smallest eigenvalue {eigenvalues[0].item():.3g}); use a lower degree or --basis legendre")
+                         f"(smallest eigenvalue {eigenvalues[0].item():.3g}); {singular_advice(x, degree)}")
     return Problem(x, y, degree, basis, loss, phi, optimum)
+
+
+def singular_advice(x: torch.Tensor, degree: int) -> str:
+    """Why Φ can lose rank, and what helps. Every feature (x^k, and P_k(x) − P_k(0)) is 0 at x = 0, so
+    D features need D distinct nonzero x; the n points are evenly spaced, and an odd n puts one at 0."""
+    nonzero = int((x != 0).sum())
+    if nonzero < degree:
+        return (f"degree {degree} needs {degree} distinct nonzero x and --n {x.numel()} gives {nonzero} "
+                f"(every feature is 0 at x = 0): use --n {degree + degree % 2} or more")
+    return "the features are too alike for float64 here: use a lower degree or --basis legendre"
 
 
 def resolve_lr(lr: float | str, optimum: Optimum) -> float:
@@ -117,10 +129,11 @@ def degree_sweep(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, loss: Lo
             result = fit_loss(loss, problem.features, x, y, w0, lr, config.epochs)
         else:
             result = fit(problem.phi, y, w0, lr, config.epochs)
-        rows.append(SweepRow(degree, result.final_loss if result.losses else None, problem.optimum.loss,
-                             epochs_to_within(result.losses, problem.optimum.loss),
-                             problem.optimum.condition_number, problem.optimum.max_stable_lr, result.diverged_at,
-                             max_column_cosine(problem.phi)))
+        optimum = problem.optimum
+        rows.append(SweepRow(degree, result.final_loss if result.losses else None, optimum.loss,
+                             within_epoch(result.losses, optimum),
+                             optimum.condition_number, optimum.max_stable_lr, result.diverged_at,
+                             max_column_cosine(problem.phi), optimum.resolution > 0.01 * optimum.loss))
     return rows
 
 
@@ -243,14 +256,33 @@ def gap_text(loss: float, optimum: float) -> str:
     return f"{-gap:.2g} below the float64 optimum (the training loss is float32 arithmetic)"
 
 
+def closeness(optimum: Optimum) -> str:
+    """What "within" means for this optimum: 1% of it, or float32's resolution where that is coarser
+    (with --noise 0 the optimum is 0, and 1% of 0 would ask a float32 loss to be exact)."""
+    return f"float32 resolution ({optimum.resolution:.2g})" if optimum.resolution > 0.01 * optimum.loss else "1%"
+
+
+def within_epoch(losses: list[float], optimum: Optimum) -> int | None:
+    return epochs_to_within(losses, optimum.loss, floor=optimum.resolution)
+
+
+DIVERGED = ("its float32 loss stopped being finite (float32 ends at 3.4e38, and mean() returns inf once the sum "
+            "of the n squares passes it)")
+
+
+def last_loss(result: FitResult) -> str:
+    """The last logged loss, named as what it is: the loss of w before the last epoch's update."""
+    return f"last loss {_num(result.final_loss)} (epoch {len(result.losses) - 1}, before its update)"
+
+
 def describe_fit(result: FitResult, optimum: Optimum, lr: float) -> str:
     if result.diverged_at is not None:
-        return (f"{name(result)}: diverged at epoch {result.diverged_at}: the loss stopped being a finite number "
+        return (f"{name(result)}: diverged at epoch {result.diverged_at}: {DIVERGED} "
                 f"(lr {lr:.4g}, 2/λmax = {optimum.max_stable_lr:.4g})")
-    within = epochs_to_within(result.losses, optimum.loss)
-    reached = f"within 1% of it from epoch {within}" if within is not None else \
-        f"not within 1% of it in {len(result.losses)} epochs"
-    return f"{name(result)}: final loss {_num(result.final_loss)}, {gap_text(result.final_loss, optimum.loss)}, {reached}"
+    within, close = within_epoch(result.losses, optimum), closeness(optimum)
+    reached = f"within {close} of it from epoch {within}" if within is not None else \
+        f"not within {close} of it in {len(result.losses)} epochs"
+    return f"{name(result)}: {last_loss(result)}, {gap_text(result.final_loss, optimum.loss)}, {reached}"
 
 
 def describe_time(result: FitResult) -> str:
@@ -336,16 +368,19 @@ def compare_updates(manual: FitResult, sgd: FitResult, out: TextIO) -> None:
     """Manual and SGD run the same arithmetic; say how far apart they ended."""
     steps = min(len(manual.losses), len(sgd.losses))
     loss_gap = max((abs(a - b) for a, b in zip(manual.losses[:steps], sgd.losses[:steps])), default=0.0)
+    rounding = ("SGD's step is one operation, w.add_(w.grad, alpha=-lr); the original w -= lr * w.grad first\n"
+                "  stores lr * w.grad as a float32 tensor, then subtracts, so the last bit can round differently")
+    if manual.diverged_at is not None or sgd.diverged_at is not None:
+        print(f"  largest |loss_manual - loss_sgd| over the {steps} epochs both logged finite: {loss_gap:.3g} "
+              "(the final w are not compared: a run that diverged ends on non-finite numbers)", file=out)
+        return
     w_gap = (manual.w - sgd.w).abs().max().item()
-    print(f"  largest |loss_manual - loss_sgd| over {steps} epochs: {loss_gap:.3g};  "
-          f"max |w_manual - w_sgd|: {w_gap:.3g}", file=out)
+    print(f"  largest |loss_manual - loss_sgd| over {steps} epoch{'s' if steps != 1 else ''}: {loss_gap:.3g};  "
+          f"max |w_manual - w_sgd| after the last update: {w_gap:.3g}", file=out)
     if loss_gap == 0 and w_gap == 0:
-        print("  identical: SGD without momentum or weight decay is the same update under no_grad.", file=out)
+        print(f"  identical in this run: every logged loss and the final w. They need not be: {rounding}.", file=out)
     else:
-        print("  not bit-identical: SGD's step is one operation, w.add_(w.grad, alpha=-lr); the original\n"
-              "  w -= lr * w.grad first stores lr * w.grad as a float32 tensor, then subtracts, so the last bit\n"
-              f"  can round differently. The figures above are how far apart that left them after {steps} epochs.",
-              file=out)
+        print(f"  not bit-identical: {rounding}.", file=out)
 
 
 def report(result: RunResult, out: TextIO | None = None) -> None:
@@ -444,8 +479,8 @@ def data_parallel_line(world: DataParallel) -> str:
 
 def describe_mlp(result: FitResult, optimum: Optimum) -> str:
     if result.diverged_at is not None:
-        return f"{name(result)}: diverged at epoch {result.diverged_at} (the loss stopped being a finite number)"
-    return (f"{name(result)}: final loss {_num(result.final_loss)}; a learned extractor has no closed-form optimum "
+        return f"{name(result)}: diverged at epoch {result.diverged_at}: {DIVERGED}"
+    return (f"{name(result)}: {last_loss(result)}; a learned extractor has no closed-form optimum "
             f"(the degree-{optimum.w.shape[0]} polynomial's is {optimum.loss:.6f})")
 
 
@@ -489,7 +524,8 @@ def report_create_graph(check: CreateGraphCheck, loss: Loss, out: TextIO) -> Non
 def report_against_mse(result: RunResult, out: TextIO) -> None:
     """The derivative loss beside the original mse loop on the same data, from the same w0."""
     mse_fit, mse_optimum, fitted = result.mse_fit, result.mse_problem.optimum, result.fits[0]
-    print(f"\nthe original mse loop on the same data, lr and initial w, for comparison:", file=out)
+    without = ", also without zero_()" if result.config.no_zero_grad else ""
+    print(f"\nthe original mse loop on the same data, lr and initial w{without}, for comparison:", file=out)
     print("  " + describe_fit(mse_fit, mse_optimum, result.lr).strip(), file=out)
     if fitted.epoch_ms and mse_fit.epoch_ms:
         print(f"  per epoch: {result.loss.name} {fitted.epoch_ms:.3f} ms (forward, autograd.grad with "
@@ -521,17 +557,27 @@ def report_trap(trap: BatchNormTrap, out: TextIO) -> None:
 
 
 def report_sweep(rows: list[SweepRow], config: TrainConfig, loss: Loss, out: TextIO) -> None:
-    print(f"\nfeature dimension vs convergence ({loss.name}; same lr, epochs and seed; manual update):", file=out)
-    print(f"  {'D':>2}  {'final loss':>10}  {'optimum':>8}  {'epochs to 1%':>14}  {'κ (Hessian)':>12}  "
+    lr = "each degree's 2/(λmax+λmin)" if config.lr == "auto" else "same lr"
+    print(f"\nfeature dimension vs convergence ({loss.name}; {lr}, same epochs and seed; manual update; "
+          f"losses are the last epoch's, before its update):", file=out)
+    print(f"  {'D':>2}  {'last loss':>10}  {'optimum':>8}  {'epochs to 1%':>14}  {'κ (Hessian)':>12}  "
           f"{'2/λmax':>8}  {'max |cos| of two Φ columns':>26}", file=out)
     for row in rows:
         final = f"{row.final_loss:.4f}" if row.diverged_at is None else f"div@{row.diverged_at}"
         reached = str(row.epochs_to_1pct) if row.epochs_to_1pct is not None else f"> {config.epochs}"
+        cosine = f"{row.max_cosine:.4f}" if row.degree > 1 else "— (one column)"
         print(f"  {row.degree:>2}  {final:>10}  {row.optimum_loss:>8.4f}  {reached:>14}  "
-              f"{row.condition_number:>12.4g}  {row.max_stable_lr:>8.4g}  {row.max_cosine:>26.4f}", file=out)
-    for label, values in (("κ", [row.condition_number for row in rows]), ("max |cos|", [row.max_cosine for row in rows])):
-        grows = all(b > a for a, b in zip(values, values[1:]))
-        print(f"  {label} {'grows with every degree' if grows else 'does not grow with every degree'} here.", file=out)
+              f"{row.condition_number:>12.4g}  {row.max_stable_lr:>8.4g}  {cosine:>26}", file=out)
+    # A rise counts only above float64 rounding of the quantity (cosines of orthogonal columns are ~1e-17).
+    series = (("κ", [row.condition_number for row in rows]),
+              ("max |cos|", [row.max_cosine for row in rows if row.degree > 1]))
+    for label, values in series:
+        grows = all(b > a * (1 + 1e-9) + 1e-12 for a, b in zip(values, values[1:]))
+        print(f"  {label} {'grows with every degree' if grows else 'does not grow with every degree'} here"
+              f"{' (from D = 2, the first with two columns)' if label != 'κ' else ''}.", file=out)
+    if any(row.within_floor for row in rows):
+        print("  (where an optimum is below float32's resolution, 'within 1%' counts the loss within that resolution)",
+              file=out)
 
 
 # -- the make run summary -----------------------------------------------------------------------
@@ -547,15 +593,17 @@ def verdict(result: RunResult) -> str:
                      else "w = w - lr * w.grad kept a gradient")
         return f"update outside torch.no_grad(): w -= lr * w.grad {in_place}; {rebinding}"
     parts = []
+    close = closeness(result.optimum)
     for fit_result in result.fits:
         if fit_result.diverged_at is not None:
             parts.append(f"{fit_result.update} diverged at epoch {fit_result.diverged_at}")
             continue
-        above = 100 * (fit_result.final_loss - result.optimum.loss) / result.optimum.loss
-        within = epochs_to_within(fit_result.losses, result.optimum.loss)
-        reached = f"within 1% from epoch {within}" if within is not None else "not within 1%"
-        parts.append(f"{fit_result.update} {_num(fit_result.final_loss)} ({above:+.1f}%, {reached})")
-    line = (f"{loss} loss, {len(result.fits[0].losses) if result.fits else 0} epochs at lr {result.lr:.4g}: "
+        gap = fit_result.final_loss - result.optimum.loss
+        above = f"{100 * gap / result.optimum.loss:+.1f}%" if result.optimum.loss > 0 else f"{gap:+.2g}"
+        within = within_epoch(fit_result.losses, result.optimum)
+        reached = f"within {close} from epoch {within}" if within is not None else f"not within {close}"
+        parts.append(f"{fit_result.update} {_num(fit_result.final_loss)} ({above}, {reached})")
+    line = (f"{loss} loss, lr {result.lr:.4g}, --epochs {result.config.epochs}, last losses: "
             f"{'; '.join(parts)} vs the exact optimum {result.optimum.loss:.6f}")
     if result.mlp is not None:
         line += (f"; mlp diverged at epoch {result.mlp.diverged_at}" if result.mlp.diverged_at is not None

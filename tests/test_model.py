@@ -25,7 +25,12 @@ MUTANTS = [
      "return 1.0 / (self.hessian_eigenvalues[-1] + self.hessian_eigenvalues[0]).item()"),
     ("tensor_features/model.py", "self.hessian_eigenvalues[int(factors.argmax())]",
      "self.hessian_eigenvalues[int(factors.argmin())]"),
-    ("tensor_features/model.py", "if loss <= target * (1 + tolerance):", "if loss < target * (1 - tolerance):"),
+    ("tensor_features/model.py", "if loss <= target + max(tolerance * target, floor):",
+     "if loss < target - max(tolerance * target, floor):"),
+    ("tensor_features/model.py", "if loss <= target + max(tolerance * target, floor):",
+     "if loss <= target + tolerance * target:"),
+    ("tensor_features/model.py", "resolution = torch.finfo(torch.float32).eps * scale",
+     "resolution = torch.finfo(torch.float16).eps * scale"),
 ]
 
 
@@ -196,3 +201,25 @@ def test_epochs_to_within_counts_from_zero():
     assert model.epochs_to_within([5.0, 2.0, 1.02, 1.005], 1.0) == 3
     assert model.epochs_to_within([1.01], 1.0) == 0
     assert model.epochs_to_within([2.0, 1.5], 1.0) is None
+
+
+def test_epochs_to_within_takes_the_absolute_floor_where_it_is_larger():
+    # An optimum of 0 (noise 0) has no relative neighbourhood: only the floor can be met.
+    assert model.epochs_to_within([1e-3, 1e-9, 0.0], 0.0) == 2
+    assert model.epochs_to_within([1e-3, 1e-9, 0.0], 0.0, floor=1e-8) == 1
+    # Where 1% of the target is the larger, the floor changes nothing.
+    assert model.epochs_to_within([1.02, 1.005], 1.0, floor=1e-8) == 1
+
+
+def test_the_optimum_knows_the_float32_resolution_of_its_loss():
+    x = torch.linspace(-1, 1, 50).unsqueeze(1)
+    y = x**2
+    phi = torch.cat([x, x**2, x**3], dim=1)
+    eps32 = float(np.finfo(np.float32).eps)
+    plain = model.least_squares_optimum(phi, y)
+    assert plain.resolution == pytest.approx(eps32 * float((y.double() ** 2).mean()), rel=1e-9)  # eps × mean(y²)
+    target = 2 * x
+    rows = model.DerivativeRows(torch.cat([torch.ones_like(x), 2 * x, 3 * x**2], dim=1), target, 0.5)
+    stacked = model.least_squares_optimum(phi, y, derivative=rows)
+    expected = eps32 * (float((y.double() ** 2).mean()) + 0.5 * float((target.double() ** 2).mean()))
+    assert stacked.resolution == pytest.approx(expected, rel=1e-9)

@@ -4,6 +4,7 @@ here), the verdict, the switches and plots, bad input, and bench row 10. Runs in
 terminal run."""
 
 import argparse
+import math
 import json
 import os
 import re
@@ -23,8 +24,12 @@ from train_oracles import descent_losses, numpy_optimum, original_problem, stack
 MUTANTS = [
     ("tensor_features/train.py", "best_rho = (kappa - 1) / (kappa + 1)", "best_rho = (kappa - 1) / kappa"),
     ("tensor_features/train.py", "{optimum.max_stable_lr / lr:.3g}× below", "{lr / optimum.max_stable_lr:.3g}× below"),
-    ("tensor_features/train.py", "above = 100 * (fit_result.final_loss - result.optimum.loss) / result.optimum.loss",
-     "above = 100 * (fit_result.final_loss - result.optimum.loss) / fit_result.final_loss"),
+    ("tensor_features/train.py", 'above = f"{100 * gap / result.optimum.loss:+.1f}%"',
+     'above = f"{100 * gap / fit_result.final_loss:+.1f}%"'),
+    ("tensor_features/train.py", 'if nonzero < degree:', 'if nonzero < degree - 1:'),
+    ("tensor_features/train.py", "(epoch {len(result.losses) - 1}, before its update)",
+     "(epoch {len(result.losses)}, before its update)"),
+    ("tensor_features/train.py", 'if manual.diverged_at is not None or sgd.diverged_at is not None:', 'if False:'),
     ("tensor_features/train.py", "at_half = int(torch.argmin((curve.x - 0.5).abs()))",
      "at_half = int(torch.argmin((curve.x - 0.25).abs()))"),
     ("tensor_features/train.py", "rows = DerivativeRows(make_feature_derivatives(x, degree, basis)",
@@ -122,7 +127,8 @@ def test_default_run_prints_the_original_comparison_and_a_true_verdict(capsys, m
         best, abs=1e-6)
     assert re.search(r"Epoch 0, Loss \d\.\d{4} +\|   Epoch 0, Loss \d\.\d{4}", out)
     losses, w_final = descent_losses(x, y, w0, 0.1, 100)  # the original loop, in float64 by hand
-    final, gap = map(float, re.search(r"manual: final loss ([\d.]+), ([\d.]+) above the optimum", out).groups())
+    final, gap = map(float, re.search(r"manual: last loss ([\d.]+) \(epoch 99, before its update\), ([\d.]+) above "
+                                      r"the optimum", out).groups())
     assert final == pytest.approx(losses[-1], abs=1e-6) and gap == pytest.approx(losses[-1] - best, abs=2e-6)
     assert "not within 1% of it in 100 epochs" in out
     assert f"is {(2 / eigenvalues[-1]) / 0.1:.3g}× below the stability limit" in out
@@ -131,7 +137,7 @@ def test_default_run_prints_the_original_comparison_and_a_true_verdict(capsys, m
     (line,) = summary.read_text().splitlines()
     verdict = json.loads(line)["verdict"]
     above = 100 * (losses[-1] - best) / best
-    assert verdict.startswith("mse loss, 100 epochs at lr 0.1: manual ")
+    assert verdict.startswith("mse loss, lr 0.1, --epochs 100, last losses: manual ")
     verdict_loss = number_after(verdict, "manual")
     assert verdict_loss == pytest.approx(losses[-1], abs=1e-6)
     assert f"manual {verdict_loss:.6f} ({above:+.1f}%, not within 1%)" in verdict
@@ -151,12 +157,12 @@ def test_derivative_loss_runs_report_trained_loss_optimum_and_condition_number(n
     assert f"Hessian condition number {eigenvalues[-1] / eigenvalues[0]:.4g}" in out
     assert f"κ {mse_eigenvalues[-1] / mse_eigenvalues[0]:.4g} → {eigenvalues[-1] / eigenvalues[0]:.4g}" in out
     losses, _ = descent_losses(x, y, w0, 0.1, 100, weight, target)
-    assert number_after(out, "manual: final loss") == pytest.approx(losses[-1], abs=1e-6)
+    assert number_after(out, "manual: last loss") == pytest.approx(losses[-1], abs=1e-6)
     within = next(epoch for epoch, value in enumerate(losses) if value <= 1.01 * best)
     assert f"within 1% of it from epoch {within}" in out
     comparison = out[out.index("the original mse loop on the same data"):]
     mse_losses, _ = descent_losses(x, y, w0, 0.1, 100)
-    assert number_after(comparison, "manual: final loss") == pytest.approx(mse_losses[-1], abs=1e-6)
+    assert number_after(comparison, "manual: last loss") == pytest.approx(mse_losses[-1], abs=1e-6)
     assert number_after(out, "the mse optimum on the same data: loss") == pytest.approx(mse_best, abs=1e-6)
     assert "f′ at the 100 training x, two ways" in out and "per epoch:" in out
     slope_half = float(w_star[0, 0] + w_star[1, 0] + 0.75 * w_star[2, 0])  # Φ′(0.5)·w* = w₁ + w₂ + ¾w₃
@@ -168,7 +174,8 @@ def test_mlp_run_times_its_epochs_and_reports_no_gap(capsys):
     assert code == 0
     mlp_time = re.search(r"mlp: 20 epochs in ([\d.]+) s: the first [\d.]+ s, then ([\d.]+) ms/epoch", out)
     assert mlp_time and float(mlp_time.group(2)) > 0
-    assert re.search(r"mlp: final loss \d\.\d{6}; a learned extractor has no closed-form optimum", out)
+    assert re.search(r"mlp: last loss \d\.\d{6} \(epoch 19, before its update\); a learned extractor has no "
+                     r"closed-form optimum", out)
     assert "compare its final loss, not its gap" not in out
 
 
@@ -236,7 +243,7 @@ def test_fast_switch_compiles_and_reaches_the_same_loss(capsys):
     assert code == 0 and "torch.compile compiling" in out
     x, y, phi, w0 = original_problem()
     losses, _ = descent_losses(x, y, w0, 0.1, 20)  # the original loop, in float64 by hand
-    assert number_after(out, "manual --fast: final loss") == pytest.approx(losses[-1], abs=2e-6)
+    assert number_after(out, "manual --fast: last loss") == pytest.approx(losses[-1], abs=2e-6)
     for epoch in (0, 5, 10, 15):  # the log lines, from losses that reached the host 5 at a time
         assert number_after(out, f"Epoch {epoch}, Loss") == pytest.approx(losses[epoch], abs=1e-4)
     timing = re.search(r"manual --fast: 20 epochs in [\d.]+ s: setup ([\d.]+) s \(1 epoch, torch.compile compiling "
@@ -295,7 +302,7 @@ def test_fast_cuda_trajectory_is_the_original_loop_within_float32_rounding(capsy
     assert "setup" in out and "3 epochs on a side stream" in out
     x, y, phi, w0 = original_problem()
     losses, _ = descent_losses(x, y, w0, 0.1, 50)  # the original loop, in float64 by hand
-    for label in ("manual --fast: final loss", "sgd --fast: final loss"):
+    for label in ("manual --fast: last loss", "sgd --fast: last loss"):
         assert number_after(out, label) == pytest.approx(losses[-1], abs=2e-6)
     result = train.run(TrainConfig(update="both", fast=True, epochs=50, log_every=10), torch.device("cuda"))
     for fitted in result.fits:
@@ -359,3 +366,75 @@ def test_bench_row_10_runs_small():
         assert row.cpu.value > 0 and row.cpu.reference > 0
         assert row.cpu.ratio == pytest.approx(row.cpu.value / row.cpu.reference)
     assert rows[0].cpu.value == rows[2].cpu.value  # the same sobolev epoch, against two references
+
+
+# -- what a second reader of the printed report found (each sentence now pinned) ---------------------
+
+def test_noise_0_has_an_optimum_of_0_and_within_means_float32_resolution(capsys, monkeypatch, tmp_path):
+    summary = tmp_path / "summary.jsonl"
+    monkeypatch.setenv("LAB_SUMMARY", str(summary))
+    code, out = run_main(capsys, "--noise", "0", "--lr", "auto", "--epochs", "300")
+    assert code == 0
+    x, y, _, w0 = original_problem()
+    y = x**2  # noise 0: y lies in the span of [x, x², x³], so the optimum is 0
+    resolution = np.finfo(np.float32).eps * float((y.double() ** 2).mean())  # eps × mean(y²)
+    _, best, eigenvalues = numpy_optimum(x, y)
+    assert best < 1e-12
+    losses, _ = descent_losses(x, y, w0, 2 / (eigenvalues[0] + eigenvalues[-1]), 300)
+    within = next(epoch for epoch, value in enumerate(losses) if value - best <= resolution)
+    assert f"within float32 resolution ({resolution:.2g}) of it from epoch {within}" in out
+    verdict = json.loads(summary.read_text())["verdict"]  # no division by the optimum 0
+    assert "%" not in verdict and f"within float32 resolution ({resolution:.2g}) from epoch {within}" in verdict
+
+
+def test_a_sweep_on_too_few_points_says_which_n_works(capsys):
+    # Every feature is 0 at x = 0; --n 4 has 4 nonzero x, so degree 5 of the sweep has rank 4 < 5.
+    line = usage_error(train.main, ["--n", "4", "--sweep"], capsys)
+    assert "--sweep at degree 5" in line and "use --n 6 or more" in line
+    assert "--degree 6" not in line and "--basis legendre" not in line.split(":", 2)[-1]
+    assert train.main(["--n", "6", "--sweep", "--epochs", "5"]) == 0  # 6 nonzero x: every degree up to 6 has rank D
+
+
+def test_a_sweep_at_lr_auto_says_the_lr_changes_with_the_degree(capsys):
+    _, out = run_main(capsys, "--sweep", "--lr", "auto", "--epochs", "5")
+    assert "each degree's 2/(λmax+λmin)" in out and "same lr" not in out
+    _, out = run_main(capsys, "--sweep", "--epochs", "5")
+    # x and x² are orthogonal on the symmetric grid: D = 2's cosine is rounding, D = 1 has one column.
+    assert "— (one column)" in out
+    assert "max |cos| grows with every degree here (from D = 2" in out
+
+
+def test_a_divergence_names_the_float32_sum_that_overflowed(capsys, monkeypatch, tmp_path):
+    summary = tmp_path / "summary.jsonl"
+    monkeypatch.setenv("LAB_SUMMARY", str(summary))
+    _, out = run_main(capsys, "--lr", "3", "--update", "manual")
+    x, y, _, w0 = original_problem()
+    losses, _ = descent_losses(x, y, w0, 3.0, 100)  # float64, by hand: it never overflows
+    float32_max = float(np.finfo(np.float32).max)
+    first = next(epoch for epoch, value in enumerate(losses) if value * len(x) > float32_max)
+    assert losses[first] < float32_max, "the mean itself is still a float32 number there"
+    assert torch.full((100,), 1e37).mean().item() == math.inf  # mean() overflows with its sum
+    assert f"manual: diverged at epoch {first}: its float32 loss stopped being finite" in out
+    assert f"manual: {first + 1} epochs in" in out  # epochs 0..first ran; the last one's loss was not finite
+    verdict = json.loads(summary.read_text())["verdict"]
+    assert verdict.startswith("mse loss, lr 3, --epochs 100, last losses: manual diverged at epoch " + str(first))
+    _, out = run_main(capsys, "--lr", "3")  # both updates diverge: their final w are inf or nan
+    assert "the final w are not compared" in out and "identical" not in out
+
+
+def test_one_epoch_is_identical_in_this_run_and_says_it_need_not_be(capsys):
+    _, out = run_main(capsys, "--epochs", "1")
+    assert "identical in this run" in out and "They need not be" in out
+    _, out = run_main(capsys)
+    assert "not bit-identical" in out and "max |w_manual - w_sgd| after the last update" in out
+
+
+@pytest.mark.parametrize("flag", ["--beta", "--penalty"])
+def test_a_zero_weight_is_the_mse_loss_and_refused(flag, capsys):
+    loss = "sobolev" if flag == "--beta" else "smooth"
+    assert "not allowed" in usage_error(train.main, ["--loss", loss, flag, "0"], capsys)
+
+
+def test_no_zero_grad_with_a_derivative_loss_compares_with_mse_also_without_zero_grad(capsys):
+    _, out = run_main(capsys, "--loss", "sobolev", "--no-zero-grad", "--update", "manual", "--epochs", "20")
+    assert "the original mse loop on the same data, lr and initial w, also without zero_()" in out

@@ -1,10 +1,14 @@
 """Row 3: one training epoch at n = --n (default 2**22), degree 3, vs a memory-bandwidth floor: reading Φ twice
-and y once with plain sums, the least any epoch that reads its data forward and backward can cost.
+and y once with plain sums, what an epoch that reads Φ once forward and once backward must at least move.
 
-On the CPU every figure is a median wall time. On CUDA each is a median of GPU time from CUDA
-events (torch.cuda.Event(enable_timing=True)) around EVENT_CALLS calls in a row, the floor's
-included, and 3c is the --fast epoch as the trainer runs it there: one CUDA graph replay per
-epoch, the losses read to the host once per EVENT_CALLS epochs (tensor_features/fitting.py, FastFit).
+(A floor for that shape of epoch, not for every epoch: one fused pass that forms each residual and
+accumulates Φᵀr at once would read Φ once.) On the CPU the floor and the three epochs are timed in
+turns, one call of each per round, and each figure is the median of its rounds.
+
+On CUDA each figure is a median of GPU time from CUDA events (torch.cuda.Event(enable_timing=True))
+around EVENT_CALLS calls in a row, the floor's included, and 3c is the --fast epoch as the trainer
+runs it there: one CUDA graph replay per epoch, the losses read to the host once per EVENT_CALLS
+epochs (tensor_features/fitting.py, FastFit).
 """
 
 from __future__ import annotations
@@ -49,6 +53,20 @@ def payoff_note(setup_seconds: float, setup_epochs: int, fast_ms: float, default
     return "never pays off (3c ≥ 3a)" if epochs is None else f"pays off from {epochs} epochs on (3d vs 3a − 3c)"
 
 
+def in_turns_ms(fns: dict, repeats: int) -> dict:
+    """Median wall milliseconds of each fn, timed in turns (one call of each per round, after one
+    warm-up call each), so that a load that comes and goes on a shared machine falls on all alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
 def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[Row]:
     x, y = load_data(n, device=device)
     phi = model.make_features(x, degree)
@@ -62,19 +80,19 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
             return cuda_event_ms(fn, repeats)
         return median_seconds(fn, repeats=repeats, device=device) * 1e3
 
-    floor = timed_ms(read_floor)
     w0 = model.initial_weights(degree, 0, device)
 
     def epoch_ms(step) -> float:
         w = w0.clone().requires_grad_()
         return timed_ms(lambda: step(w))
 
-    original_loop = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
     rows_phi = fitting.rows_layout(phi)
     eager = fitting.FastLoss(rows_phi, y, compile=False, cuda_graph=False)
-    eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))
     fast = fitting.FastLoss(rows_phi, y)
-    if device.type == "cuda":  # the trainer's path: warm-up and compile, capture, then graph replays
+    if device.type == "cuda":
+        floor = timed_ms(read_floor)
+        original_loop = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
+        eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))  # the trainer's path: warm-up and compile, capture, then graph replays
         runner = fitting.FastFit(fast, w0, 0.1, log_every=EVENT_CALLS)
         start = time.perf_counter()
         setup_epochs = runner.setup(runner.setup_epochs)
@@ -96,7 +114,14 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
         fast.manual_step(w, 0.1)  # compiles forward and backward
         synchronize(device)
         compile_seconds, setup_epochs = time.perf_counter() - start, 1
-        compiled = epoch_ms(lambda w: fast.manual_step(w, 0.1))
+        ws = {name: w0.clone().requires_grad_() for name in ("original", "eager", "fast")}
+        ms = in_turns_ms({
+            "floor": read_floor,
+            "original": lambda: fitting.manual_step(phi, y, ws["original"], 0.1),
+            "eager": lambda: eager.manual_step(ws["eager"], 0.1),
+            "fast": lambda: fast.manual_step(ws["fast"], 0.1),
+        }, repeats)
+        floor, original_loop, eager_rows, compiled = ms["floor"], ms["original"], ms["eager"], ms["fast"]
         how = "once per process; inductor caches on disk"
 
     what = f"epoch n=2^{int(math.log2(n))}" if n & (n - 1) == 0 else f"epoch n={n}"

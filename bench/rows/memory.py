@@ -41,7 +41,7 @@ def memory(device: torch.device, n: int, epochs: int = 20, rounds: int = 3) -> l
         runs = [peak_rss_mb(command(n)) for _ in range(rounds)]
         fixed = peak_rss_mb(command(16))[0] - idle  # what the run costs with (almost) no data
         figure = Figure(statistics.median(peak for peak, _ in runs) - idle, budget, "MB",
-                        note=f"idle import torch {idle:.0f} MB; the same run at n=16 {fixed:+.0f} MB")
+                        note=f"idle import torch {idle:.0f} MiB; the same run at n=16 {fixed:+.0f} MiB")
         codes = [code for _, code in runs if code != 0]
         figure.met = not codes and figure.ratio <= 4
         if codes:
