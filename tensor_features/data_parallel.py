@@ -124,8 +124,14 @@ class DataParallel:
         dist.init_process_group(backend, timeout=TIMEOUT)
         return cls(dist.get_rank(), dist.get_world_size(), n, backend, rank_device(device, backend, local_rank))
 
-    def close(self) -> None:
+    def close(self, together: bool = False) -> None:
+        """Leave the process group. together=True (every rank finished): first a barrier, so that no
+        rank tears gloo down under a peer still finishing the last collective. Never after a failure:
+        a peer may be inside another collective, and the barrier would wait for the timeout."""
         if dist.is_initialized():
+            if together:
+                with contextlib.suppress(RuntimeError):
+                    dist.barrier()
             dist.destroy_process_group()
 
     # -- the rows ---------------------------------------------------------------------------------

@@ -340,6 +340,10 @@ class World:
         """Stop the workers (launcher) or leave the process group (joined)."""
         global _current
         if self.role == "joined" and dist.is_initialized():
+            # Leave together: a rank that tears gloo down while its peer still finishes the last
+            # collective can make that peer's teardown fail. The barrier is bounded by the group's timeout.
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
             dist.destroy_process_group()
         elif self.role == "launcher":
             self._stop(graceful=True)

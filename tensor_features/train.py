@@ -738,6 +738,7 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
         print(f"{parser.prog}: rank {rank_from_env()} could not join the process group: {one_line(error)}",
               file=sys.stderr, flush=True)
         return 1
+    trained = False
     try:
         with only_rank_0_prints(), said_once():
             # Only rank 0 writes plots, so only rank 0 creates the folder; every rank hears its verdict.
@@ -746,13 +747,14 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
                 parser.error(problem)
             try:
                 result = run(config, world.device, world)
+                trained = True  # so did every peer, or a collective would have failed: leave together
             except UsageError as err:  # the exact optimum, computed alike on every rank before any all-reduce
                 parser.error(str(err))
     except Exception as error:  # noqa: BLE001 - one line per failing rank, then torchrun ends the run
         print(f"{parser.prog}: rank {world.rank} failed: {one_line(error)}", file=sys.stderr, flush=True)
         return 1
     finally:
-        world.close()
+        world.close(together=trained)
     if world.rank == 0:
         try:
             finish(result)

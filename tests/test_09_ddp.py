@@ -211,10 +211,21 @@ def test_a_rank_that_raises_ends_the_run_with_one_line(tmp_path):
                     reason="torchrun is not installed next to this Python")
 def test_the_unchanged_lesson_runs_under_torchrun(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / LESSON), "--device", "cpu"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def run():
+        return subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / LESSON), "--device", "cpu"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    result = run()
+    if result.returncode != 0 and re.search(r"^(\d+)/\1 checks match across 8 observations\.$", result.stdout, re.M):
+        # Once in about forty runs on a loaded 2-core machine, rank 1 was killed by SIGABRT (torchrun:
+        # "exitcode: -6") after every check had matched: in gloo's teardown, not in the lesson. Such a
+        # run is tried once more; a lesson that fails its checks, or fails twice, still fails here.
+        first = result
+        result = run()
+        assert result.returncode == 0, first.stderr[:4000] + "\n--- second run ---\n" + result.stderr[:4000]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[:4000]
     out = result.stdout
     assert out.count("09 · DDP gradients") == 1  # rank 0's header only
     counted = re.search(r"^(\d+)/\1 checks match across 8 observations\.$", out, re.M)
