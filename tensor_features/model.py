@@ -204,9 +204,10 @@ class Optimum:
     hessian_eigenvalues: torch.Tensor  # of the loss's Hessian, ascending
     data_loss: float | None = None  # mean((Φw* - y)²) alone (equal to loss for mse)
     derivative_loss: float | None = None  # mean((Φ′w* - t)²) alone (None for mse)
-    # The smallest gap a float32 loss of this size can resolve: float32's eps times the mean of the
-    # squared targets (y², plus weight · t² for a derivative loss). With --noise 0 the optimum is
-    # exactly 0 and "within 1%" of it would ask for exactness; this floor is what "close" can mean.
+    # A tolerance for "close" where 1% of the optimum would be smaller: float32's eps times the mean
+    # of the squared targets (y², plus weight · t² for a derivative loss), the loss's scale. With
+    # --noise 0 the optimum is exactly 0 and "within 1%" of it would ask for exactly 0. It is a
+    # chosen tolerance, not a limit of float32: near the optimum a float32 loss can be far closer.
     resolution: float = 0.0
 
     @property

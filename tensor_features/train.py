@@ -257,17 +257,19 @@ def gap_text(loss: float, optimum: float) -> str:
 
 
 def closeness(optimum: Optimum) -> str:
-    """What "within" means for this optimum: 1% of it, or float32's resolution where that is coarser
-    (with --noise 0 the optimum is 0, and 1% of 0 would ask a float32 loss to be exact)."""
-    return f"float32 resolution ({optimum.resolution:.2g})" if optimum.resolution > 0.01 * optimum.loss else "1%"
+    """What "within" means for this optimum: 1% of it, or the tolerance eps32 · mean(target²) where
+    that is larger (with --noise 0 the optimum is 0, and 1% of 0 would ask for exactly 0)."""
+    if optimum.resolution > 0.01 * optimum.loss:
+        return f"{optimum.resolution:.2g} (a tolerance: float32 eps × the mean squared target)"
+    return "1%"
 
 
 def within_epoch(losses: list[float], optimum: Optimum) -> int | None:
     return epochs_to_within(losses, optimum.loss, floor=optimum.resolution)
 
 
-DIVERGED = ("its float32 loss stopped being finite (float32 ends at 3.4e38, and mean() returns inf once the sum "
-            "of the n squares passes it)")
+DIVERGED = ("its float32 loss stopped being finite (float32 ends at 3.4e38: a residual's square past it is inf, "
+            "and so is mean() of finite squares once their sum passes it)")
 
 
 def last_loss(result: FitResult) -> str:
@@ -281,7 +283,7 @@ def describe_fit(result: FitResult, optimum: Optimum, lr: float) -> str:
                 f"(lr {lr:.4g}, 2/λmax = {optimum.max_stable_lr:.4g})")
     within, close = within_epoch(result.losses, optimum), closeness(optimum)
     reached = f"within {close} of it from epoch {within}" if within is not None else \
-        f"not within {close} of it in {len(result.losses)} epochs"
+        f"not within {close} of it in {len(result.losses)} epoch{'s' if len(result.losses) != 1 else ''}"
     return f"{name(result)}: {last_loss(result)}, {gap_text(result.final_loss, optimum.loss)}, {reached}"
 
 
@@ -420,7 +422,7 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
 
     shown = result.fits + ([result.mlp] if result.mlp else [])
     title = "without w.grad.zero_(): gradients accumulate" if config.no_zero_grad else "training"
-    say(f"\n{title} ({config.epochs} epochs, log every {config.log_every}):")
+    say(f"\n{title} ({config.epochs} epoch{'s' if config.epochs != 1 else ''}, log every {config.log_every}):")
     print_logs(shown, config.log_every, config.epochs, out)
     say()
     for fit_result in result.fits:
@@ -576,8 +578,8 @@ def report_sweep(rows: list[SweepRow], config: TrainConfig, loss: Loss, out: Tex
         print(f"  {label} {'grows with every degree' if grows else 'does not grow with every degree'} here"
               f"{' (from D = 2, the first with two columns)' if label != 'κ' else ''}.", file=out)
     if any(row.within_floor for row in rows):
-        print("  (where an optimum is below float32's resolution, 'within 1%' counts the loss within that resolution)",
-              file=out)
+        print("  (where 1% of an optimum is below float32 eps × the mean squared target, 'epochs to 1%' counts the "
+              "epochs to within that tolerance instead)", file=out)
 
 
 # -- the make run summary -----------------------------------------------------------------------
@@ -624,8 +626,8 @@ def write_verdict(result: RunResult) -> None:
 
 def check_combinations(config: TrainConfig) -> str | None:
     """Settings that parse one by one but do not go together: the one-line reason, or None."""
-    if config.degree >= config.n:
-        return f"--degree {config.degree} needs more than {config.degree} points (got --n {config.n})"
+    if config.degree > config.n:  # (the points' exact rank, x = 0 included, is checked on the data)
+        return f"--degree {config.degree} needs at least {config.degree} points (got --n {config.n})"
     if config.batchnorm and config.basis != "mlp":
         return "--batchnorm adds BatchNorm to the learned extractor: use it with --basis mlp"
     if config.batchnorm and config.n > BATCHNORM_MAX_N:

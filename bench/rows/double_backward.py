@@ -5,7 +5,7 @@ A derivative loss pays three things the original loop does not: Φ is rebuilt fr
 (f′ needs x in the graph), autograd.grad(f(x).sum(), x, create_graph=True) runs inside the forward,
 and backward() then goes through that derivative's graph too. Row 10c's reference is mse computed
 the same way (Φ rebuilt from x every epoch, one backward), so 10c's time minus its reference is
-what the derivative term and its double backward add; 10a's reference minus 10c's is what
+what the derivative term and its double backward add; 10c's reference minus 10a's is what
 rebuilding Φ adds to the mse epoch.
 """
 

@@ -92,7 +92,8 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
     if device.type == "cuda":
         floor = timed_ms(read_floor)
         original_loop = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
-        eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))  # the trainer's path: warm-up and compile, capture, then graph replays
+        eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))
+        # 3c, the trainer's path: warm-up and compile, capture, then graph replays
         runner = fitting.FastFit(fast, w0, 0.1, log_every=EVENT_CALLS)
         start = time.perf_counter()
         setup_epochs = runner.setup(runner.setup_epochs)
