@@ -75,15 +75,16 @@ class Problem:
 
 
 def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, loss: Loss,
-                  rows_layout_for_fast: bool = False, flags: str = "") -> Problem:
+                  rows_layout_for_fast: bool = False, flags: str = "", where: str | None = None) -> Problem:
     """Φ (and Φ′ for a derivative loss) and the exact optimum of the loss, checked to be usable.
 
-    `flags` names the settings behind the data (e.g. "--noise 0.1"), for the message when it is not.
+    `flags` names the settings behind the data (e.g. "--noise 0.1"), for the message when it is not;
+    `where` replaces the whole prefix of that message (the sweep names itself, not a --degree).
     """
-    flags = (f"--sweep at degree {degree} (--basis {basis}; the sweep fits degrees 1..6)" if flags == "--sweep"
-             else f"--degree {degree} --basis {basis}" + (f" {flags}" if flags else ""))
-    if not loss.uses_derivative and int((x != 0).sum()) < degree:  # Φ's rank is below D: decided exactly, not by rounding
-        raise UsageError(f"{flags}: ΦᵀΦ is singular; {singular_advice(x, degree)}")
+    flags = where or f"--degree {degree} --basis {basis}" + (f" {flags}" if flags else "")
+    shortfall = rank_shortfall(x, degree)
+    if shortfall and not loss.uses_derivative:  # Φ's rank is below D: decided exactly, not by rounding
+        raise UsageError(f"{flags}: ΦᵀΦ is singular; {shortfall}")
     phi = make_features(x, degree, basis)
     if rows_layout_for_fast:
         phi = rows_layout(phi)  # same Φ, stored feature by feature for FastLoss (no second copy)
@@ -103,14 +104,20 @@ def exact_problem(x: torch.Tensor, y: torch.Tensor, degree: int, basis: str, los
     return Problem(x, y, degree, basis, loss, phi, optimum)
 
 
-def singular_advice(x: torch.Tensor, degree: int) -> str:
-    """Why Φ can lose rank, and what helps. Every feature (x^k, and P_k(x) − P_k(0)) is 0 at x = 0, so
-    D features need D distinct nonzero x; the n points are evenly spaced, and an odd n puts one at 0."""
+def rank_shortfall(x: torch.Tensor, degree: int) -> str | None:
+    """Why Φ has rank below D, and what helps; None if it has enough points. Every feature (x^k, and
+    P_k(x) − P_k(0)) is 0 at x = 0, so D features need D distinct nonzero x. The n points are evenly
+    spaced and symmetric: an even n has no point at 0."""
     nonzero = int((x != 0).sum())
-    if nonzero < degree:
-        return (f"degree {degree} needs {degree} distinct nonzero x and --n {x.numel()} gives {nonzero} "
-                f"(every feature is 0 at x = 0): use --n {degree + degree % 2} or more")
-    return "the features are too alike for float64 here: use a lower degree or --basis legendre"
+    if nonzero >= degree:
+        return None
+    return (f"degree {degree} needs {degree} distinct nonzero x and --n {x.numel()} gives {nonzero} "
+            f"(every feature is 0 at x = 0): use --n {degree + degree % 2} or more")
+
+
+def singular_advice(x: torch.Tensor, degree: int) -> str:
+    """What helps when the float64 solve finds Φ singular."""
+    return rank_shortfall(x, degree) or "the features are too alike for float64 here: use a lower degree or --basis legendre"
 
 
 def resolve_lr(lr: float | str, optimum: Optimum) -> float:
@@ -122,7 +129,8 @@ def degree_sweep(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, loss: Lo
     rows = []
     basis = "legendre" if config.basis == "legendre" else "monomial"
     for degree in degrees:
-        problem = exact_problem(x, y, degree, basis, loss, flags="--sweep")
+        problem = exact_problem(x, y, degree, basis, loss,
+                                where=f"--sweep at degree {degree} (--basis {basis}; the sweep fits degrees 1..6)")
         lr = resolve_lr(config.lr, problem.optimum)
         w0 = initial_weights(degree, config.seed, x.device)
         if loss.uses_derivative:

@@ -45,6 +45,14 @@ def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
     )
 
 
+def playground_section(number: int) -> str:
+    """Section §number of "실험 1: Autograd Playground" in docs/original-description.ko.md, the
+    description the lessons' "original example" docstrings point at."""
+    text = (ROOT / "docs" / "original-description.ko.md").read_text()
+    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
+    return playground[playground.index(f"### {number}."): playground.index(f"### {number + 1}.")]
+
+
 def assert_caught(error: BaseException | None, error_type: type, substring: str) -> None:
     """A lesson caught and showed an error on purpose; check it is the one it claims."""
     with pytest.raises(error_type, match=substring.replace("(", r"\(").replace(")", r"\)")):

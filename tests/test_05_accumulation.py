@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_caught, load_lesson
+from conftest import ROOT, assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_accumulation.py")
 
@@ -42,9 +42,8 @@ MUTANTS = [
 def test_the_docstring_points_at_the_original_description():
     """Autograd Playground §2 holds the original example; the trainer's observation points ask the question."""
     assert "docs/original-description.ko.md, Autograd Playground §2" in " ".join(lesson.__doc__.split())
+    section = playground_section(2)
     text = (ROOT / "docs" / "original-description.ko.md").read_text()
-    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
-    section = playground[playground.index("### 2."): playground.index("### 3.")]
     assert "y1 = x ** 2" in section and "y2 = 3 * x" in section and "# 2x + 3 = 7" in section
     assert section.count("y2.backward()") == 2 and "x.grad.zero_()" in section
     points = text[text.index("### 관찰 포인트"):]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, assert_caught, load_lesson
+from conftest import assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_backward.py")
 
@@ -37,9 +37,7 @@ def test_original_example_matches_the_analytic_derivative(lab):
 def test_the_original_example_is_in_the_original_description():
     """The docstring's pointer: docs/original-description.ko.md, Autograd Playground §1, has this code."""
     assert "docs/original-description.ko.md, Autograd Playground §1" in " ".join(lesson.__doc__.split())
-    text = (ROOT / "docs" / "original-description.ko.md").read_text()
-    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
-    section = playground[playground.index("### 1."): playground.index("### 2.")]
+    section = playground_section(1)
     assert "x = torch.tensor(3.0, requires_grad=True)" in section and "y = x ** 2 + 2 * x" in section
     assert "y.backward()" in section and "dy/dx = 2x + 2 = 8" in section
 

@@ -5,7 +5,7 @@ errors by their stable substrings."""
 import pytest
 import torch
 
-from conftest import ROOT, assert_caught, load_lesson
+from conftest import assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_retain_graph.py")
 
@@ -36,9 +36,7 @@ def test_original_loop_accumulates_12_then_24(lab):
 def test_the_original_loop_is_in_the_original_description():
     """The docstring's pointer: docs/original-description.ko.md, Autograd Playground §3, has this loop."""
     assert "docs/original-description.ko.md, Autograd Playground §3" in " ".join(lesson.__doc__.split())
-    text = (ROOT / "docs" / "original-description.ko.md").read_text()
-    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
-    section = playground[playground.index("### 3."): playground.index("### 4.")]
+    section = playground_section(3)
     assert "y = x ** 3" in section and "for _ in range(2):" in section
     assert "    y.backward(retain_graph=True)\n    print(x.grad)" in section
 

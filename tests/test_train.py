@@ -27,7 +27,7 @@ MUTANTS = [
     ("tensor_features/train.py", "{optimum.max_stable_lr / lr:.3g}× below", "{lr / optimum.max_stable_lr:.3g}× below"),
     ("tensor_features/train.py", 'above = f"{100 * gap / result.optimum.loss:+.1f}%"',
      'above = f"{100 * gap / fit_result.final_loss:+.1f}%"'),
-    ("tensor_features/train.py", 'if nonzero < degree:', 'if nonzero < degree - 1:'),
+    ("tensor_features/train.py", 'if nonzero >= degree:', 'if nonzero >= degree - 1:'),
     ("tensor_features/train.py", "(epoch {len(result.losses) - 1}, before its update)",
      "(epoch {len(result.losses)}, before its update)"),
     ("tensor_features/train.py", 'if manual.diverged_at is not None or sgd.diverged_at is not None:', 'if False:'),
