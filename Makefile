@@ -5,22 +5,23 @@
 # More:
 #   make bench   the benchmark table (about 9 minutes here; BENCH_ARGS="--rows 2,3 --json bench.json")
 #   make mutate  small wrong edits of the lessons and the trainer; each must fail a test
-#   make lesson L=05_gradient_computation_backward.py    one lesson, with the environment's Python
+#   make lesson L=05_gradient_computation_backward    one lesson, with the environment's Python
 # Overrides: VENV=path (where the environment lives), PYTHON=python3.x, DEVICE=auto|cpu|cuda.
 
 VENV ?= .venv
 PYTHON ?= python3
 DEVICE ?= auto
 BENCH_ARGS ?=
-L ?= 05_gradient_computation_backward.py
+L ?=
+ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run lesson train test bench mutate clean help
+.PHONY: run lesson lessons train test bench mutate package clean help
 
 help:
 	@echo "make run     - install (once), run the lessons in teaching order and the trainer, print a summary"
 	@echo "make test    - install (once) and run the tests"
-	@echo "make lesson L=FILE - run one lesson with the environment's Python"
+	@echo "make lesson L=NAME - run one lesson with the environment's Python (make lesson lists them)"
 	@echo "make train   - run the trainer once (python -m tensor_features.train)"
 	@echo "make bench   - install (once) and print the benchmark table (BENCH_ARGS=... for options)"
 	@echo "make mutate  - install (once) and check that every listed wrong edit fails a test"
@@ -29,33 +30,44 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# A stamp per requirements file: pip runs again only when a requirements file changes.
-$(VENV)/.installed-run: requirements.txt | $(PY)
+# A stamp per requirements file: pip runs again only when a requirements file changes. The
+# package itself is installed in editable mode (pyproject.toml), so it runs from any folder;
+# `package` re-points it when this clone is not the one the environment was made for.
+$(VENV)/.installed-run: requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.installed-run
 
-run: $(VENV)/.installed-run
+package: $(VENV)/.installed-run
+	@(cd / && $(abspath $(PY)) -c "import sys, tensor_features; sys.exit(tensor_features.__file__ != '$(CURDIR)/tensor_features/__init__.py')") 2>/dev/null \
+		|| $(PY) -m pip install --quiet --no-deps -e .
+
+run: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.lessons --device $(DEVICE)
 
-lesson: $(VENV)/.installed-run
-	$(PY) $(L) --device $(DEVICE)
+# L is a lesson's file name, with or without .py; ARGS are passed on (ARGS="--try 2").
+lesson: $(VENV)/.installed-run package
+	@if [ -z "$(L)" ] || [ ! -f "$(basename $(L)).py" ]; then \
+		echo "usage: make lesson L=NAME [ARGS=...], NAME one of (teaching order):" >&2; \
+		$(PY) -c "from tensor_features.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
+		exit 2; fi
+	$(PY) $(basename $(L)).py --device $(DEVICE) $(ARGS)
 
-train: $(VENV)/.installed-run
+train: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.train --device $(DEVICE)
 
 # Two workers, a test file each at a time (files share their kernel and baseline runs).
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev package
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Row 6 of the table times the test suite, so the bench needs the test tools too.
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev package
 	$(PY) -m bench --device $(DEVICE) $(BENCH_ARGS)
 
-mutate: $(VENV)/.installed-dev
+mutate: $(VENV)/.installed-dev package
 	$(PY) tests/mutate.py
 
 clean:

@@ -24,18 +24,9 @@ from typing import Callable
 
 import torch
 
+from tensor_features.utils import feature_map  # where the original description puts it
+
 # -- feature maps ---------------------------------------------------------------------------------
-
-
-def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
-    """Monomial features [x, x**2, ..., x**degree] of a column x of shape (n, 1).
-
-    With degree=3 this is exactly the original ``torch.cat([x, x**2, x**3], dim=1)``.
-    There is no constant column, as in the original: the bias is left out on purpose.
-    """
-    if degree < 1:
-        raise ValueError(f"degree must be >= 1, got {degree}")
-    return torch.cat([x**k for k in range(1, degree + 1)], dim=1)
 
 
 def feature_derivative_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:

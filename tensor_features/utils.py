@@ -1,5 +1,6 @@
-"""Small helpers shared by the lessons, the trainer and the bench: timing, and writing an image
-grid. (Command-line parsing and the device choice live in cli.py; the feature maps in model.py.)
+"""Small helpers shared by the lessons, the trainer and the bench: the original description's
+feature_map (where it puts it: ``from utils import feature_map``), timing, and writing an image
+grid. (Command-line parsing and the device choice live in cli.py; the other feature maps in model.py.)
 
 Nothing here hides an autograd event; these are plumbing.
 """
@@ -11,6 +12,16 @@ from pathlib import Path
 
 import torch
 
+
+def feature_map(x: torch.Tensor, degree: int = 3) -> torch.Tensor:
+    """Monomial features [x, x**2, ..., x**degree] of a column x of shape (n, 1).
+
+    With degree=3 this is exactly the original ``torch.cat([x, x**2, x**3], dim=1)``.
+    There is no constant column, as in the original: the bias is left out on purpose.
+    """
+    if degree < 1:
+        raise ValueError(f"degree must be >= 1, got {degree}")
+    return torch.cat([x**k for k in range(1, degree + 1)], dim=1)
 
 
 def stderr_line(message: str) -> None:

@@ -13,7 +13,8 @@ Every test file may define a module-level list of mutants, literal tuples
 mutant this tool copies the repository, makes the edit, and runs that test file with
 LAB_FORCE_AGREE=1, which makes every lesson check agree: a lesson whose code and expectation are
 both wrong then passes its own checks, so only the test's own oracle can catch it. A mutant is
-killed when the test file fails. Unchanged, each test file must pass in the same setting.
+killed when the test file fails, or when it runs past --timeout-factor times its unchanged run
+(a mutant that loops forever). Unchanged, each test file must pass in the same setting.
 
 Prints one line per mutant and the kill rate; exits 1 if any mutant survives.
 """
@@ -24,6 +25,7 @@ import argparse
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,13 +98,24 @@ def problems(mutants: list[Mutant]) -> list[str]:
     return found
 
 
-def run_tests(copy: Path, test_file: str) -> tuple[bool, float]:
-    """(passed, seconds) of one test file in a copy of the repository, checks forced to agree."""
+def run_tests(copy: Path, test_file: str, timeout: float | None = None) -> tuple[bool | None, float]:
+    """(passed, seconds) of one test file in a copy of the repository, checks forced to agree.
+
+    passed is None when the run outlived `timeout` seconds: a mutant that loops forever is
+    stopped (with every process it started) and counted as killed.
+    """
     env = {**os.environ, "LAB_FORCE_AGREE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(copy)}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                             test_file], cwd=copy, env=env, capture_output=True, text=True)
-    return result.returncode == 0, time.perf_counter() - start
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                "-p", "no:xdist", test_file], cwd=copy, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # pytest and the lessons or torchrun it started
+        process.wait()
+        return None, time.perf_counter() - start
+    return code == 0, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="TEXT", help="only mutants whose label or test file contains TEXT")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default: %(default)s)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--timeout-factor", type=float, default=4.0, metavar="K",
+                        help="a mutated test file that runs longer than K times its unchanged run "
+                        "(at least 60 s) is stopped and its mutant counted as killed (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if not args.timeout_factor > 0:
+        parser.error("--timeout-factor must be > 0")
 
     mutants = collect(args.only)
     broken = problems(mutants)
@@ -139,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = list(pool.map(lambda i: run_tests(copies[i % args.jobs], test_files[i]),
                                      range(len(test_files))))
         failing = [name for name, (passed, _) in zip(test_files, baseline) if not passed]
+        limits = {name: max(60.0, args.timeout_factor * seconds) for name, (_, seconds) in zip(test_files, baseline)}
         if failing:
             print(f"these test files fail without any mutant: {', '.join(failing)}", file=sys.stderr)
             return 2
@@ -151,18 +170,18 @@ def main(argv: list[str] | None = None) -> int:
             original = path.read_text()
             try:
                 path.write_text(original.replace(mutant.old, mutant.new))
-                passed, seconds = run_tests(copy, mutant.test_file)
+                passed, seconds = run_tests(copy, mutant.test_file, limits[mutant.test_file])
             finally:
                 path.write_text(original)
                 free.append(copy)
-            return mutant, not passed, seconds
+            return mutant, passed, seconds
 
         survivors = []
         with ThreadPoolExecutor(args.jobs) as pool:
-            for mutant, killed, seconds in pool.map(try_mutant, mutants):
-                print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:5.1f} s  {mutant.test_file:<34} "
-                      f"{mutant.label()}", flush=True)
-                if not killed:
+            for mutant, passed, seconds in pool.map(try_mutant, mutants):
+                verdict = "timeout " if passed is None else "SURVIVED" if passed else "killed  "
+                print(f"{verdict} {seconds:5.1f} s  {mutant.test_file:<34} {mutant.label()}", flush=True)
+                if passed:
                     survivors.append(mutant)
 
     killed = len(mutants) - len(survivors)

@@ -41,9 +41,14 @@ def original_problem(dtype=torch.float32):
 
 # -- feature maps ---------------------------------------------------------------------------------
 
-def test_feature_map_is_the_original_formula():
+def test_feature_map_is_the_original_formula_where_the_description_puts_it():
+    # The original description: `from utils import feature_map` (utils.py), then
+    # `torch.cat([x, x**2, x**3], dim=1)`; the same ops in the same order, so equal bit for bit.
+    from tensor_features import utils
+
     x = torch.linspace(-1, 1, 7).unsqueeze(1)
-    assert torch.equal(model.feature_map(x), torch.cat([x, x**2, x**3], dim=1))
+    assert torch.equal(utils.feature_map(x), torch.cat([x, x**2, x**3], dim=1))
+    assert model.feature_map is utils.feature_map
 
 
 def test_monomial_derivatives_are_the_textbook_ones():
