@@ -470,13 +470,15 @@ class MLPFeatures(torch.nn.Module):
 
 
 def fit_mlp(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, epochs: int, seed: int,
-            loss: Loss = Loss(), batchnorm: bool = False) -> tuple[FitResult, MLPFeatures]:
-    """Train the extractor and the linear head together, end to end, with SGD."""
+            loss: Loss = Loss(), batchnorm: bool = False, zero_grad: bool = True) -> tuple[FitResult, MLPFeatures]:
+    """Train the extractor and the linear head together, end to end, with SGD (without
+    zero_grad(), every parameter's .grad accumulates across epochs, as --no-zero-grad asks)."""
     torch.manual_seed(seed)
     extractor = MLPFeatures(w0.shape[0], batchnorm=batchnorm).to(x.device)
 
     def step(w, optimizer):
-        optimizer.zero_grad()
+        if zero_grad:
+            optimizer.zero_grad()
         terms = loss_terms(loss, linear_model(extractor, w), x, y)  # f′ too, for sobolev and smooth
         terms.total.backward(inputs=optimizer.param_groups[0]["params"])  # into w and through Φ into the MLP
         optimizer.step()

@@ -199,7 +199,7 @@ class SweepRow:
     max_stable_lr: float
     diverged_at: int | None
     max_cosine: float  # the largest |cosine| between two columns of Φ (0 for a single column)
-    within_floor: bool = False  # "within 1%" meant within float32's resolution (an optimum of about 0)
+    within_floor: bool = False  # "within" used the tolerance eps × mean(y²), not 1% (an optimum of about 0)
 
 
 def max_column_cosine(phi: torch.Tensor) -> float:

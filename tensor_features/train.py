@@ -133,10 +133,11 @@ def degree_sweep(config: TrainConfig, x: torch.Tensor, y: torch.Tensor, loss: Lo
                                 where=f"--sweep at degree {degree} (--basis {basis}; the sweep fits degrees 1..6)")
         lr = resolve_lr(config.lr, problem.optimum)
         w0 = initial_weights(degree, config.seed, x.device)
+        zero_grad = not config.no_zero_grad  # the sweep trains as the run does, --no-zero-grad included
         if loss.uses_derivative:
-            result = fit_loss(loss, problem.features, x, y, w0, lr, config.epochs)
+            result = fit_loss(loss, problem.features, x, y, w0, lr, config.epochs, zero_grad=zero_grad)
         else:
-            result = fit(problem.phi, y, w0, lr, config.epochs)
+            result = fit(problem.phi, y, w0, lr, config.epochs, zero_grad=zero_grad)
         optimum = problem.optimum
         rows.append(SweepRow(degree, result.final_loss if result.losses else None, optimum.loss,
                              within_epoch(result.losses, optimum),
@@ -220,7 +221,8 @@ def run(config: TrainConfig, device: torch.device, world: DataParallel | None = 
             result.reference_ms = reference_epoch_ms(problem.phi.contiguous(), y, w0, lr)
 
     if config.basis == "mlp":
-        result.mlp, result.extractor = fit_mlp(x, y, w0, lr, config.epochs, config.seed, loss, config.batchnorm)
+        result.mlp, result.extractor = fit_mlp(x, y, w0, lr, config.epochs, config.seed, loss, config.batchnorm,
+                                               zero_grad=not config.no_zero_grad)
         if config.batchnorm:
             result.trap = batchnorm_trap(result.extractor, result.mlp.w, x)
 
@@ -457,8 +459,7 @@ def report(result: RunResult, out: TextIO | None = None) -> None:
             mse_optimum = result.mse_problem.optimum
             say(f"  the derivative rows moved λmin {mse_optimum.hessian_eigenvalues[0].item():.4g} → "
                 f"{optimum.hessian_eigenvalues[0].item():.4g} and κ {mse_optimum.condition_number:.4g} → "
-                f"{optimum.condition_number:.4g}; mse at the same lr shrinks by "
-                f"{mse_optimum.contraction(lr):.4f} per epoch")
+                f"{optimum.condition_number:.4g}; {mse_contraction_words(mse_optimum, lr)}")
 
     if result.curve is not None:
         curve = result.curve
@@ -485,6 +486,15 @@ def data_parallel_line(world: DataParallel) -> str:
     shards = " and ".join(f"{sizes.count(size)} × {size} rows" for size in sorted(set(sizes), reverse=True))
     return (f"data parallel: {world.world_size} processes ({world.backend}), shards: {shards}; every backward "
             f"all-reduces w's gradient, each rank's weighted by its rows / n, and each epoch's loss the same way")
+
+
+def mse_contraction_words(mse_optimum: Optimum, lr: float) -> str:
+    """What the mse problem's worst direction does at this lr: shrink, or grow past 2/λmax."""
+    factor = mse_optimum.contraction(lr)
+    if factor < 1:
+        return f"mse at the same lr shrinks w − w* by {factor:.4f} per epoch"
+    return (f"mse at the same lr would grow w − w* by |1 − lr·λmax| = {factor:.4g} per epoch "
+            f"(lr is above mse's 2/λmax = {mse_optimum.max_stable_lr:.4g})")
 
 
 def describe_mlp(result: FitResult, optimum: Optimum) -> str:

@@ -489,3 +489,60 @@ def test_a_zero_weight_is_the_mse_loss_and_refused(flag, capsys):
 def test_no_zero_grad_with_a_derivative_loss_compares_with_mse_also_without_zero_grad(capsys):
     _, out = run_main(capsys, "--loss", "sobolev", "--no-zero-grad", "--update", "manual", "--epochs", "20")
     assert "the original mse loop on the same data, lr and initial w, also without zero_()" in out
+
+
+def accumulated_descent_losses(x, y, w0, lr, epochs):
+    """float64 numpy, --no-zero-grad written out: .grad keeps every epoch's gradient, w -= lr * sum."""
+    a, b = stacked_system(x, y)
+    w, grad, losses = w0.double().cpu().numpy(), 0.0, []
+    for _ in range(epochs):
+        residual = a @ w - b
+        losses.append(float((residual**2).sum() / len(x)))
+        grad = grad + 2 / len(x) * a.T @ residual
+        w = w - lr * grad
+    return losses
+
+
+def test_the_sweep_trains_without_zero_grad_when_asked():
+    x, y, _, w0 = original_problem()
+    config = TrainConfig(no_zero_grad=True, epochs=30, lr=0.01)
+    row = train.degree_sweep(config, x, y, model.Loss(), degrees=[3])[0]
+    expected = accumulated_descent_losses(x, y, w0, 0.01, 30)[-1]
+    plain = descent_losses(x, y, w0, 0.01, 30)[0][-1]
+    assert abs(expected - plain) > 1e-3 * plain, "the oracle must tell the two loops apart"
+    assert row.final_loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_mlp_column_trains_without_zero_grad_when_asked():
+    # The test's own loop: the same extractor (same seed), gradients summed across epochs by hand.
+    x, y, _, w0 = original_problem()
+    lr, epochs = 0.05, 4
+    result, _ = fitting.fit_mlp(x, y, w0, lr, epochs, seed=0, zero_grad=False)
+    torch.manual_seed(0)
+    extractor = fitting.MLPFeatures(3)
+    names = [name for name, _ in extractor.named_parameters()]
+    params = [w0.clone(), *(p.detach().clone() for p in extractor.parameters())]
+    sums = [torch.zeros_like(p) for p in params]
+    losses = []
+    for _ in range(epochs):
+        leaves = [p.requires_grad_() for p in params]
+        phi = torch.func.functional_call(extractor, dict(zip(names, leaves[1:])), (x,))
+        loss = ((phi @ leaves[0] - y) ** 2).mean()
+        grads = torch.autograd.grad(loss, leaves)
+        losses.append(loss.item())
+        with torch.no_grad():
+            sums = [s + g for s, g in zip(sums, grads)]
+            params = [p - lr * s for p, s in zip(leaves, sums)]
+    assert result.losses == pytest.approx(losses, rel=1e-5)
+    with_zero, _ = fitting.fit_mlp(x, y, w0, lr, epochs, seed=0)
+    assert with_zero.losses[-1] != pytest.approx(losses[-1], rel=1e-5)
+
+
+def test_a_derivative_loss_above_mse_stability_says_mse_would_grow(capsys):
+    x, y, _, _ = original_problem()
+    _, _, eigenvalues = numpy_optimum(x, y)
+    lr = 1e6
+    factor = max(abs(1 - lr * eigenvalues))
+    _, out = run_main(capsys, "--loss", "sobolev", "--lr", "1e6", "--epochs", "2")
+    assert f"mse at the same lr would grow w − w* by |1 − lr·λmax| = {factor:.4g} per epoch" in out
+    assert "shrinks" not in out.split("the derivative rows moved")[1].splitlines()[0]
