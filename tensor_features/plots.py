@@ -24,10 +24,17 @@ def write_plots(folder: Path, result) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for fit in curves:
             label = f"{fit.update} (mse, for comparison)" if fit is result.mse_fit else fit.update
-            ax.plot(range(len(fit.losses)), fit.losses, label=label, linestyle="--" if fit.update == "sgd" else "-")
-        ax.axhline(optimum.loss, color="black", linewidth=1, label=f"exact optimum {optimum.loss:.4f}")
+            twin = next((f for f in curves if f is not fit and f.update == "manual" and f.losses == fit.losses), None)
+            if fit.update == "sgd" and twin is not None:
+                label += ": the same losses as manual, drawn as markers on its line"
+            style = (dict(linestyle="none", marker="o", markersize=4, fillstyle="none",
+                          markevery=max(1, len(fit.losses) // 25)) if fit.update == "sgd"
+                     else dict(linewidth=2.5 if fit.update == "manual" else 1.5))
+            ax.plot(range(len(fit.losses)), fit.losses, label=label, **style)
+        # Two optima can be a hair apart: the wide pale line and the thin dotted one stay both visible.
+        ax.axhline(optimum.loss, color="black", linewidth=3, alpha=0.35, label=f"exact optimum {optimum.loss:.4f}")
         if result.mse_problem is not None:
-            ax.axhline(result.mse_problem.optimum.loss, color="gray", linewidth=1, linestyle=":",
+            ax.axhline(result.mse_problem.optimum.loss, color="C4", linewidth=1.2, linestyle=":",
                        label=f"mse optimum {result.mse_problem.optimum.loss:.4f}")
         ax.set_yscale("log")
         ax.set(xlabel="epoch", ylabel=f"{result.loss.name} loss (log)",
@@ -41,8 +48,10 @@ def write_plots(folder: Path, result) -> list[Path]:
         x_new = result.curve.x.cpu().flatten()
         fig, ax = plt.subplots(figsize=(7, 4.2))
         ax.scatter(x, y, s=10, alpha=0.6, label="data: x² + noise" + (f" (every {step}th point)" if step > 1 else ""))
-        ax.plot(x_new, x_new**2, color="gray", linewidth=1, label="x²")
-        ax.plot(x_new, result.curve.values.cpu().flatten(), color="C3", label="fit: predict() at new x")
+        ax.plot(x_new, result.curve.values.cpu().flatten(), color="C3", linewidth=3, alpha=0.7,
+                label="fit: predict() at new x")
+        # The clean curve on top of the fit, dashed, so that it shows where the two coincide.
+        ax.plot(x_new, x_new**2, color="black", linewidth=1, linestyle="--", zorder=3, label="x², the clean curve")
         ax.set(xlabel="x", ylabel="y", title=f"fitted curve over the data ({result.loss.name})")
         ax.legend()
         written.append(_save(fig, folder / "fit.png"))

@@ -546,3 +546,24 @@ def test_a_derivative_loss_above_mse_stability_says_mse_would_grow(capsys):
     _, out = run_main(capsys, "--loss", "sobolev", "--lr", "1e6", "--epochs", "2")
     assert f"mse at the same lr would grow w − w* by |1 − lr·λmax| = {factor:.4g} per epoch" in out
     assert "shrinks" not in out.split("the derivative rows moved")[1].splitlines()[0]
+
+
+def test_plots_keep_every_curve_visible(monkeypatch, tmp_path):
+    # Identical manual and SGD losses, the x² reference and the fit, the two optima: none hidden.
+    from tensor_features import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    result = train.run(TrainConfig(update="both", loss="sobolev", epochs=5), CPU)
+    result.fits[1].losses = list(result.fits[0].losses)  # identical, as on some CPUs
+    plots.write_plots(tmp_path, result)
+    losses = figures["loss_curves.png"].axes[0]
+    labels = [line.get_label() for line in losses.get_lines()]
+    assert any("the same losses as manual" in label for label in labels)
+    sgd = next(line for line in losses.get_lines() if line.get_label().startswith("sgd"))
+    assert sgd.get_linestyle() == "None" and sgd.get_marker() == "o"  # markers over the manual line
+    optima = [line for line in losses.get_lines() if "optimum" in line.get_label()]
+    assert len(optima) == 2 and optima[0].get_linewidth() > 2 * optima[1].get_linewidth()
+    fit = figures["fit.png"].axes[0]
+    by_label = {line.get_label(): line for line in fit.get_lines()}
+    assert by_label["x², the clean curve"].get_zorder() > by_label["fit: predict() at new x"].get_zorder()
