@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,25 +29,34 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tensor_features.distributed import backend_for, rank_device
+from tensor_features.distributed import JoinError, backend_for, join_group, launched, rank_device
 
-# init_process_group's timeout; it also bounds every collective (a rank that hangs, alive, ends the
-# run after this long: "Timeout for operations executed against the process group", its docstring says,
-# and a gloo all_reduce here did raise after it). Before the
-# first all-reduce every rank draws all n points and computes the exact optimum, each at its own
-# pace on a shared machine: hence more than lesson 09's 60 s for its 8-row batch.
+# The timeout of every collective, set once the group has formed (forming it waits at most
+# distributed.JOIN_TIMEOUT): a rank that hangs, alive, ends the run after this long ("Timeout for
+# operations executed against the process group", init_process_group's docstring says, and a gloo
+# all_reduce here did raise after it). Before the first all-reduce every rank draws all n points and
+# computes the exact optimum, each at its own pace on a shared machine: hence more than lesson 09's
+# 60 s for its 8-row batch.
 TIMEOUT = timedelta(seconds=180)
 
 
 def world_size_from_env() -> int:
-    """WORLD_SIZE as torchrun sets it; 1 for a plain `python -m tensor_features.train`."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 1
-    return int(os.environ["WORLD_SIZE"])
+    """WORLD_SIZE as torchrun sets it; 1 for a plain `python -m tensor_features.train`.
+
+    JoinError (a usage error) when RANK, WORLD_SIZE or LOCAL_* are set but cannot be meant: not a
+    whole number, RANK not below WORLD_SIZE. MASTER_ADDR and MASTER_PORT are checked on joining.
+    """
+    launch = launched()
+    return 1 if launch is None else launch.world_size
 
 
 def rank_from_env() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """RANK, for the lines a rank writes; 0 when there is none to read."""
+    try:
+        launch = launched()
+    except JoinError:
+        return 0
+    return 0 if launch is None else launch.rank
 
 
 def say_once(message: str) -> None:
@@ -62,9 +70,10 @@ def say_once(message: str) -> None:
     joined_here = not dist.is_initialized()
     if joined_here:
         try:
-            dist.init_process_group("gloo", timeout=TIMEOUT)
-        except (RuntimeError, ValueError):  # no rendezvous to be had (RANK set by hand, say): say it here
-            print(message, end="", file=sys.stderr, flush=True)
+            join_group(launched(), "gloo", TIMEOUT)
+        except JoinError:  # no group to be had (RANK set by hand, say): this rank says it, whichever it
+            # is, past only_rank_0_prints (which hides what a rank other than 0 writes to sys.stderr)
+            print(message, end="", file=sys.__stderr__, flush=True)
             return
     try:
         if dist.get_rank() == 0:
@@ -112,17 +121,23 @@ class DataParallel:
 
     @classmethod
     def join(cls, n: int, device: torch.device, device_flag: str) -> "DataParallel":
-        """Join the process group torchrun prepared (env://), with a timeout on every collective."""
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        """Join the process group torchrun prepared (env://), with a timeout on every collective.
+
+        JoinError when the group cannot form within JOIN_TIMEOUT (a peer that never comes, a port in
+        use, no MASTER_ADDR); DeviceError when this machine lacks the GPUs --device cuda asks for.
+        """
+        launch = launched()
+        if launch is None:
+            raise JoinError("RANK and WORLD_SIZE are not set: this is no rank of a torchrun launch")
+        local_size = launch.local_world_size
         backend = backend_for(device, local_size)
         if device_flag == "cuda" and backend != "nccl":
             raise DeviceError(f"--device cuda with {local_size} processes on this machine needs {local_size} GPUs; "
                               f"torch sees {torch.cuda.device_count()} (use --device cpu)")
         if backend == "nccl":
-            torch.cuda.set_device(local_rank)  # before the group forms, so nccl binds this rank's GPU
-        dist.init_process_group(backend, timeout=TIMEOUT)
-        return cls(dist.get_rank(), dist.get_world_size(), n, backend, rank_device(device, backend, local_rank))
+            torch.cuda.set_device(launch.local_rank)  # before the group forms, so nccl binds this rank's GPU
+        join_group(launch, backend, TIMEOUT)
+        return cls(dist.get_rank(), dist.get_world_size(), n, backend, rank_device(device, backend, launch.local_rank))
 
     def close(self, together: bool = False) -> None:
         """Leave the process group. together=True (every rank finished): first a barrier, so that no

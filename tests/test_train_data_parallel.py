@@ -4,10 +4,12 @@ Two launches of 2 processes on the CPU (gloo), each checked against oracles comp
 single-process full-batch run (train.run in this process), gradient descent written out in float64
 numpy (train_oracles), and each rank's rows from numpy.array_split. The first launch trains n = 101
 points (shards of 51 and 50 rows); the second trains with --no-zero-grad, and rank 1 raises between
-the manual and the SGD fit: the run must end non-zero with one line, under a timeout. In process:
-the settings that do not run data-parallel, and the shard rule. Last, bench row 11's plumbing (one
-small launch). Each launch runs a small driver: the trainer's own main(), with train.run or
-train.fit wrapped to save what each rank trained (torch.save), or to raise on rank 1.
+the manual and the SGD fit: the run must end non-zero with one line, under a timeout. After the
+first launch no rank may still run a gloo thread: the group was freed, not only unregistered. In
+process: the settings that do not run data-parallel, the shard rule, and RANK, WORLD_SIZE, ... set
+by hand (one line, exit code 2, a peer that never comes waited for a short timeout). Last, bench row
+11's plumbing (one small launch). Each launch runs a small driver: the trainer's own main(), with
+train.run or train.fit wrapped to save what each rank trained (torch.save), or to raise on rank 1.
 """
 
 import os
@@ -15,14 +17,16 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from argparse import Namespace
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-from tensor_features import data_parallel, fitting, train
+from conftest import ROOT, run_script
+from tensor_features import data_parallel, distributed, fitting, train
 from tensor_features.config import TrainConfig
 from train_oracles import descent_losses, original_problem, stacked_system
 
@@ -48,6 +52,25 @@ MUTANTS = [
     ("tensor_features/data_parallel.py", "if stop.code not in (0, None):", "if stop.code not in (0, 2, None):"),
     ("tensor_features/fitting.py", "            losses = list(self.world.mean_over_rows(*losses))",
      "            losses = list(losses)"),
+    ("tensor_features/distributed.py", "import torch.distributed.nn.functional  # noqa: F401  (see above)\n", ""),
+    ("tensor_features/distributed.py", "    if rank >= world_size:", "    if rank > world_size:"),
+    ("tensor_features/distributed.py", "    if not address or not port:", "    if not address:"),
+    ("tensor_features/data_parallel.py", 'print(message, end="", file=sys.__stderr__, flush=True)',
+     'print(message, end="", file=sys.stderr, flush=True)'),
+]
+
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- data_parallel.py
+    # shard_bounds: off-by-one, rank == extra also gets a longer shard (overlapping rows)
+    ('tensor_features/data_parallel.py', 'return start, start + base + (1 if rank < extra else 0)', 'return start, start + base + (1 if rank <= extra else 0)'),
+    # share: every rank weighted 1/world_size (DDP's plain average) instead of rows/n
+    ('tensor_features/data_parallel.py', '        return (stop - start) / self.n\n', '        return 1 / self.world_size\n'),
+    # shard(): one row too many
+    ('tensor_features/data_parallel.py', 'return rows[start:stop].clone()', 'return rows[start:stop + 1].clone()'),
+    # mean_over_rows: the per-rank means are summed unweighted
+    ('tensor_features/data_parallel.py', 'weighted = torch.tensor(values, dtype=torch.float64, device=self.device) * self.share', 'weighted = torch.tensor(values, dtype=torch.float64, device=self.device)'),
 ]
 
 CPU = torch.device("cpu")
@@ -58,6 +81,7 @@ FLOAT32_ROUNDING = 1e-6  # the largest |difference| from the one-process run mea
 NO_ZERO_GRAD_ROUNDING = 1e-5
 
 SAVE_WHAT_EACH_RANK_TRAINED = """
+import os
 import sys
 import torch
 from tensor_features import train
@@ -73,7 +97,13 @@ def run_and_save(config, device, world=None):
 
 
 train.run = run_and_save
-sys.exit(train.main(sys.argv[1:]))
+code = train.main(sys.argv[1:])
+# The threads this rank still has, now that it has left the group (Linux names them in /proc).
+if os.path.isdir("/proc/self/task"):
+    names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+    with open(f"threads{os.environ['RANK']}.txt", "w") as out:
+        out.write("\\n".join(names))
+sys.exit(code)
 """
 
 RANK_1_RAISES_BEFORE_SGD = """
@@ -122,6 +152,9 @@ def uneven(tmp_path_factory):
     done = torchrun(folder, SAVE_WHAT_EACH_RANK_TRAINED, "--n", "101")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     ranks = [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]
+    for rank in (0, 1):
+        threads = folder / f"threads{rank}.txt"
+        ranks[rank]["threads"] = threads.read_text().split("\n") if threads.exists() else None
     return done, ranks
 
 
@@ -138,6 +171,19 @@ def test_each_rank_trains_its_rows_and_ends_with_the_same_w(uneven):
     for update in (0, 1):  # manual, sgd
         assert torch.equal(ranks[0]["w"][update], ranks[1]["w"][update])  # the same all-reduced sum on both
         assert ranks[0]["losses"][update] == ranks[1]["losses"][update]
+
+
+def test_no_rank_keeps_a_gloo_thread_after_leaving_the_group(uneven):
+    # destroy_process_group only unregisters the group; freeing it joins gloo's threads. A group kept
+    # alive (torch.distributed.nn.functional imported after it formed holds it in default arguments)
+    # leaves them running into the interpreter's finalization, where one of them, still releasing the
+    # last barrier's tensors, needs the GIL: SIGABRT, "terminate called without an active exception".
+    _, ranks = uneven
+    for rank in ranks:
+        if rank["threads"] is None:
+            pytest.skip("no /proc/self/task to read thread names from")
+        assert "python" in rank["threads"]  # the main thread, named after the program: the list is real
+        assert [name for name in rank["threads"] if "gloo" in name] == [], rank["threads"]
 
 
 def test_the_trajectory_is_the_full_batch_one_within_float32_rounding(uneven, one_process):
@@ -234,13 +280,16 @@ def as_rank(monkeypatch, rank: int, world_size: int = 2):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def the_only_rank(monkeypatch):
     """The environment torchrun gives the one process of a world of one: this test process."""
-    with socket.socket() as probe:  # a free port for the group's store
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(name, value)
 
 
@@ -301,6 +350,102 @@ def test_the_same_settings_run_in_one_process(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.setenv("WORLD_SIZE", "2")  # WORLD_SIZE alone is not torchrun's
     assert data_parallel.world_size_from_env() == 1
+
+
+# -- RANK, WORLD_SIZE, ... set by hand: one line and exit code 2, never a traceback or a wait without end --
+
+DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                         "TORCHELASTIC_RUN_ID")
+
+
+def by_hand(monkeypatch, **variables: str) -> None:
+    """Exactly these distributed variables, as a learner might set them without torchrun."""
+    for name in DISTRIBUTED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def stops_with_one_line(capfd) -> str:
+    """train.main in process: exit code 2, exactly one line on stderr (file descriptor 2 included,
+    where torch's C++ logs would go), no group left behind. Returns the line."""
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--epochs", "1"])
+    out, err = capfd.readouterr()
+    assert stopped.value.code == 2 and err.count("\n") == 1 and out == "", err
+    assert not torch.distributed.is_initialized()
+    return err
+
+
+@pytest.mark.parametrize("variables, said", [
+    ({"RANK": "0", "WORLD_SIZE": "2"},
+     "RANK=0 and WORLD_SIZE=2 are set, but MASTER_ADDR and MASTER_PORT are not: torchrun --standalone "
+     "--nproc-per-node 2 sets all four"),
+    ({"RANK": "0", "WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number"),
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number"),
+    ({"RANK": "two", "WORLD_SIZE": "2"}, "RANK='two' is not a whole number"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 with WORLD_SIZE=2: the ranks are 0 to 1"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 must be at least 0"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "1"},
+     "LOCAL_RANK=1, LOCAL_WORLD_SIZE=1 and WORLD_SIZE=2 do not fit"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}, "RANK=1 and WORLD_SIZE=2 are set, but MASTER_PORT is not"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
+     "MASTER_PORT='http' is not a whole number"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"},
+     "MASTER_PORT=70000 is not a port (1 to 65535)"),
+])
+def test_distributed_variables_that_cannot_work_stop_with_one_line(variables, said, monkeypatch, capfd):
+    by_hand(monkeypatch, **variables)
+    assert stops_with_one_line(capfd).startswith(f"{PROGRAM}: error: {said}")
+
+
+@pytest.mark.parametrize("rank, reason", [(0, "1/2 clients joined"), (1, "timed out")])
+def test_a_peer_that_never_comes_is_waited_for_a_bounded_time(rank, reason, monkeypatch, capfd):
+    # Rank 0 serves the rendezvous and waits for rank 1; rank 1 tries to reach rank 0 (torch logs each
+    # try from C++, with a stack: held back, so the line below is all there is). Joining waits
+    # distributed.JOIN_TIMEOUT, a minute; 2 s here.
+    monkeypatch.setattr(distributed, "JOIN_TIMEOUT", timedelta(seconds=2))
+    port = free_port()
+    by_hand(monkeypatch, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    started = time.monotonic()
+    said = stops_with_one_line(capfd)
+    assert time.monotonic() - started < 60  # the 2 s timeout and the client's retry, not a collective's 180 s
+    assert said.startswith(f"{PROGRAM}: error: rank {rank} of WORLD_SIZE=2 could not form the process group at "
+                           f"127.0.0.1:{port} within 2 s ("), said
+    assert reason in said.lower() and said.rstrip().endswith("torchrun starts all of them together"), said
+
+
+def test_a_port_in_use_is_said_at_once(monkeypatch, capfd):
+    with socket.socket() as taken:  # a listening socket that is not a TCPStore holds MASTER_PORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        by_hand(monkeypatch, RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        said = stops_with_one_line(capfd)
+    assert said == (f"{PROGRAM}: error: MASTER_PORT={port} is in use on 127.0.0.1: choose a free port "
+                    "(torchrun --standalone picks one)\n")
+
+
+def test_a_usage_error_on_rank_1_alone_is_said_by_rank_1(monkeypatch, capfd):
+    # said_once leaves the saying to rank 0, through a group formed for it; set by hand there is no
+    # group to form, and rank 1, whose stderr only_rank_0_prints hides, must say it itself.
+    by_hand(monkeypatch, RANK="1", WORLD_SIZE="2")
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--n", "x"])
+    out, err = capfd.readouterr()
+    assert stopped.value.code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"{PROGRAM}: error: argument --n"), err
+
+
+def test_rank_and_world_size_by_hand_in_a_terminal():
+    # The command a learner types, without torchrun and without MASTER_ADDR: a line, not a traceback.
+    clean = {name: "" for name in DISTRIBUTED_VARIABLES}
+    done = run_script("-m", "tensor_features.train", env={**clean, "RANK": "0", "WORLD_SIZE": "2"}, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"{PROGRAM}: error: RANK=0 and WORLD_SIZE=2 are set, but MASTER_ADDR and "
+                                  "MASTER_PORT are not"), done.stderr
+    assert done.stdout == ""
 
 
 # -- bench row 11 ----------------------------------------------------------------------------------
