@@ -23,7 +23,8 @@ import torch
 
 from bench.rows import FAMILIES
 from bench.table import Row, as_json, machine, render_markdown, render_text
-from tensor_features.cli import OneLineArgumentParser, add_device_argument, int_in_range, new_file, pick_device, run_main
+from tensor_features.cli import (OneLineArgumentParser, add_device_argument, environment_problem, int_in_range, new_file,
+                                 pick_device, run_main, whole_file)
 
 ROWS = tuple(FAMILIES)
 
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     json_path = args.json  # checked by its type before any measuring: a .json file in a writable folder
+    # Rows 3 and 5 compile (--fast); rows 1, 5 and 6 start lessons and the trainer, which append to LAB_SUMMARY.
+    problem = environment_problem(compiles=bool({3, 5} & set(args.rows)))
+    if problem:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
 
     info = machine()
     rows = measure(args.rows, torch.device("cpu"), args)
@@ -92,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 row.cuda = by_key[row.key].cpu
     print(render_markdown(rows, info) if args.markdown else render_text(rows, info))
     if json_path is not None:
-        json_path.write_text(json.dumps(as_json(rows, info), indent=2, default=str) + "\n")
+        try:
+            with whole_file(json_path) as partial:  # never a half-written .json (Ctrl-C, a full disk)
+                partial.write_text(json.dumps(as_json(rows, info), indent=2, default=str) + "\n")
+        except OSError as err:
+            print(f"{parser.prog}: error: --json {json_path}: cannot write it ({err.strerror})", file=sys.stderr)
+            return 1
         print(f"wrote {json_path}")
     missed = [row.key for row in rows if row.cpu is not None and row.cpu.met is False]
     if missed:

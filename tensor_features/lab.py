@@ -21,15 +21,17 @@ A lesson does the autograd itself, in plain sight. Its shape:
 What the learner reads is the code itself: before each check the lab prints the observation's
 own source lines, read back from the file (or the notebook cell), from the last printed line to
 the end of the current statement. It leaves out the lab's calls, the docstring and the
-observation's `return` lines; a branch that was not taken is still printed, and a helper defined
-outside the observation runs without being printed (its name shows where it is called). A
+observation's `return` lines. A statement that did not run (a branch not taken, the lines after
+a provoked error) is printed with `# not run` after it; a helper defined outside the observation
+runs without being printed (its name shows where it is called). A
 check's label is the source text of the value it checks, unless the lesson passes label=. So
 the printed code cannot drift from the code; the labels given by hand and the "why" texts are
 sentences like any other, checked by the tests and by reading.
 
 One file, three ways to run it:
   * `python lesson.py [flags]`: observations run top to bottom; finish() exits 0, or 1 when
-    any observation disagreed (2 for a bad flag, from argparse).
+    any observation disagreed (2 for a bad flag, from argparse, or an unwritable LAB_SUMMARY);
+    Ctrl-C ends it with one line and exit code 130, a closed or full stdout with exit code 1.
   * a notebook (Jupyter or VS Code, through the `# %%` cells): each cell runs and prints its
     observation; finish() prints the count and does not exit the kernel.
   * `import` (tests, the bench): the lab is inert, lab.run() does nothing, and the tests call
@@ -44,12 +46,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import inspect
 import io
 import json
 import linecache
 import math
 import os
 import re
+import signal
 import sys
 import textwrap
 import time
@@ -62,7 +67,8 @@ from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
-from tensor_features.cli import OneLineArgumentParser, add_device_argument, device_or_exit, stdout_closed
+from tensor_features.cli import (OneLineArgumentParser, add_device_argument, device_or_exit, environment_problem,
+                                 int_in_range, interrupted, program_name, run_main, say, stdout_failed)
 
 FORCE_AGREE_ENV = "LAB_FORCE_AGREE"
 SUMMARY_ENV = "LAB_SUMMARY"
@@ -197,6 +203,17 @@ class Try:
         return source[:start] + span.replace(old, new) + source[end:]
 
 
+_LAB_FRAME = re.compile(r'  File "[^"]*tensor_features[/\\][^"]*", line \d+, in \S+\n(?:    [^\n]*\n)?')
+_BUILD_PATH = re.compile(r'(?:/[^\s/"]+)+/(?=(?:aten/src|c10|torch/csrc)/)')
+
+
+def tidy_message(message: str) -> str:
+    """A provoked error or warning as the learner needs it: without the lab's own frames in a
+    traceback (anomaly mode's), and with PyTorch's source paths relative to its repository
+    (`/__w/pytorch/pytorch/build/aten/src/...` -> `aten/src/...`: where its build ran)."""
+    return _BUILD_PATH.sub("", _LAB_FRAME.sub("", message))
+
+
 def _code_only(text: str) -> str:
     """An edit as a learner reads it in a Try line: its code, without trailing comments, one line."""
     lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
@@ -229,6 +246,9 @@ class _FunctionSource:
     text: str
     node: ast.FunctionDef
     shown: dict[int, int] = field(default_factory=dict)  # line number -> columns to remove
+    # The function's own statements (not those of functions defined inside it): first line -> the
+    # lines any of which, when traced, means it ran (a decorated def starts at its decorator).
+    statements: dict[int, range] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, lines: list[str], firstlineno: int) -> "_FunctionSource | None":
@@ -270,6 +290,9 @@ class _FunctionSource:
         for node in _own_nodes(self.node):
             if isinstance(node, ast.Return):
                 hidden.update(range(node.lineno, node.end_lineno + 1))
+            if isinstance(node, ast.stmt):
+                first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+                self.statements[node.lineno] = range(first, node.lineno + 1)
         start = body[0].lineno
         # Comments directly above the first statement belong to it.
         while start - 1 > self.node.body[0].end_lineno and self.lines[start - 2].strip().startswith("#"):
@@ -279,6 +302,13 @@ class _FunctionSource:
             if number in hidden or not line.strip():
                 continue
             self.shown[number] = base + extra.get(number, 0)
+
+    def with_end(self, line: int) -> int:
+        """The last line of the `with` statement that starts at `line` (`line` if there is none)."""
+        for node in _own_nodes(self.node):
+            if isinstance(node, ast.With) and node.lineno == line:
+                return node.end_lineno
+        return line
 
     def statement_end(self, line: int) -> int:
         """The last line of the top-level statement of this function that contains `line`."""
@@ -296,12 +326,18 @@ class _FunctionSource:
                 return " ".join(segment.split()) if segment else None
         return None
 
-    def render(self, first: int, last: int) -> list[str]:
+    def render(self, first: int, last: int, ran: set[int] | None = None, before: float = math.inf) -> list[str]:
+        """Lines first..last as shown; with `ran` (the traced line numbers), a statement that
+        starts before line `before` and never ran is marked. Later ones may still run."""
         out = []
         for number in range(first, last + 1):
             if number in self.shown:
                 line = self.lines[number - 1].rstrip("\n")
-                out.append(line[self.shown[number]:] if line[: self.shown[number]].strip() == "" else line.strip())
+                text = line[self.shown[number]:] if line[: self.shown[number]].strip() == "" else line.strip()
+                lines = self.statements.get(number)
+                if ran is not None and lines is not None and number < before and not ran.intersection(lines):
+                    text += "  # not run"
+                out.append(text)
         return out
 
 
@@ -326,6 +362,34 @@ def _source_of(frame: FrameType) -> _FunctionSource | None:
     if key not in _SOURCES:
         _SOURCES[key] = _FunctionSource.parse(lines, code.co_firstlineno)
     return _SOURCES[key]
+
+
+class _LineTrace:
+    """The line numbers of one function's frames that ran (sys.settrace, that code object only).
+
+    Inactive, and so marking nothing, when a debugger or coverage tool already traces.
+    """
+
+    def __init__(self, code) -> None:
+        self.code, self.lines, self.active = code, set(), False
+
+    def _global(self, frame, event, arg):
+        return self._local if frame.f_code is self.code else None
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.lines.add(frame.f_lineno)
+        return self._local
+
+    def __enter__(self) -> "_LineTrace":
+        self.active = sys.gettrace() is None
+        if self.active:
+            sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            sys.settrace(None)
 
 
 # -- the lab -------------------------------------------------------------------------------------------
@@ -362,6 +426,10 @@ class Lab:
         self.force_agree = os.environ.get(FORCE_AGREE_ENV) == "1"
         self._started = time.perf_counter()
         self._cursor: tuple[FrameType, _FunctionSource, int] | None = None  # frame, source, next line
+        self._ran: _LineTrace | None = None  # which lines of the running observation have run
+        self._hinted: set[str] = set()  # helpers whose definition a printed line has pointed to
+        self.prog = program_name()  # for the one-line messages on stderr
+        self._stopped = False  # after Ctrl-C or a failed write to stdout: print nothing more
         self._print(f"{title:<44} torch {torch.__version__} · device {self.device}")
 
     @classmethod
@@ -385,12 +453,39 @@ class Lab:
         add_device_argument(parser)
         if add_arguments is not None:
             add_arguments(parser)
+        parser.add_argument("--tries", action="store_true", help="list this lesson's Try lines and stop")
+        parser.add_argument("--try", dest="try_number", type=int_in_range(1), metavar="N",
+                            help="run Try N on a temporary copy of this lesson: prints the edit as a diff, "
+                            "runs the copy, leaves this file untouched")
         live = module_name == "__main__"
         if not live or in_notebook():
             argv = [] if argv is None else argv  # the kernel's own argv is not ours
         args = parser.parse_args(argv)
+        if live and not in_notebook() and (args.tries or args.try_number is not None):
+            from tensor_features import tries
+
+            lesson = Path(sys._getframe(1).f_globals["__file__"])
+            given = sys.argv[1:] if argv is None else argv
+            # run_main: a full or closed stdout, Ctrl-C, end in one line here too (see cli.run_main)
+            parser.exit(run_main(lambda: tries.list_tries(lesson) if args.tries
+                                 else tries.run_try(lesson, args.try_number, given, parser.prog)))
         if live:
-            lab = cls(title, device_or_exit(parser, args.device))
+            device = device_or_exit(parser, args.device)
+            problem = environment_problem()  # an unwritable LAB_SUMMARY: say so now, not after the lesson
+            if problem and not in_notebook():
+                parser.exit(2, f"{parser.prog}: error: {problem}\n")
+            lab = None
+
+            def stop(signum: int, frame: FrameType | None) -> None:  # from the title line on: see _interrupted
+                if lab is None:
+                    raise SystemExit(interrupted(parser.prog))
+                lab._interrupted(signum, frame)
+
+            if not in_notebook():  # a kernel keeps its own Ctrl-C: it interrupts the cell
+                with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                    signal.signal(signal.SIGINT, stop)
+            lab = cls(title, device)
+            lab.prog = parser.prog
         else:
             lab = cls(title, "cpu", stream=io.StringIO(), live=False)
         lab.args = args
@@ -400,10 +495,23 @@ class Lab:
     # -- printing -------------------------------------------------------------------------------
 
     def _print(self, text: str = "") -> None:
+        if self._stopped:
+            return
         try:
             print(text, file=self.stream)
-        except BrokenPipeError:  # `python lesson.py | head`: the reader has gone, stop quietly
-            raise SystemExit(stdout_closed()) from None
+        except OSError as err:  # `| head` (the reader has gone: quietly), a full disk or /dev/full (one line)
+            self._stopped = True
+            raise SystemExit(stdout_failed(err, self.prog)) from None
+
+    def _interrupted(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT (Ctrl-C) in a lesson run as a script: one line on stderr and exit code 130.
+
+        A lesson has no main() to wrap, so this raises SystemExit rather than KeyboardInterrupt: it
+        unwinds the lesson (finally, with) like any exception and ends without a traceback. What the
+        unwinding would still print (the rest of the observation's code) stays unprinted.
+        """
+        self._stopped = True
+        raise SystemExit(interrupted(self.prog))
 
     def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Number and title the observation (its docstring's first line), then run it."""
@@ -414,18 +522,27 @@ class Lab:
         title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
         self._print(f"\n[{self.observation}] {title}")
         self._cursor = None
+        self._ran = _LineTrace(observation.__code__)
         try:
-            return observation(self, *args, **kwargs)
+            with self._ran:
+                return observation(self, *args, **kwargs)
         finally:
             self._flush_code(to_end=True)
+            self._ran = None
             self._cursor = None
 
-    def _flush_code(self, frame: FrameType | None = None, to_end: bool = False) -> _FunctionSource | None:
-        """Print the lesson lines that ran since the last printed line, up to the current statement."""
+    def _flush_code(self, frame: FrameType | None = None, to_end: bool = False,
+                    block: str | None = None) -> _FunctionSource | None:
+        """Print the lesson lines that ran since the last printed line, up to the current statement.
+
+        block="opens": a `with lab.expect_...` block is about to run: print up to its first line
+        only; block="closed": it has run: print it through its end, marking what did not run.
+        """
+        ran = self._ran.lines if self._ran is not None and self._ran.active else None
         if to_end:
             if self._cursor is not None:
                 _, source, next_line = self._cursor
-                self._print_code(source.render(next_line, source.node.end_lineno))
+                self._print_code(source.render(next_line, source.node.end_lineno, ran))
             return None
         if frame is None:
             return None
@@ -435,11 +552,41 @@ class Lab:
         if self._cursor is None or self._cursor[0] is not frame:
             self._cursor = (frame, source, source.node.lineno)
         _, _, next_line = self._cursor
-        last = source.statement_end(frame.f_lineno)
+        last, before = source.statement_end(frame.f_lineno), frame.f_lineno
+        if block == "opens":
+            last = frame.f_lineno
+        elif block == "closed":
+            last = max(source.with_end(frame.f_lineno), frame.f_lineno)
+            before = last + 1
         if last >= next_line:
-            self._print_code(source.render(next_line, last))
+            ran = ran if frame.f_code is getattr(self._ran, "code", None) else None
+            lines = source.render(next_line, last, ran, before=before)
+            self._print_code([self._hint_helpers(line, frame) for line in lines])
             self._cursor = (frame, source, last + 1)
         return source
+
+    def _hint_helpers(self, line: str, frame: FrameType) -> str:
+        """On a helper's first call, say where it is defined: this file's line, or the package."""
+        hints = []
+        for name in re.findall(r"(?<![\w.])([A-Za-z_]\w*)\(", line.split("  #")[0]):
+            helper = frame.f_globals.get(name)
+            if name in self._hinted or not (inspect.isfunction(helper) or inspect.isclass(helper)):
+                continue
+            module = getattr(helper, "__module__", "") or ""
+            if module == frame.f_globals.get("__name__"):
+                try:
+                    where = f"defined in this file, line {inspect.getsourcelines(helper)[1]}"
+                except (OSError, TypeError):
+                    continue
+            elif module.startswith("tensor_features."):
+                where = f"from {module}"
+            else:
+                continue
+            self._hinted.add(name)
+            hints.append(f"{name}: {where}")
+        if not hints:
+            return line
+        return line + (" · " if "  #" in line else "  # ") + " · ".join(hints)
 
     def _print_code(self, lines: list[str]) -> None:
         for line in lines:
@@ -506,39 +653,46 @@ class Lab:
         The error is caught and shown whole (wrapped), never as a traceback. A block that does
         not raise, or raises something else, is a disagreement like any other.
         """
-        self._flush_code(_lesson_frame())
+        frame = _lesson_frame()
+        self._flush_code(frame, block="opens")
         caught = Caught()
         try:
             yield caught
         except Exception as err:  # noqa: BLE001 - any surprise is reported, not raised
             caught.error = err
+        self._flush_code(frame, block="closed")
         err = caught.error
         ok = isinstance(err, error_type) and match in str(err)
         if err is None:
             self._record(False, "no error", f'"{match}"', why)
             return
-        message = textwrap.wrap(f"{type(err).__name__}: {' '.join(str(err).split())}", WRAP_WIDTH)
+        message = textwrap.wrap(f"{type(err).__name__}: {' '.join(tidy_message(str(err)).split())}", WRAP_WIDTH)
         self._record(ok, message[0], f'"{match}"', why, details=message[1:])
 
     @contextmanager
     def expect_warning(self, match: str, why: str) -> Iterator[Caught]:
         """Run a block that should warn with a message containing ``match``; show the warning whole."""
-        self._flush_code(_lesson_frame())
+        frame = _lesson_frame()
+        self._flush_code(frame, block="opens")
         caught = Caught()
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
             yield caught
+        self._flush_code(frame, block="closed")
         caught.warnings = [" ".join(str(r.message).split()) for r in records]
-        hits = [w for w in caught.warnings if match in w]
-        shown = hits[0] if hits else (caught.warnings[0] if caught.warnings else "no warning")
+        hits = [i for i, w in enumerate(caught.warnings) if match in w]
+        shown = (" ".join(tidy_message(str(records[(hits or [0])[0]].message)).split()) if records
+                 else "no warning")
         message = textwrap.wrap(f"warning: {shown}", WRAP_WIDTH)
         self._record(bool(hits), message[0], f'"{match}"', why, details=message[1:])
 
     # -- the end --------------------------------------------------------------------------------
 
     def try_lines(self, tries: list[Try]) -> list[str]:
-        """The Try lines to print: CUDA ones only where a GPU is visible and unused; edits by [n]."""
-        return [t.text(self.order.get(t.where.__name__) if t.where else None) for t in tries
+        """The Try lines to print, numbered as --try N takes them: CUDA ones only where a GPU is
+        visible and unused; edits by [n]."""
+        return [f"Try {number}: " + t.text(self.order.get(t.where.__name__) if t.where else None)
+                for number, t in enumerate(tries, 1)
                 if not (t.needs_cuda and (not torch.cuda.is_available() or self.device.type == "cuda"))]
 
     def finish(self, tries: list[Try] = ()) -> int | None:
@@ -555,16 +709,27 @@ class Lab:
                 self._print(f"  {failure}")
         else:
             self._print(f"{self.passed}/{total} checks match across {self.observation} observations.")
-        for line in self.try_lines(list(tries)):
-            self._print(f"Try: {line}")
+        lines = self.try_lines(list(tries))
+        for line in lines:
+            self._print(line)
+        if lines and not in_notebook():
+            self._print(f"(python {Path(sys.argv[0]).name} --try N makes Try N's edit in a copy and runs it; "
+                        "this file stays as it is)")
+        code = 1 if self.failed else 0
         summary = os.environ.get(SUMMARY_ENV)
         if summary:
-            with open(summary, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"title": self.title, "passed": self.passed, "total": total,
-                                      "seconds": round(seconds, 2), "device": str(self.device)}) + "\n")
-        code = 1 if self.failed else 0
+            try:
+                with open(summary, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"title": self.title, "passed": self.passed, "total": total,
+                                          "seconds": round(seconds, 2), "device": str(self.device)}) + "\n")
+            except OSError as err:  # checked at the start, but a disk can fill up (or it is /dev/full)
+                say(f"{self.prog}: error: {SUMMARY_ENV}={summary} cannot be written ({err.strerror})")
+                code = 2  # as when Lab.start finds it unwritable
         if in_notebook():
             return None
-        self.stream.flush()
+        try:
+            self.stream.flush()
+        except OSError as err:  # the last lines did not fit either
+            code = stdout_failed(err, self.prog)
         sys.exit(code)
 

@@ -4,7 +4,8 @@
 
 runs every lesson in order, each in its own process as a learner would run it, then the
 trainer, and ends with a summary: one line per lesson (checks matched, seconds) and the
-trainer's verdict. `make run` is this command.
+trainer's verdict. `make run` is this command. Ctrl-C stops the lesson that is running (it says
+so in a line) and then the runner (one line, exit code 130).
 
 LESSONS is the one list of the teaching order: `make run`, the bench and the tests read it.
 Lessons are files at the top of the repository whose names start with a digit, so they are
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,17 +94,20 @@ class Finished:
     stderr: str
 
 
-def run_in_process(path: str | os.PathLike, argv: list[str] = ()) -> Finished:
+def run_in_process(path: str | os.PathLike, argv: list[str] = (), stdout: TextIO | None = None) -> Finished:
     """Run a lesson file as `python PATH ARGV...` would, but inside this process.
 
     runpy executes it as __main__ (so its lab is live and parses argv); its output is captured,
-    warnings included (written to stderr as a terminal shows them), and its sys.exit code returned. torch's global defaults are restored afterwards, so that a
-    lesson (or a Try that edits one) cannot leak a setting into the next run.
+    warnings included (written to stderr as a terminal shows them), and its sys.exit code returned.
+    stdout, if given, is the stream the lesson prints into instead (a test's stand-in for a closed or
+    full one). torch's global defaults and the SIGINT handler (the lab installs its own) are restored
+    afterwards, so that a lesson (or a Try that edits one) cannot leak a setting into the next run.
     """
     import torch
 
     saved_argv, dtype, grad = sys.argv, torch.get_default_dtype(), torch.is_grad_enabled()
-    out, err = io.StringIO(), io.StringIO()
+    saved_sigint = signal.getsignal(signal.SIGINT)
+    out, err = stdout if stdout is not None else io.StringIO(), io.StringIO()
     code = 0
     sys.argv = [str(path), *argv]
 
@@ -122,17 +128,51 @@ def run_in_process(path: str | os.PathLike, argv: list[str] = ()) -> Finished:
         sys.argv = saved_argv
         torch.set_default_dtype(dtype)
         torch.set_grad_enabled(grad)
-    return Finished(code, out.getvalue(), err.getvalue())
+        with contextlib.suppress(ValueError, TypeError):  # not the main thread; a handler set outside Python
+            signal.signal(signal.SIGINT, saved_sigint)
+    return Finished(code, out.getvalue() if isinstance(out, io.StringIO) else "", err.getvalue())
 
 
 # -- make run ------------------------------------------------------------------------------------
 
+STOP_SECONDS = (3, 5)  # after Ctrl-C: how long a child has to end on SIGINT, then on SIGTERM, before SIGKILL
+
+
 def _run_child(args: list[str], summary: Path) -> tuple[int, float]:
-    """Run `python ARGS` with its output going straight to the terminal; (exit code, seconds)."""
+    """Run `python ARGS` with its output going straight to the terminal; (exit code, seconds).
+
+    The child starts with Ctrl-C ignored (SIG_IGN is inherited), until its lab or run_main installs
+    its own handler, so that Ctrl-C during its imports is no traceback. Ctrl-C reaches it from a
+    terminal at the same moment as this runner; from `kill -INT` only this runner, which passes it
+    on. A child that does not end on it (still importing) is ended by SIGTERM, then SIGKILL; then the
+    interrupt goes on up to run_main (one line, exit code 130).
+    """
+    from tensor_features.cli import sigint_handler
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_SUMMARY": str(summary)}
     start = time.perf_counter()
-    code = subprocess.call([sys.executable, *args], cwd=ROOT, env=env)
+    with sigint_handler(signal.SIG_IGN):  # inherited by the child; back to run_main's handler at once
+        child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env)
+    try:
+        code = child.wait()
+    except BaseException:
+        for stop, seconds in ((lambda: child.send_signal(signal.SIGINT), STOP_SECONDS[0]),
+                              (child.terminate, STOP_SECONDS[1]), (child.kill, None)):
+            with contextlib.suppress(ProcessLookupError):  # it may have ended already
+                stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=seconds)
+                break
+        raise
     return code, time.perf_counter() - start
+
+
+def _last_report(summary: Path) -> dict | None:
+    """The child's one-line JSON summary; None if it wrote none (it stopped early) or a cut-off one."""
+    try:
+        return json.loads(summary.read_text(encoding="utf-8").splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         for path in lessons:
             summary = Path(folder) / f"{path.stem}.jsonl"
             print(f"\n=== python {path.name} --device {args.device}", flush=True)
-            code, seconds = _run_child([path.name, "--device", args.device], summary)
-            report = json.loads(summary.read_text().splitlines()[-1]) if summary.exists() else None
+            code, seconds = _run_child([str(path), "--device", args.device], summary)
+            report = _last_report(summary)
             rows.append((short_name(path.name), code, seconds, report))
         trainer = None
         if not args.no_trainer:
             summary = Path(folder) / "trainer.jsonl"
             print(f"\n=== python -m tensor_features.train --device {args.device}", flush=True)
             code, seconds = _run_child(["-m", "tensor_features.train", "--device", args.device], summary)
-            report = json.loads(summary.read_text().splitlines()[-1]) if summary.exists() else None
+            report = _last_report(summary)
             trainer = (code, seconds, report)
 
     print("\nSummary")

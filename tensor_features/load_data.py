@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -26,13 +27,42 @@ EMBEDDED_CAT = Path(__file__).resolve().parent / "assets" / "chelsea.png"
 CAT_SIZE = 32  # the side of a CIFAR-10 image; the crops of the embedded photo are cut to the same size
 
 
+def read_cached_cats(path: str | os.PathLike) -> torch.Tensor:
+    """The cats file that the download writes, checked: uint8 [N, 3, 32, 32] with N >= 1.
+
+    ValueError, saying what is wrong, for a file that is truncated, garbage, or holds something else.
+    """
+    try:
+        images = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a bad file; each means "unreadable"
+        raise ValueError(f"{path} cannot be read ({type(err).__name__})") from None
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+            and images.shape[1:] == (3, CAT_SIZE, CAT_SIZE) and len(images) > 0):
+        raise ValueError(f"{path} does not hold uint8 images [N, 3, {CAT_SIZE}, {CAT_SIZE}]")
+    return images
+
+
+def _cache_problem(cached: Path) -> str | None:
+    """Why the cats file cannot be used (it is there but unreadable), or None."""
+    try:
+        read_cached_cats(cached)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def cat_images_source(root: str | os.PathLike | None = None) -> str:
     """In words, where ``load_cat_images(root=root)`` takes its images from (for the learner to read)."""
     from tensor_features.download import CATS_FILE, data_dir
 
     cached = data_dir(root) / CATS_FILE
     if cached.exists():
-        return f"CIFAR-10 cats from {cached}"
+        problem = _cache_problem(cached)
+        if problem is None:
+            return f"CIFAR-10 cats from {cached}"
+        # A cut-off or foreign file: said in one line, with the command that rebuilds it.
+        return (f"random crops and flips of one photo, {EMBEDDED_CAT.name} ({problem}; "
+                "python -m tensor_features.download rebuilds it)")
     folder = cached.parent if cached.parent.is_absolute() else os.path.join(os.curdir, cached.parent)  # ./data
     return f"random crops and flips of one photo, {EMBEDDED_CAT.name} (no CIFAR-10 download in {folder})"
 
@@ -46,7 +76,8 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: in
     resized to 32×32 and flipped left-right half of the time, by torchvision.transforms.v2.
     They are crops of one photo, not n photos. The same seed gives the same crops, and the
     global random state is left as it was (the draws happen inside torch.random.fork_rng).
-    ``cat_images_source(root)`` says which of the two a call returns.
+    ``cat_images_source(root)`` says which of the two a call returns. A cache that cannot be read
+    (truncated, garbage, not uint8 [N, 3, 32, 32]) counts as none, and cat_images_source says why.
     """
     from tensor_features.download import CATS_FILE, data_dir
 
@@ -54,7 +85,8 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: in
         raise ValueError(f"n must be >= 1, got {n}")
     cached = data_dir(root) / CATS_FILE
     if cached.exists():
-        return torch.load(cached, weights_only=True)[:n]
+        with contextlib.suppress(ValueError):  # an unreadable cache counts as none (cat_images_source says why)
+            return read_cached_cats(cached)[:n]
     from PIL import Image  # torchvision's own dependency; its decode_png is deprecated since 0.29
     from torchvision.transforms import v2  # torchvision only for images
 

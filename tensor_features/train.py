@@ -34,10 +34,11 @@ from typing import TextIO
 
 import torch
 
-from tensor_features.cli import device_or_exit, run_main
+from tensor_features.cli import (cannot_append, cannot_write_into, device_or_exit, environment_problem,
+                                 missing_folders, remove_empty, run_main)
 from tensor_features.config import TrainConfig, build_parser, config_from_args
 from tensor_features.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
-from tensor_features.distributed import one_line, only_rank_0_prints
+from tensor_features.distributed import JoinError, one_line, only_rank_0_prints
 from tensor_features.fitting import (
     REFERENCE_EPOCHS, Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, payoff_epochs,
     reference_epoch_ms, rows_layout)
@@ -636,8 +637,13 @@ def write_verdict(result: RunResult) -> None:
     summary = os.environ.get("LAB_SUMMARY")
     if not summary:
         return
-    with open(summary, "a", encoding="utf-8") as out:
-        out.write(json.dumps({"verdict": verdict(result)}, ensure_ascii=False) + "\n")
+    try:
+        with open(summary, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"verdict": verdict(result)}, ensure_ascii=False) + "\n")
+    except OSError as err:  # main checked it before training, but a disk fills up (or it is /dev/full)
+        print(f"python -m tensor_features.train: error: LAB_SUMMARY={summary} cannot be written ({err.strerror})",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -690,39 +696,68 @@ def check_data_parallel(config: TrainConfig, world_size: int) -> str | None:
     return None
 
 
+PLOT_FILES = ("loss_curves.png", "fit.png", "derivative.png", "degree_sweep.png")  # what plots.py may write
+
+
 def plot_folder_problem(config: TrainConfig) -> str | None:
-    """Create the --plot folder now (before any training); the one-line reason if that fails."""
+    """Can the --plot folder take the plots? The one-line reason if not, found before any training.
+
+    It creates nothing that stays: the folder is made when the plots are written, so a run that
+    stops before (a late usage error, Ctrl-C) leaves no empty folder behind.
+    """
     if not config.plot:
         return None
-    try:
-        Path(config.plot).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"--plot {config.plot}: cannot create the folder ({err.strerror})"
-    try:  # the one sure test of "writable" (permissions, read-only mounts): make a file there
-        with tempfile.TemporaryFile(dir=config.plot):
-            pass
-    except OSError as err:
-        return f"--plot {config.plot}: cannot write into the folder ({err.strerror})"
+    problem = cannot_write_into(config.plot)
+    if problem:
+        return f"--plot {config.plot}: cannot write into the folder ({problem})"
+    for name in PLOT_FILES:  # e.g. a folder standing where a plot's file should go
+        path = Path(config.plot) / name
+        problem = cannot_append(path) if path.exists() else None
+        if problem:
+            return f"--plot {config.plot}: cannot write {path} ({problem})"
     return None
+
+
+def write_plot_files(folder: Path, result: RunResult) -> list[Path]:
+    """plots.write_plots, each file drawn in a temporary folder inside `folder`, then moved into place whole.
+
+    An error or Ctrl-C on the way leaves no half-written plot, and no folder that this run made and
+    left empty. A file that cannot be written is a UsageError naming it.
+    """
+    from tensor_features.plots import write_plots  # matplotlib only when asked for
+
+    created = missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".plots-") as staging:
+            written = []
+            for drawn in write_plots(Path(staging), result):
+                written.append(drawn.replace(folder / drawn.name))
+            return written
+    except OSError as err:
+        remove_empty(created)
+        raise UsageError(f"--plot {folder}: cannot write {getattr(err, 'filename2', None) or err.filename} "
+                         f"({err.strerror})") from None
+    except BaseException:
+        remove_empty(created)
+        raise
 
 
 def finish(result: RunResult) -> None:
     """The report, the plots if asked for, the verdict for `make run`."""
     report(result)
     if result.config.plot:
-        from tensor_features.plots import write_plots  # matplotlib only when asked for
-
-        try:
-            for path in write_plots(Path(result.config.plot), result):
-                print(f"wrote {path}")
-        except OSError as err:  # e.g. a folder already standing where a plot's file should go
-            raise UsageError(f"--plot {result.config.plot}: cannot write {err.filename} ({err.strerror})") from None
+        for path in write_plot_files(Path(result.config.plot), result):
+            print(f"wrote {path}")
     write_verdict(result)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__)
-    world_size = world_size_from_env()
+    try:
+        world_size = world_size_from_env()
+    except JoinError as err:  # RANK, WORLD_SIZE, ... set (by hand) to what no launch can mean
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     if world_size > 1:
         return main_data_parallel(parser, argv, world_size)
     config = config_from_args(parser.parse_args(argv))
@@ -730,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_combinations(config) or plot_folder_problem(config)
     if problem:
         parser.error(problem)
+    problem = environment_problem(compiles=config.fast)  # LAB_SUMMARY, torch.compile's cache folder
+    if problem:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     try:
         result = run(config, device)
         finish(result)
@@ -754,7 +792,9 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
         world = DataParallel.join(config.n, device, config.device)
     except DeviceError as err:
         parser.error(str(err))
-    except (RuntimeError, ValueError) as error:  # the rendezvous failed or timed out
+    except JoinError as err:  # no MASTER_ADDR, a port in use, a peer that never came
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except (RuntimeError, ValueError) as error:  # anything else on the way in (torch.cuda.set_device, say)
         print(f"{parser.prog}: rank {rank_from_env()} could not join the process group: {one_line(error)}",
               file=sys.stderr, flush=True)
         return 1

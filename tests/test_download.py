@@ -4,9 +4,11 @@ serving a tiny archive in CIFAR-10's python format that the test builds; plus th
 import hashlib
 import io
 import pickle
+import signal
 import socket
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -15,7 +17,8 @@ import torch
 
 from conftest import usage_error
 from tensor_features import download
-from tensor_features.load_data import CAT_SIZE, EMBEDDED_CAT, cat_images_source, load_cat_images
+from tensor_features.cli import run_main
+from tensor_features.load_data import CAT_SIZE, EMBEDDED_CAT, cat_images_source, load_cat_images, read_cached_cats
 from tensor_features.utils import display_images
 
 LABELS = [3, 0, 3, 5, 3]  # three cats among five images
@@ -23,8 +26,8 @@ LABELS = [3, 0, 3, 5, 3]  # three cats among five images
 MUTANTS = [  # the image loader (the download itself is tested against the local server)
     ("tensor_features/load_data.py", "        torch.manual_seed(seed)", "        torch.manual_seed(0)"),
     ("tensor_features/load_data.py", "with torch.random.fork_rng(devices=[]):", "with torch.no_grad():"),
-    ("tensor_features/load_data.py", "return torch.load(cached, weights_only=True)[:n]",
-     "return torch.load(cached, weights_only=True)[-n:]"),
+    ("tensor_features/load_data.py", "return read_cached_cats(cached)[:n]",
+     "return read_cached_cats(cached)[-n:]"),
     ("tensor_features/load_data.py", "        while len(crops) < n:", "        while len(crops) < max(n - 1, 1):"),
 ]
 
@@ -199,3 +202,96 @@ def test_display_images_writes_a_png_of_the_grid_size(tmp_path):
     with Image.open(path) as image:
         # make_grid: 3 tiles of 32 in a row, padding 2 around each: 3 * (32 + 2) + 2 by 32 + 2 * 2.
         assert image.format == "PNG" and image.size == (3 * 34 + 2, 36)
+
+
+# -- whatever the environment: a silent server, Ctrl-C mid-transfer, a corrupt cache ------------------------
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and then sends `head` (nothing, by default) and no more."""
+
+    def __init__(self, head: bytes = b""):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.head, self.connections = head, []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        port = self.listener.getsockname()[1]
+        self.source = download.Source(f"http://127.0.0.1:{port}/cifar-10-python.tar.gz", "0" * 32,
+                                      "cifar-10-python.tar.gz")
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(connection)
+            if self.head:
+                connection.recv(65536)  # the request
+                connection.sendall(self.head)
+
+    def close(self):
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_server_that_never_answers_times_out_with_one_line(tmp_path, capsys):
+    silent = SilentServer()
+    dest = tmp_path / "new" / "data"
+    start = time.monotonic()
+    try:
+        assert download.main(["--dest", str(dest), "--timeout", "1"], source=silent.source) == 2
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 30  # one --timeout per wait (at most a few waits), not forever
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == ["python -m tensor_features.download: error: 127.0.0.1 sent nothing for 1 s (--timeout); "
+                      "nothing was kept, run it again later"]
+    assert list(tmp_path.iterdir()) == []  # no .part, no folder this run made
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_ctrl_c_mid_transfer_leaves_no_partial_file_and_no_folder(tmp_path, capsys):
+    """A real SIGINT to this process once the download has begun writing (the server then stalls)."""
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n" + bytes(40000)
+    stalling = SilentServer(head)
+    dest = tmp_path / "new" / "data"
+    partial = dest / "cifar-10-python.tar.gz.part"
+
+    def press_ctrl_c():
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # by now the transfer waits for the bytes that do not come
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal would: the main thread
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        code = run_main(lambda: download.main(["--dest", str(dest), "--timeout", "20"], source=stalling.source))
+    finally:
+        presser.join()
+        stalling.close()
+    assert code == 130
+    assert capsys.readouterr().err.splitlines()[-1].endswith(": interrupted")
+    assert list(tmp_path.iterdir()) == []  # the partial archive and the folders it made are gone
+
+
+def test_a_corrupt_cats_file_is_said_and_rebuilt(server, tmp_path, capsys):
+    download.main(["--dest", str(tmp_path)], source=server.source)
+    cats = tmp_path / download.CATS_FILE
+    good = cats.read_bytes()
+    offline = load_cat_images(2, root=tmp_path / "none")
+    for bad in (good[: len(good) // 2], b"\x89PNG\r\n\x1a\n not a tensor", b""):
+        cats.write_bytes(bad)
+        # The loader counts it as no cache (the crops of the embedded photo) and says why, with the fix.
+        assert torch.equal(load_cat_images(2, root=tmp_path), offline)
+        source = cat_images_source(tmp_path)
+        assert f"{cats} cannot be read" in source and "python -m tensor_features.download rebuilds it" in source
+        # The download rebuilds it from the verified archive, without asking the server again.
+        served = server.requests
+        assert download.main(["--dest", str(tmp_path)], source=server.source) == 0
+        assert server.requests == served and "extracting the cats again" in capsys.readouterr().out
+        assert cats.read_bytes() != bad and read_cached_cats(cats).shape == (3, 3, 32, 32)
+    torch.save(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), cats)  # a tensor, but not 32×32 RGB images
+    assert "does not hold uint8 images [N, 3, 32, 32]" in cat_images_source(tmp_path)

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from tensor_features.lab import Lab, Try, format_value, values_match
+from tensor_features.lab import Lab, Try, format_value, tidy_message, values_match
+from tensor_features.utils import feature_map
 
 MUTANTS = [
     ("tensor_features/lab.py", "ok = ok or self.force_agree", "ok = True"),
@@ -29,6 +30,30 @@ MUTANTS = [
     ("tensor_features/lab.py", "if span.count(old) != 1:", "if span.count(old) == 0:"),
     ("tensor_features/lab.py", "return torch.as_tensor(value, dtype=torch.float64) if tensor.is_floating_point() else tensor",
      "return tensor"),
+]
+
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- lab.py (values_match and checks)
+    # values_match loses the shape condition: tensors of different shape compare by broadcasting
+    ('tensor_features/lab.py', '        if obs.shape != exp.shape:\n            if not (obs.numel() == 1 and exp.numel() == 1):\n                return False\n            obs, exp = obs.reshape(()), exp.reshape(())\n', '        if obs.shape != exp.shape and obs.numel() == 1 and exp.numel() == 1:\n            obs, exp = obs.reshape(()), exp.reshape(())\n'),
+    # values_match: NaN no longer matches NaN for tensors
+    ('tensor_features/lab.py', 'rtol=rtol, atol=atol, equal_nan=True)', 'rtol=rtol, atol=atol, equal_nan=False)'),
+    # values_match: lists of different lengths match on their common prefix
+    ('tensor_features/lab.py', '        return len(observed) == len(expected) and all(\n', '        return all(\n'),
+    # values_match: bool vs int no longer distinguished (True matches 1)
+    ('tensor_features/lab.py', '        return type(observed) is type(expected) and observed == expected\n', '        return observed == expected\n'),
+    # values_match: a float NaN matches any number
+    ('tensor_features/lab.py', '            return math.isnan(o) and math.isnan(e)\n', '            return math.isnan(o) or math.isnan(e)\n'),
+    # values_match: None matches anything
+    ('tensor_features/lab.py', '        return observed is None and expected is None\n', '        return observed is None or expected is None\n'),
+    # values_match: float tolerance uses rtol as the absolute tolerance too
+    ('tensor_features/lab.py', 'return math.isclose(o, e, rel_tol=rtol, abs_tol=atol)', 'return math.isclose(o, e, rel_tol=rtol, abs_tol=max(atol, rtol))'),
+    # expect_error: any error whose message matches counts, whatever its type
+    ('tensor_features/lab.py', 'ok = isinstance(err, error_type) and match in str(err)', 'ok = match in str(err)'),
+    # check(): the per-check tolerance is dropped: values_match runs with its defaults
+    ('tensor_features/lab.py', '        ok = values_match(observed, expected, rtol=rtol, atol=atol)\n', '        ok = values_match(observed, expected)\n'),
 ]
 
 
@@ -158,6 +183,59 @@ def test_run_numbers_the_observation_and_prints_its_own_lines_only():
     ], "docstring, lab call and return are hidden; code and comment shown in order"
 
 
+def branching(lab: Lab, save: bool):
+    """A branch not taken."""
+    x = torch.tensor([1.0, 2.0])
+    if save:
+        written = x.tolist()
+    else:
+        written = None
+    with lab.expect_error("bang", "raised on purpose"):
+        x.add_(1)
+        raise RuntimeError("bang")
+        x.add_(100)
+    lab.check(written, None, "nothing saved")
+    for step in range(2):
+        x = x * 2
+    lab.check(x, [8.0, 12.0], "doubled twice")
+
+
+def test_a_statement_that_did_not_run_is_marked():
+    lab = strict_lab(live=True)
+    lab.run(branching, False)
+    code = [line.strip() for line in lab.stream.getvalue().splitlines() if line.startswith("    ")]
+    assert code == [
+        "x = torch.tensor([1.0, 2.0])",
+        "if save:",
+        "written = x.tolist()  # not run",
+        "else:",
+        "written = None",
+        "x.add_(1)",
+        'raise RuntimeError("bang")',
+        "x.add_(100)  # not run",
+        "for step in range(2):",
+        "x = x * 2",
+    ]
+    assert lab.failed == []
+
+
+def test_a_provoked_message_loses_the_labs_frames_and_the_build_paths():
+    message = ("Error detected in PowBackward0. Traceback of forward call that caused the error:\n"
+               '  File "/home/me/lab/07_lesson.py", line 127, in <module>\n    lab.run(which)\n'
+               '  File "/home/me/lab/tensor_features/lab.py", line 496, in run\n    return observation(self)\n'
+               '  File "/home/me/lab/07_lesson.py", line 110, in which\n    squares = x.pow(2)\n'
+               " (Triggered internally at /__w/pytorch/pytorch/build/aten/src/ATen/core/TensorBody.h:488.)")
+    assert tidy_message(message) == (
+        "Error detected in PowBackward0. Traceback of forward call that caused the error:\n"
+        '  File "/home/me/lab/07_lesson.py", line 127, in <module>\n    lab.run(which)\n'
+        '  File "/home/me/lab/07_lesson.py", line 110, in which\n    squares = x.pow(2)\n'
+        " (Triggered internally at aten/src/ATen/core/TensorBody.h:488.)")
+    lab = strict_lab()
+    with lab.expect_error("bad", "why"):
+        raise RuntimeError("bad (Triggered internally at /opt/build/pytorch/c10/core/x.cpp:1.)")
+    assert "internally at c10/core/x.cpp:1.)" in lab.stream.getvalue()
+
+
 # -- Try lines ----------------------------------------------------------------------------------------
 
 def test_try_edit_must_be_unambiguous_and_is_shown_as_code():
@@ -189,3 +267,50 @@ def test_finish_exits_1_on_a_disagreement_and_writes_the_summary(tmp_path, monke
     with pytest.raises(SystemExit) as exit_info:
         good.finish()
     assert exit_info.value.code == 0
+
+
+def helper_of_the_lesson(t):
+    return t + 1
+
+
+def uses_a_helper(lab: Lab):
+    """A helper from this file and one from the package, each pointed to once."""
+    y = helper_of_the_lesson(torch.ones(1))  # one more
+    z = helper_of_the_lesson(y) + feature_map(y.reshape(1, 1)).sum() + torch.exp(y)
+    lab.check(z.item(), 3.0 + (2.0 + 4.0 + 8.0) + math.exp(2.0), "y = 2: 3, then 2 + 4 + 8, then e²", rtol=1e-6)
+
+
+def test_a_helpers_first_call_says_where_it_is_defined():
+    lab = strict_lab(live=True)
+    lab.run(uses_a_helper)
+    code = [line.strip() for line in lab.stream.getvalue().splitlines() if line.startswith("    ")]
+    line = helper_of_the_lesson.__code__.co_firstlineno  # the oracle: where Python says it starts
+    assert code[0] == f"y = helper_of_the_lesson(torch.ones(1))  # one more · helper_of_the_lesson: defined in this file, line {line}"
+    assert code[1] == ("z = helper_of_the_lesson(y) + feature_map(y.reshape(1, 1)).sum() + torch.exp(y)"
+                       "  # feature_map: from tensor_features.utils")
+    assert lab.failed == []
+
+
+# -- found by blind mutants (written by a tester who had not read these tests) ----------------------
+
+def test_lists_of_another_length_never_match():
+    # zip() stops at the shorter list: without the length check, a lesson's `events == [...]`
+    # would pass with items missing.
+    assert not values_match([1, 2], [1, 2, 3]) and not values_match([1, 2, 3], [1, 2])
+    assert not values_match((0.5,), (0.5, 0.25)) and not values_match([], [1])
+    assert values_match([1, [2.0, 3.0]], (1, (2.0, 3.0)))
+
+
+def test_python_floats_honour_the_absolute_tolerance_alone():
+    # Oracle by hand: |1e-4 - 0| = 1e-4 is beyond atol = 1e-6 and rtol·|expected| = 0.
+    assert not values_match(1e-4, 0.0, rtol=1e-3, atol=1e-6)
+    assert values_match(5e-7, 0.0, rtol=1e-3, atol=1e-6)
+    assert not values_match(1.002, 1.0, rtol=1e-3, atol=0.0) and values_match(1.0009, 1.0, rtol=1e-3, atol=0.0)
+
+
+def test_check_uses_the_tolerance_it_is_given():
+    lab = strict_lab()
+    assert lab.check(1.0 + 1e-7, 1.0, "within the default tolerance")
+    assert not lab.check(1.0 + 1e-7, 1.0, "exact asked for", rtol=0.0, atol=0.0)
+    assert lab.check(1.05, 1.0, "a wide tolerance asked for", rtol=0.1)
+    assert len(lab.failed) == 1

@@ -72,3 +72,47 @@ def test_try_does_what_it_says(path, index, attempt, tmp_path):
     # The lesson prints this Try (CUDA ones only where a GPU is visible).
     if not attempt.needs_cuda:
         assert attempt.text(None).split(": ", 1)[1] in unchanged.stdout
+
+
+# -- python LESSON.py --tries / --try N ---------------------------------------------------------------
+
+BACKWARD = next(p for p in lesson_paths() if p.name == "05_gradient_computation_backward.py")
+
+
+def test_tries_lists_every_try_numbered(capsys):
+    finished = run_in_process(BACKWARD, ["--tries"])
+    assert finished.code == 0
+    tries = load_lesson(BACKWARD).TRIES
+    for number, attempt in enumerate(tries, 1):
+        assert f"  {number}. " in finished.stdout
+    assert "(needs a GPU)" in finished.stdout.splitlines()[1]  # Try 1 is the --device cuda one
+    assert "in [2], delete `h.retain_grad()`" in finished.stdout  # [n] as the run numbers it
+
+
+def test_try_runs_the_edit_on_a_copy_and_leaves_the_file_alone(capfd):
+    before = BACKWARD.read_bytes()
+    finished = run_in_process(BACKWARD, ["--try", "2", "--device", "cpu"])
+    child = capfd.readouterr().out  # the copy runs in a child process, straight to the terminal
+    assert BACKWARD.read_bytes() == before
+    assert finished.code == 1, "the copy's exit code: its h.grad check disagrees, as Try 2 says"
+    assert "-    h.retain_grad()" in finished.stdout  # the diff
+    assert "FAIL  h.grad = None" in child and "13/14 checks match" in child
+    assert "Try 2 ended with exit 1; the Try said exit 1" in finished.stdout
+
+
+def test_try_out_of_range_is_one_line_and_exit_2():
+    count = len(load_lesson(BACKWARD).TRIES)
+    finished = run_in_process(BACKWARD, ["--try", str(count + 1)])
+    assert finished.code == 2
+    assert finished.stderr.strip().splitlines() == [
+        f"05_gradient_computation_backward.py: error: --try {count + 1}: this lesson has Try 1 to {count} "
+        "(--tries lists them)"]
+
+
+def test_passed_on_drops_only_the_try_flags():
+    from tensor_features.tries import passed_on
+
+    assert passed_on(["--try", "2", "--device", "cpu", "--size", "8"], drop_device=False) == \
+        ["--device", "cpu", "--size", "8"]
+    assert passed_on(["--try=2", "--device=cpu", "--tries"], drop_device=True) == []
+    assert passed_on(["--device", "cuda", "--try", "1"], drop_device=True) == []
