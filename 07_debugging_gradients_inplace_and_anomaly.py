@@ -267,8 +267,9 @@ def anomaly_cost(lab: Lab) -> dict:
     off, on = min(seconds["off"]), min(seconds["on"])
     lab.note(f"measured here: {off * 1e3:.2f} ms off, {on * 1e3:.2f} ms on: {on / off:.1f}× "
              "(one machine, one run; a timing, not a promise)")
-    lab.check(on > off, True, "the same work plus, per op, a stored traceback (forward) and a NaN check of "
-              "each gradient (backward): slower, by the ratio printed above")
+    # Not a check: a timing depends on the machine and its load. The extra work is in the docs:
+    # per op a stored traceback (forward) and a NaN check of each gradient (backward).
+    lab.note("the price of that extra work in this run; another machine prints another ratio")
     return {"off": off, "on": on}
 
 

@@ -162,10 +162,10 @@ def cost_rule(lab: Lab, small: int = 4, big: int = 2048) -> dict:
                  f"jacrev {rev_s * 1e3:7.2f} ms ({m} VJPs)   measured here, best of 5 on one thread")
         results[shape] = {"n": n, "m": m, "jacfwd": forward, "jacrev": reverse, "jacfwd_s": fwd_s, "jacrev_s": rev_s}
     tall, wide = results["tall"], results["wide"]
-    # The winner is checked with a 2× margin, on the CPU only (where the margins were measured).
-    if lab.device.type == "cpu":
-        lab.check(tall["jacrev_s"] > 2 * tall["jacfwd_s"], True, f"tall: {small} JVPs beat {big} VJPs")
-        lab.check(wide["jacfwd_s"] > 2 * wide["jacrev_s"], True, f"wide: {small} VJPs beat {big} JVPs")
+    # Not checks: timings depend on the machine and its load. The counts are certain: jacfwd runs
+    # one JVP per input, jacrev one VJP per output.
+    lab.note(f"in this run: tall, jacrev / jacfwd = {tall['jacrev_s'] / tall['jacfwd_s']:.1f}×; "
+             f"wide, jacfwd / jacrev = {wide['jacfwd_s'] / wide['jacrev_s']:.1f}×")
     return results
 
 

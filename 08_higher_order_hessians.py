@@ -166,11 +166,11 @@ def hvp_against_forming_h(lab: Lab, n: int = 512, m: int = 64) -> dict:
     }
     lab.note("measured here, best of 3 on one thread: "
              + ",  ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
-    # Forming H is checked against the faster of the two HVPs with a 2× margin, on the CPU only
-    # (where the margin was measured).
-    if lab.device.type == "cpu":
-        fastest_hvp = min(seconds["jvp of grad"], seconds["vjp of grad"])
-        lab.check(seconds["forming H, then H @ v"] > 2 * fastest_hvp, True, f"forming H (n = {n} JVPs of grad) against one HVP")
+    # Not a check: timings depend on the machine and its load. The work is what is certain:
+    # forming H runs n = 512 JVPs of grad, one HVP runs one.
+    fastest_hvp = min(seconds["jvp of grad"], seconds["vjp of grad"])
+    lab.note(f"in this run, forming H ({n} JVPs of grad) took {seconds['forming H, then H @ v'] / fastest_hvp:.1f}× "
+             "as long as the faster HVP (one)")
     return {"n": n, "hvp_by_hand": hvp_by_hand, "from_h": from_h, "forward_over_reverse": forward_over_reverse,
             "reverse_over_reverse": reverse_over_reverse, "h_bytes": h_bytes, "hvp_bytes": hvp_bytes,
             "seconds": seconds}

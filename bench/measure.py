@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from tensor_features.lessons import ROOT
@@ -15,12 +16,23 @@ MB = 2**20
 
 def process_run(args: list[str]) -> tuple[float, int]:
     """Run `python ARGS` with its output discarded: (wall seconds, exit code)."""
+    seconds, code, _ = process_run_output(args, keep=False)
+    return seconds, code
+
+
+def process_run_output(args: list[str], keep: bool = True) -> tuple[float, int, str]:
+    """Run `python ARGS`: (wall seconds, exit code, its stdout, or "" when not kept).
+
+    Kept output goes to a temporary file, not a pipe, so that reading it cannot slow the child down."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    code = child.wait()
-    return time.perf_counter() - start, code
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                                 stdout=out if keep else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        code = child.wait()
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        return seconds, code, out.read() if keep else ""
 
 
 # Run in the child: the program, then its own peak resident set (VmHWM) written to a pipe. The

@@ -171,6 +171,20 @@ def rows_loss(w: torch.Tensor, phi_rows: torch.Tensor, y_flat: torch.Tensor) -> 
     return mse(prediction, y_flat)
 
 
+def separate_compile_cache_per_cpu_capability() -> None:
+    """Unless TORCHINDUCTOR_CACHE_DIR is set, keep torch.compile's cache in a folder per ATen CPU
+    capability (<default>/AVX512, .../AVX2, ...). Seen on a 2-core Intel Xeon with torch 2.14.1: a run under
+    ATEN_CPU_CAPABILITY=avx2 reused code compiled for 16-wide AVX-512 vectors by an earlier run,
+    built it for 8-wide ones, and its loss came out 0.1749 instead of 0.2826."""
+    import os
+
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(),
+                                                             torch.backends.cpu.get_cpu_capability())
+
+
 class FastLoss:
     """The --fast path: rows_loss over Φ stored feature by feature, compiled with torch.compile.
 
@@ -183,6 +197,8 @@ class FastLoss:
     def __init__(self, phi: torch.Tensor, y: torch.Tensor, compile: bool = True, cuda_graph: bool | None = None):
         self.phi_rows = phi.detach().T.contiguous()  # no copy when Φ is already stored row by row
         self.y_flat = y.detach().reshape(-1)
+        if compile:
+            separate_compile_cache_per_cpu_capability()
         self.loss_fn = torch.compile(rows_loss, dynamic=False) if compile else rows_loss
         self.needs_compiling = compile  # until the first epoch has run
         self.cuda_graph = self.y_flat.is_cuda if cuda_graph is None else cuda_graph

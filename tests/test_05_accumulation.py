@@ -38,6 +38,22 @@ MUTANTS = [
     ("05_gradient_computation_accumulation.py", "zip(summed, recurrence)", "zip(with_reset, recurrence)"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 accumulation
+    # original_fixed(): dropped zero_() before the second walk: second = 10, not 3
+    ('05_gradient_computation_accumulation.py', '    first = x.grad.item()\n    x.grad.zero_()\n    y2.backward()  # the second walk', '    first = x.grad.item()\n    y2.backward()  # the second walk'),
+    # micro_batches(): full-batch loss summed instead of averaged: full_batch = n × the mean gradient
+    ('05_gradient_computation_accumulation.py', 'lambda: ((w * x - y) ** 2).mean(), x)', 'lambda: ((w * x - y) ** 2).sum(), x)'),
+    # three_resets(): zero_() where the lesson sets .grad = None: after_none = (True, 4.0, 4.0)
+    ('05_gradient_computation_accumulation.py', '    x.grad = None  # drop it', '    x.grad.zero_()  # drop it'),
+    # summed_gradient_steps(): the reset is applied in the wrong run: "reset" and "summed" trajectories swapped
+    ('05_gradient_computation_accumulation.py', '            if reset:\n                optimizer.zero_grad()', '            if not reset:\n                optimizer.zero_grad()'),
+    # summed_gradient_recurrence(): wrong recurrence coefficient (1 - a instead of 2 - a)
+    ('05_gradient_computation_accumulation.py', 'trajectory.append((2 - a) * trajectory[-1] - trajectory[-2])', 'trajectory.append((1 - a) * trajectory[-1] - trajectory[-2])'),
+]
+
 
 def test_the_docstring_points_at_the_original_description():
     """Autograd Playground §2 holds the original example; the trainer's observation points ask the question."""
@@ -78,8 +94,15 @@ def test_micro_batches_add_up_to_the_full_batch(lab, k, n):
     seen = lesson.micro_batches(lab, k=k, n=n)
     x = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
     y = 2 * x + 1
-    expected = (2 * (0.5 * x - y) * x).mean().item()  # d/dw mean((w x - y)²) at w = 0.5
-    assert seen["full_batch"].item() == pytest.approx(expected, rel=1e-6)
+    terms = 2 * (0.5 * x - y) * x / n
+    expected = terms.sum().item()  # d/dw mean((w x - y)²) at w = 0.5
+    # float32 on every CPU: each term is rounded at most 8 times on its way (x from linspace, 2x + 1,
+    # w x - y, the 2 and the 1/n of the backward, × x) and the n terms are added in an order that
+    # depends on the SIMD width (n - 1 adds), so the gradient is within γ_(n+7)·Σ|terms| of the exact
+    # one (Higham; γ_k = k·u/(1 − k·u), u = 2⁻²⁴): 1.0e-6 relative at n = 8, 1.3e-6 at n = 12.
+    u = 2.0**-24
+    bound = (n + 7) * u / (1 - (n + 7) * u) * terms.abs().sum().item()
+    assert abs(seen["full_batch"].item() - expected) <= bound
     assert seen["accumulated"].item() == pytest.approx(expected, rel=1e-5)
     # mul saves x itself (for w's gradient), pow saves w x - y, a new tensor: one element per point each.
     assert seen["full_saved"] == (n, n)

@@ -34,6 +34,22 @@ MUTANTS = [
      "    basis = 2 * torch.eye(y.numel(), device=x.device)\n    return vmap(vjp_fn)(basis)[0] / 2"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 vjp
+    # original_example(): transposed W: y = Wᵀx, x.grad = Wv = [2, 5] not vᵀW = [2.5, 4]
+    ('05_gradient_computation_vjp.py', '    y = W @ x\n', '    y = W.T @ x\n'),
+    # jacobian_by_loop(): rows stacked as columns: the loop's Jacobian is Jᵀ
+    ('05_gradient_computation_vjp.py', '    return torch.stack(rows)\n', '    return torch.stack(rows, dim=1)\n'),
+    # loop_traps(): the "no reset" rows are not cloned: every row is the final cumulative sum
+    ('05_gradient_computation_vjp.py', 'no_reset.append(x.grad.clone())', 'no_reset.append(x.grad)'),
+    # per_sample_trap(): the "per-sample" gradient is the column sum (the sum trick again): train gap 0
+    ('05_gradient_computation_vjp.py', 'torch.autograd.grad(outputs[i], inputs, retain_graph=True)[0][i] for i in range(batch)', 'torch.autograd.grad(outputs.sum(), inputs, retain_graph=True)[0][i] for i in range(batch)'),
+    # tanh_layer() oracle scales columns instead of rows: analytic = W diag(1 - y²)
+    ('05_gradient_computation_vjp.py', 'analytic = (1 - layer(x) ** 2)[:, None] * weight', 'analytic = (1 - layer(x) ** 2)[None, :] * weight'),
+]
+
 
 def finite_difference_jacobian(size: int, device) -> torch.Tensor:
     """The oracle, built independently: central differences of the same seeded layer, differenced in float64."""
@@ -54,6 +70,7 @@ def test_original_example_is_v_transpose_j(lab):
     v = [1.0, 0.5]
     v_transpose_w = [sum(v[i] * w[i][j] for i in range(2)) for j in range(2)]
     w_v = [sum(w[i][j] * v[j] for j in range(2)) for i in range(2)]
+    # Exact on every machine: the products and sums of 1, 0.5, 2, 3, 4 are all exact in float32, in any order.
     assert not_symmetric.cpu().tolist() == v_transpose_w != w_v  # [2.5, 4] is not Wv = [2, 5]
 
 
@@ -169,6 +186,10 @@ def test_batchnorm_train_mode_breaks_per_sample_gradients(lab):
         assert torch.allclose(seen["per_sample"][mode], diagonal, atol=1e-5), mode
         assert seen["gaps"][mode] == pytest.approx((summed - diagonal).abs().max().item(), abs=1e-5)
     assert seen["gaps"]["train"] > 1e-3
+    # In eval mode row i of both gradients comes from the same ops on the same values (row i of the
+    # incoming gradient is 1 in both, BatchNorm and tanh act elementwise, and Linear's backward is one
+    # matmul of the same shapes, whose row i reads only row i, in an order fixed by the shapes): 0 on
+    # every CPU, whatever its rounding; 1e-6 only allows for that.
     assert seen["gaps"]["eval"] == pytest.approx(0.0, abs=1e-6)
 
 

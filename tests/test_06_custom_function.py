@@ -27,6 +27,20 @@ MUTANTS = [
     ("06_extending_autograd_custom_function.py", "z = (y**2).sum()  # so", "z = y.sum()  # so"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 06 custom Function
+    # square_function(): saves y instead of x: backward computes 2y = 2x², x.grad = [0.5, 4.5, 8]
+    ('06_extending_autograd_custom_function.py', '            ctx.save_for_backward(x)  # backward needs x: d(x²)/dx = 2x\n            y = x * x\n', '            y = x * x\n            ctx.save_for_backward(y)  # backward needs x: d(x²)/dx = 2x\n'),
+    # intermediates_on_ctx(): sign slip, exp(x) twice: the first derivative is exp(x), not cosh(x)
+    ('06_extending_autograd_custom_function.py', 'expx, expnegx = torch.exp(x), torch.exp(-x)', 'expx, expnegx = torch.exp(x), torch.exp(x)'),
+    # once_differentiable_backward(): backward forgets the factor 2: grad_x = 2x³ instead of 4x³
+    ('06_extending_autograd_custom_function.py', '        @once_differentiable  # runs backward under no_grad (torch/autograd/function.py)\n        def backward(ctx, grad_y):\n            (x,) = ctx.saved_tensors\n            grad_x = grad_y * 2 * x\n', '        @once_differentiable  # runs backward under no_grad (torch/autograd/function.py)\n        def backward(ctx, grad_y):\n            (x,) = ctx.saved_tensors\n            grad_x = grad_y * x\n'),
+    # float32_gradcheck(): the "float32" input is float64: no error, steps are float64's
+    ('06_extending_autograd_custom_function.py', 'x32 = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float32', 'x32 = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64'),
+]
+
 X = [0.5, -1.5, 2.0]
 
 
@@ -60,6 +74,9 @@ def test_float32_rounding_of_the_step(lab):
     step_up = float32(2.0 + float32(1e-6)) - 2.0
     step_down = 2.0 - float32(2.0 - float32(1e-6))
     assert step_up == 4 * 2.0**-22 and step_down == 8 * 2.0**-23  # the spacing is 2**-22 above 2, 2**-23 below
+    # Exact on every machine: each step is one float32 add (IEEE 754 rounds it correctly, to nearest
+    # even, on every CPU and in every SIMD width) and one subtraction of numbers within a factor of 2
+    # of each other, which is exact (Sterbenz): the same two roundings that struct does above.
     assert made["step_up"].item() == step_up
     assert made["step_down"].item() == step_down
     up, down = float32(float32(2.0 + 1e-6) ** 2), float32(float32(2.0 - 1e-6) ** 2)

@@ -24,6 +24,20 @@ MUTANTS = [
     ("07_debugging_gradients_clipping_and_scaling.py", "    scaler.update()  # a skipped step", "    pass  # a skipped step"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 07 clipping and scaling
+    # clip_by_norm(): L1 norm instead of L2: total 7, grads [3/7, 4/7]
+    ('07_debugging_gradients_clipping_and_scaling.py', '    total_norm = clip_grad_norm_([w], max_norm=1.0)\n    lab.check(total_norm, 5.0', '    total_norm = clip_grad_norm_([w], max_norm=1.0, norm_type=1.0)\n    lab.check(total_norm, 5.0'),
+    # unscale_then_clip(): clip before unscale_: norm_seen 5·65536, w.grad 65536× too small
+    ('07_debugging_gradients_clipping_and_scaling.py', '    scaler.unscale_(optimizer)\n    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled: what max_norm means\n', '    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled: what max_norm means\n    scaler.unscale_(optimizer)\n'),
+    # overflow_skips_the_step(): update() dropped: the scale stays 65536
+    ('07_debugging_gradients_clipping_and_scaling.py', '    scaler.update()  # a skipped step multiplies the scale by backoff_factor (default 0.5)\n', '\n'),
+    # grad_scaler(): missing clone(): scaled aliases w.grad and reads [3, 4] after unscale_
+    ('07_debugging_gradients_clipping_and_scaling.py', 'scaled = w.grad.clone()  # a copy', 'scaled = w.grad  # a copy'),
+]
+
 GRADS = (3.0, 4.0)  # d/dw sum(w * [3, 4])
 SCALE = 2.0**16
 NORM = math.hypot(*GRADS)
@@ -39,6 +53,8 @@ def close(observed: list[float], expected: list[float], rel: float = 1e-6) -> bo
 
 def test_clip_by_norm_returns_the_norm_before_and_rescales_to_max_norm(lab):
     result = lesson.clip_by_norm(lab)
+    # Exact on every machine: 3² + 4² = 25 and √25 = 5 are exact in float32 in any order of the adds
+    # (and √ is correctly rounded), so no CPU can round this norm differently. So is 65536 · 5 below.
     assert result["total_norm"].item() == NORM == 5.0
     assert close(as_list(result["w.grad"]), [g / NORM for g in GRADS])  # [0.6, 0.8], same direction, norm 1
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from bench import __main__ as bench_cli
-from bench.measure import peak_rss_mb
+from bench.measure import peak_rss_mb, process_run_output
 from bench.rows.convergence import gd_epoch_bound, time_to_solution
 from bench.rows.startup import startup
+from bench.rows.test_suite import failure_note
 from bench.table import HEADER, Figure, Row, render_markdown
 from conftest import run_script, terminal_usage_error, usage_error
 from tensor_features.fitting import fit
@@ -49,6 +50,21 @@ def test_peak_rss_sees_a_known_allocation():
     big, code_big = peak_rss_mb(["-c", "import torch; t = torch.ones(50 * 2**20)"])
     assert code == code_big == 0
     assert big - idle == pytest.approx(200, abs=15)
+
+
+def test_row_6_names_the_failing_tests():
+    """A failing suite breaks row 6; its note says which tests failed (from pytest's -ra summary)."""
+    summary = ("....F\n=== short test summary info ===\nSKIPPED [1] tests/test_a.py:3: no CUDA device\n"
+               "FAILED tests/test_a.py::test_one - AssertionError: 1 == 2\n"
+               "FAILED tests/test_b.py::test_two[cpu] - assert False\nERROR tests/test_c.py::test_three\n"
+               "FAILED tests/test_d.py::test_four\n2 failed, 1 error in 3.0s\n")
+    assert failure_note(1, summary) == ("pytest exit code 1: tests/test_a.py::test_one, tests/test_b.py::test_two[cpu], "
+                                        "tests/test_c.py::test_three and 1 more")
+    assert failure_note(2, "no summary") == "pytest exit code 2"
+    # The note still reads as broken to make bench ("exit code" in a note: bench/__main__.py).
+    assert "exit code" in failure_note(1, summary)
+    seconds, code, output = process_run_output(["-c", "print('to the file'); raise SystemExit(3)"])
+    assert (code, output) == (3, "to the file\n") and seconds > 0
 
 
 def test_startup_row_times_a_lesson_against_bare_import():

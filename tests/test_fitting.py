@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from conftest import CUDA, DEVICES
 from tensor_features import fitting, model
@@ -49,6 +50,24 @@ MUTANTS = [
      "epochs = fitting.payoff_epochs(setup_seconds, 1, fast_ms, default_ms)"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- fitting.py
+    # manual_step: dropped w.grad.zero_(): gradients accumulate in the default loop
+    ('tensor_features/fitting.py', "        if zero_grad:\n            w.grad.zero_()  # without this, next epoch's backward adds to this gradient\n", "        pass  # without this, next epoch's backward adds to this gradient\n"),
+    # sgd_step: dropped optimizer.zero_grad()
+    ('tensor_features/fitting.py', '    if zero_grad:\n        optimizer.zero_grad()\n    loss = mse(phi @ w, y)\n', '    loss = mse(phi @ w, y)\n'),
+    # manual_step: summed loss instead of mean: the manual update takes n× larger steps than SGD
+    ('tensor_features/fitting.py', '    loss = ((pred - y) ** 2).mean()\n', '    loss = ((pred - y) ** 2).sum()\n'),
+    # derivative_step: backward of the data term only: trains plain mse under a sobolev/smooth name
+    ('tensor_features/fitting.py', 'terms.total.backward(inputs=[w])  # x requires grad too', 'terms.data.backward(inputs=[w])  # x requires grad too'),
+    # rows_loss (--fast): off-by-one over the features: the last feature never enters the prediction
+    ('tensor_features/fitting.py', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))'),
+    # predict(): no_grad instead of inference_mode: curve values are not inference tensors
+    ('tensor_features/fitting.py', '    with torch.inference_mode():\n        return features(x) @ w\n', '    with torch.no_grad():\n        return features(x) @ w\n'),
+]
+
 
 def test_manual_step_is_one_gradient_step_and_resets_grad():
     x, y, phi, w0 = original_problem()
@@ -74,9 +93,14 @@ def test_derivative_step_is_one_gradient_step_of_both_terms(name, weight):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sgd_is_bitwise_the_fused_manual_update(device):
-    # SGD's step is w.add_(w.grad, alpha=-lr) under no_grad: replay exactly that by hand.
+    # SGD's step is w.add_(w.grad, alpha=-lr) under no_grad: replay exactly that by hand. Exact
+    # equality is a claim about every machine here because both sides run the same ops in the same
+    # order on the same values (forward, backward, then one add with alpha): nothing differs that a
+    # CPU could round differently. SGD takes its foreach kernel where one exists for the device (CUDA;
+    # torch/optim/optimizer.py, _default_to_fused_or_foreach) and param.add_ elsewhere: replay that one.
     x, y, phi, w0 = original_problem(device)
     sgd = fitting.fit(phi, y, w0, lr=0.1, epochs=100, update="sgd")
+    _, foreach = _default_to_fused_or_foreach([w0], differentiable=False)
     w = w0.clone().requires_grad_()
     losses = []
     for _ in range(100):
@@ -84,7 +108,10 @@ def test_sgd_is_bitwise_the_fused_manual_update(device):
         loss.backward()
         losses.append(loss.item())
         with torch.no_grad():
-            w.add_(w.grad, alpha=-0.1)
+            if foreach:
+                torch._foreach_add_([w], [w.grad], alpha=-0.1)
+            else:
+                w.add_(w.grad, alpha=-0.1)
             w.grad = None
     assert losses == sgd.losses
     assert torch.equal(w.detach(), sgd.w)
@@ -124,6 +151,10 @@ def test_derivative_losses_train_to_their_stacked_optimum(name, weight):
 
 
 def test_a_zero_weight_runs_bit_for_bit_like_the_mse_path():
+    # Exact on every machine: with weight 0 the derivative path runs the mse path's ops in the same order
+    # on the same values (Φ(x) is built by the same feature_map, then the same matmul and mean), and adds
+    # only exact zeros to them: total = data + 0·derivative, and w.grad = the data gradient + a
+    # gradient scaled by 0. x + 0 is x in IEEE arithmetic, whatever the CPU.
     x, y, phi, w0 = original_problem()
     for update in ("manual", "sgd"):
         plain = fitting.fit(phi, y, w0, 0.1, 100, update)
@@ -348,3 +379,16 @@ def test_cuda_bench_row_3_runs_small():
     for row in rows[:3]:
         assert row.cpu.value > 0 and row.cpu.reference > 0  # CUDA-event milliseconds, the floor's included
     assert "graph capture (" in rows[3].cpu.note and "pays off" in rows[3].cpu.note
+
+
+def test_fast_keeps_a_compile_cache_per_cpu_capability(monkeypatch):
+    # torch.compile's cache does not tell AVX-512 code from AVX2 code: each capability its own folder,
+    # unless the user chose one.
+    import os
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    fitting.FastLoss(torch.ones(4, 3), torch.ones(4, 1))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].endswith(os.sep + torch.backends.cpu.get_cpu_capability())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/chosen")
+    fitting.FastLoss(torch.ones(4, 3), torch.ones(4, 1))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/chosen"
