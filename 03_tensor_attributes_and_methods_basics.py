@@ -47,7 +47,8 @@ def attributes(lab: Lab) -> dict:
     y = a @ w  # a result
     lab.check((a.shape, a.dtype), ((2, 2), torch.float32), "Python floats become float32, the default dtype")
     lab.check(str(a.device), "cuda:0" if lab.device.type == "cuda" else "cpu",
-              "a tensor records a concrete device: 'cuda' becomes cuda:0, the current GPU")
+              "a tensor records a concrete device: 'cuda' becomes cuda:0, the current GPU"
+              if lab.device.type == "cuda" else "a tensor records its device: here the CPU")
     lab.check(str(torch.zeros(1).device), "cpu", "made without device=: the CPU, torch's default device")
     lab.check((a.requires_grad, a.is_leaf, a.grad_fn), (False, True, None), "data: a leaf that autograd ignores")
     lab.check((w.requires_grad, w.is_leaf, w.grad_fn), (True, True, None),

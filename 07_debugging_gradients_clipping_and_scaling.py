@@ -31,7 +31,8 @@ def clip_by_norm(lab: Lab) -> dict:
     lab.check(total_norm, 5.0, "‖[3, 4]‖ = 5: the norm before clipping (clip_grad.py: 'Total norm of the parameter gradients')")
     # torch/nn/utils/clip_grad.py: grad * min(max_norm / (total_norm + 1e-6), 1)
     lab.check(w.grad, [3 / (5 + 1e-6), 4 / (5 + 1e-6)], "[3, 4] · 1 / (5 + 1e-6) ≈ [0.6, 0.8]: same direction")
-    lab.check(w.grad.norm(), 1.0, "the norm after clipping is max_norm (to 1e-6)")
+    lab.check(w.grad.norm(), 1.0, "the norm after clipping is max_norm, to within 1e-6: 5 / (5 + 1e-6)",
+              rtol=0.0, atol=1e-6)
     return {"total_norm": total_norm, "w.grad": w.grad}
 
 
