@@ -14,14 +14,17 @@ DEVICE ?= auto
 BENCH_ARGS ?=
 L ?=
 ARGS ?=
+NOTEBOOKS ?= notebooks
+NOTEBOOK_ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run lesson lessons train test bench mutate package clean help
+.PHONY: run lesson notebook train test bench mutate package clean help
 
 help:
 	@echo "make run     - install (once), run the lessons in teaching order and the trainer, print a summary"
 	@echo "make test    - install (once) and run the tests"
 	@echo "make lesson L=NAME - run one lesson with the environment's Python (make lesson lists them)"
+	@echo "make notebook L=NAME - open a lesson as a notebook in JupyterLab (installs the test tools once)"
 	@echo "make train   - run the trainer once (python -m tensor_features.train)"
 	@echo "make bench   - install (once) and print the benchmark table (BENCH_ARGS=... for options)"
 	@echo "make mutate  - install (once) and check that every listed wrong edit fails a test"
@@ -55,6 +58,17 @@ lesson: $(VENV)/.installed-run package
 		$(PY) -c "from tensor_features.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
 		exit 2; fi
 	$(PY) $(basename $(L)).py --device $(DEVICE) $(ARGS)
+
+# The lesson as a notebook: its `# %%` cells become $(NOTEBOOKS)/NAME.ipynb (jupytext), opened in
+# JupyterLab from the environment (the test tools include it). NOTEBOOK_ARGS go to `jupyter lab`.
+notebook: $(VENV)/.installed-dev package
+	@if [ -z "$(L)" ] || [ ! -f "$(basename $(L)).py" ]; then \
+		echo "usage: make notebook L=NAME, NAME one of (teaching order):" >&2; \
+		$(PY) -c "from tensor_features.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
+		exit 2; fi
+	@mkdir -p $(NOTEBOOKS)
+	$(PY) -m jupytext --quiet --to ipynb --output $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb $(basename $(L)).py
+	$(VENV)/bin/jupyter lab $(NOTEBOOK_ARGS) $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb
 
 train: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.train --device $(DEVICE)

@@ -76,3 +76,20 @@ def test_each_cell_shows_its_observation(kernel, path):
             assert re.search(r"^  ok  ", text, re.M), text
     assert seen > 0
     assert re.search(rf"^(\d+)/\1 checks match across {seen} observations\.$", text, re.M), text
+
+
+def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
+    # The README's notebook path, as a learner runs it, with `jupyter lab --version` in place of
+    # opening a browser: the .ipynb is written where NOTEBOOKS says, and JupyterLab starts from
+    # the environment that make built (this interpreter's).
+    import json
+    import subprocess
+
+    result = subprocess.run(["make", "-s", "notebook", "L=05_gradient_computation_backward", f"VENV={sys.prefix}",
+                             f"NOTEBOOKS={tmp_path}", "NOTEBOOK_ARGS=--version"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"4\.\d+\.\d+", result.stdout.strip().splitlines()[-1])
+    notebook = json.loads((tmp_path / "05_gradient_computation_backward.ipynb").read_text())
+    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert any("y.backward()" in cell for cell in code) and len(code) >= 7  # one cell per observation
