@@ -1,6 +1,6 @@
 """make mutate: small wrong edits of the lessons and the trainer, each of which a test must catch.
 
-    python tests/mutate.py [--only TEXT] [--jobs N] [--list]
+    python tests/mutate.py [--only TEXT] [--blind] [--jobs N] [--list]
 
 Every test file may define a module-level list of mutants, literal tuples
 
@@ -9,7 +9,9 @@ Every test file may define a module-level list of mutants, literal tuples
         ...
     ]
 
-(file relative to the repository, old text that occurs there exactly once, new text). For each
+(file relative to the repository, old text that occurs there exactly once, new text). A list named
+BLIND_MUTANTS has the same form: mutants written by a tester who had not read the tests, from the
+lessons and the package alone (their kill rate is reported on its own line). For each
 mutant this tool copies the repository, makes the edit, and runs that test file with
 LAB_FORCE_AGREE=1, which makes every lesson check agree: a lesson whose code and expectation are
 both wrong then passes its own checks, so only the test's own oracle can catch it. A mutant is
@@ -44,6 +46,7 @@ class Mutant:
     target: str
     old: str
     new: str
+    blind: bool = False  # from a BLIND_MUTANTS list
 
     def label(self) -> str:
         """The file and the changed part of the text, with a little context on each side."""
@@ -59,21 +62,25 @@ class Mutant:
         return f"{self.target}: `{middle(old)}` -> `{middle(new)}`"
 
 
-def collect(only: str | None = None) -> list[Mutant]:
-    """Every MUTANTS list in tests/test_*.py, read without importing the test files."""
+def collect(only: str | None = None, blind_only: bool = False) -> list[Mutant]:
+    """Every MUTANTS and BLIND_MUTANTS list in tests/test_*.py, read without importing the test files."""
     mutants = []
     for test_file in sorted((ROOT / "tests").glob("test_*.py")):
         if only is not None and not _may_hold(test_file, only):
             continue
         tree = ast.parse(test_file.read_text())
         for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MUTANTS" for t in node.targets):
+            names = {getattr(t, "id", None) for t in node.targets} if isinstance(node, ast.Assign) else set()
+            if names & {"MUTANTS", "BLIND_MUTANTS"}:
+                blind = "BLIND_MUTANTS" in names
+                if blind_only and not blind:
+                    continue
                 try:
                     entries = ast.literal_eval(node.value)
                 except ValueError:
                     raise SystemExit(f"{test_file.name}: MUTANTS must be a literal list of (file, old, new) tuples")
                 for target, old, new in entries:
-                    mutant = Mutant(f"tests/{test_file.name}", target, old, new)
+                    mutant = Mutant(f"tests/{test_file.name}", target, old, new, blind)
                     if only is None or only in mutant.label() or only in mutant.test_file:
                         mutants.append(mutant)
     return mutants
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="TEXT", help="only mutants whose label or test file contains TEXT")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default: %(default)s)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--blind", action="store_true", help="only the BLIND_MUTANTS (written without reading the tests)")
     parser.add_argument("--timeout-factor", type=float, default=4.0, metavar="K",
                         help="a mutated test file that runs longer than K times its unchanged run "
                         "(at least 60 s) is stopped and its mutant counted as killed (default: %(default)s)")
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.timeout_factor > 0:
         parser.error("--timeout-factor must be > 0")
 
-    mutants = collect(args.only)
+    mutants = collect(args.only, blind_only=args.blind)
     broken = problems(mutants)
     if args.list:
         for mutant in mutants:
@@ -186,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     killed = len(mutants) - len(survivors)
     print(f"\nkilled {killed}/{len(mutants)} mutants ({100 * killed / len(mutants):.0f}%)")
+    blind = [m for m in mutants if m.blind]
+    if blind:
+        blind_killed = len(blind) - sum(m.blind for m in survivors)
+        print(f"of them blind (written without reading the tests): killed {blind_killed}/{len(blind)}")
     return 1 if survivors else 0
 
 

@@ -35,6 +35,20 @@ MUTANTS = [
      "    base = torch.arange(12.0, device=lab.device).reshape(3, 4).clone()\n    block = base.untyped_storage().data_ptr()  # where"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 03 storage
+    # views(): off-by-one slice, corner starts at [1, 2]: storage_offset 6, not 5
+    ('03_tensor_attributes_and_methods_storage.py', '    corner = base[1:, 1:]\n    lab.check(corner.untyped_storage().data_ptr() == block', '    corner = base[1:, 2:]\n    lab.check(corner.untyped_storage().data_ptr() == block'),
+    # copies(): reshape of base instead of its transpose: flat is a view in row order (0..11), not a copy read column-wise
+    ('03_tensor_attributes_and_methods_storage.py', 'flat = transposed.reshape(12)', 'flat = base.reshape(12)'),
+    # write_through_view(): detach() instead of clone(): copy shares memory and counter, version_of_new_copy = 1, base[0,0] = -1
+    ('03_tensor_attributes_and_methods_storage.py', '    copy = base.clone()\n    version_of_new_copy = copy._version', '    copy = base.detach()\n    version_of_new_copy = copy._version'),
+    # storage_anatomy(): rows of 3 instead of rows of 4: base stride (3, 1), base[2, 1] = 7
+    ('03_tensor_attributes_and_methods_storage.py', 'base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1, ..., 11 in rows of 4', 'base = torch.arange(12.0, device=lab.device).reshape(4, 3)  # 0, 1, ..., 11 in rows of 4'),
+]
+
 ARANGE_3x4 = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]]
 
 

@@ -28,6 +28,20 @@ MUTANTS = [
      "    x = torch.tensor(3.0, device=lab.device, requires_grad=True)  # requires_grad defaults"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 backward
+    # retain_grad() called on x (a leaf, where it does nothing) instead of the intermediate h: h.grad None
+    ('05_gradient_computation_backward.py', '    h.retain_grad()  # ask autograd', '    x.retain_grad()  # ask autograd'),
+    # chain rule computed on u**2 with a matching by-hand oracle: x.grad = 2 sin cos, not 3 sin² cos (lesson still agrees)
+    ('05_gradient_computation_backward.py', '    y = u**3\n    y.backward()\n    # dy/dx = dy/du · du/dx = 3 sin(x)² · cos(x): backward() multiplies these node by node.\n    lab.check(x.grad, 3 * math.sin(0.5) ** 2 * math.cos(0.5),', '    y = u**2\n    y.backward()\n    # dy/dx = dy/du · du/dx = 3 sin(x)² · cos(x): backward() multiplies these node by node.\n    lab.check(x.grad, 2 * math.sin(0.5) * math.cos(0.5),'),
+    # graph_lines walks next_functions in reverse: the printed graph lists Mul before Pow
+    ('05_gradient_computation_backward.py', 'for next_fn, _input_index in grad_fn.next_functions:', 'for next_fn, _input_index in reversed(grad_fn.next_functions):'),
+    # original example with a sign slip: y = x² − 2x, x.grad = 4 and grad_fn SubBackward0
+    ('05_gradient_computation_backward.py', '    y = x**2 + 2 * x\n    # y is a scalar', '    y = x**2 - 2 * x\n    # y is a scalar'),
+]
+
 
 def test_original_example_matches_the_analytic_derivative(lab):
     x = 3.0

@@ -28,6 +28,20 @@ MUTANTS = [
      "    with torch.no_grad():\n        w = w - lr * w.grad"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 detach
+    # original_example(): w computed from y instead of z: w.requires_grad True
+    ('05_gradient_computation_detach.py', '    w = z**2\n', '    w = y**2\n'),
+    # detach_shares_storage(): out-of-place add: y untouched, versions (0, 0), no error
+    ('05_gradient_computation_detach.py', "    z.add_(1)  # writes into y's memory", "    z = z + 1  # writes into y's memory"),
+    # update_inside_no_grad(): rebinding under no_grad: w is a new leaf, not the same object
+    ('05_gradient_computation_detach.py', '        w -= lr * w.grad  # not recorded', '        w = w - lr * w.grad  # not recorded'),
+    # three_ways(): inference_mode where no_grad was meant: no_grad result is an inference tensor
+    ('05_gradient_computation_detach.py', '    with torch.no_grad():\n        no_grad = x * 2', '    with torch.inference_mode():\n        no_grad = x * 2'),
+]
+
 
 def test_original_example(lab):
     seen = lesson.original_example(lab)

@@ -25,6 +25,20 @@ MUTANTS = [
      "(dy,) = torch.autograd.grad(y**2, x, create_graph=True)"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 retain_graph
+    # original_loop(): off-by-one range: three calls, printed [12, 24, 36]
+    ('05_gradient_computation_retain_graph.py', 'for call in range(1, 3):', 'for call in range(1, 4):'),
+    # second_derivative(): create_graph on the first grad: plain requires grad and the expected error never comes
+    ('05_gradient_computation_retain_graph.py', '(plain,) = torch.autograd.grad(y, x)  # a tensor', '(plain,) = torch.autograd.grad(y, x, create_graph=True)  # a tensor'),
+    # what_backward_frees(): retain_graph flipped to True: nothing freed, second backward works, grad 24
+    ('05_gradient_computation_retain_graph.py', 'y.backward(retain_graph=False)  # the default', 'y.backward(retain_graph=True)  # the default'),
+    # nothing_saved(): the second y.backward() is preceded by a reset: x.grad = 1 not 2
+    ('05_gradient_computation_retain_graph.py', '    y.backward()\n    y.backward()  # no error', '    y.backward()\n    x.grad = None\n    y.backward()  # no error'),
+]
+
 
 def test_original_loop_accumulates_12_then_24(lab):
     x = 2.0

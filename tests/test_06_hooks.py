@@ -27,6 +27,20 @@ MUTANTS = [
      "torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3)"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 06 hooks
+    # tensor_hook(): hooks registered in the other order: seen = [120] not [12]
+    ('06_extending_autograd_hooks.py', '    x.register_hook(lambda grad: seen.append(grad.item()))  # returns None\n    x.register_hook(lambda grad: grad * 10)  # returns a tensor\n', '    x.register_hook(lambda grad: grad * 10)  # returns a tensor\n    x.register_hook(lambda grad: seen.append(grad.item()))  # returns None\n'),
+    # hook_order(): the ×10 hook on x instead of t: events see 3, t.grad = 3, yet x.grad stays 6000
+    ('06_extending_autograd_hooks.py', '    t.register_hook(lambda grad: grad * 10)\n', '    x.register_hook(lambda grad: grad * 10)\n'),
+    # post_accumulate_grad_hook(): a plain tensor hook where the post-accumulate hook was named: accumulated = [5, 5]
+    ('06_extending_autograd_hooks.py', 'p.register_post_accumulate_grad_hook(lambda param: accumulated.append(param.grad.item()))', 'p.register_hook(lambda grad: accumulated.append(grad.item()))'),
+    # remove_hook(): handle.remove() forgotten: x.grad = 120 after the second backward
+    ('06_extending_autograd_hooks.py', '    handle.remove()\n    x.grad = None\n', '    x.grad = None\n'),
+]
+
 
 def test_tensor_hook_fires_once_and_replaces_the_gradient(lab):
     made = lesson.tensor_hook(lab)

@@ -35,6 +35,20 @@ MUTANTS = [
      "storages[len(storages)] = storage.nbytes()"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 06 saved tensors
+    # pack_unpack_counts(): b detached: mul saves only b, packs = 1, b.grad None
+    ('06_extending_autograd_saved_tensors.py', '    with saved_tensors_hooks(count_pack, count_unpack):\n        y = a * b\n', '    with saved_tensors_hooks(count_pack, count_unpack):\n        y = a * b.detach()\n'),
+    # checkpoint_saves(): the "checkpointed" forward is the plain forward: (12, 32768) not (1, 2048)
+    ('06_extending_autograd_saved_tensors.py', '        out = checkpoint(layers, x, use_reentrant=False)\n    checkpointed = ', '        out = layers(x)\n    checkpointed = '),
+    # checkpoint_recomputes(): the oracle compared with itself: plain_grads is checkpointed_grads, runs = 2
+    ('06_extending_autograd_saved_tensors.py', 'plain_grads = torch.autograd.grad(layers(x).sum(), [x, *layers.parameters()])', 'plain_grads = checkpointed_grads'),
+    # divide_and_multiply(): unpack divides again instead of multiplying: x.grad = 2x/16
+    ('06_extending_autograd_saved_tensors.py', 'with saved_tensors_hooks(divide_by_4, lambda packed: packed * 4):', 'with saved_tensors_hooks(divide_by_4, lambda packed: packed / 4):'),
+]
+
 
 def hand_backprop(layers: torch.nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     """d sum(h_L) / d(x, W_1, ..., W_L) for h_k = tanh(h_{k-1} W_kᵀ), by hand, in float64."""

@@ -26,6 +26,22 @@ MUTANTS = [
      "str(torch.ops.aten.max.default._schema)"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 07 NaN and kinks
+    # where_safe(): safe_p computed but sqrt still fed p: the NaN gradient at 0 comes back
+    ('07_debugging_gradients_nan_and_kinks.py', 'loss = torch.where(p > 0, torch.sqrt(safe_p), 0.0).sum()', 'loss = torch.where(p > 0, torch.sqrt(p), 0.0).sum()'),
+    # masked_division(): clamp(min=0) is no clamp: the "safe" gradient is NaN again
+    ('07_debugging_gradients_nan_and_kinks.py', 'safe_means = safe_sums / counts.clamp(min=1)', 'safe_means = safe_sums / counts.clamp(min=0)'),
+    # kinks(): max over a dim instead of the full max: tie gradient [1, 0] instead of [0.5, 0.5]
+    ('07_debugging_gradients_nan_and_kinks.py', 'max_of_tie = gradient_at(torch.max, [1.0, 1.0], lab.device)', 'max_of_tie = gradient_at(lambda x: x.max(dim=0).values, [1.0, 1.0], lab.device)'),
+    # rule_is_a_choice(): clamp where maximum is named: gradient 1 at the tie, not 0.5
+    ('07_debugging_gradients_nan_and_kinks.py', 'gradient_at(lambda x: torch.maximum(x, zero), [0.0], lab.device)', 'gradient_at(lambda x: torch.clamp(x, min=0.0), [0.0], lab.device)'),
+    # is_subgradient(): strict inequality: relu_allows loses 0 and 1 (the boundary subgradients)
+    ('07_debugging_gradients_nan_and_kinks.py', 'return all(function(point + d) >= function(point) + g * d for d in steps)', 'return all(function(point + d) > function(point) + g * d for d in steps)'),
+]
+
 H = 1e-6
 
 

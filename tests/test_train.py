@@ -56,6 +56,31 @@ MUTANTS = [
      "        pass\n        return loss.detach()\n\n    def sgd_epoch"),
 ]
 
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python tests/mutate.py --blind` runs only these).
+BLIND_MUTANTS = [
+    # fit_mlp: the optimizer gets only w: the extractor is never trained
+    ('tensor_features/fitting.py', 'parameters=lambda w: [w, *extractor.parameters()]', 'parameters=lambda w: [w]'),
+    # ---------------------------------------------------------------- train.py
+    # resolve_lr: --lr auto picks the stability limit 2/λmax instead of 2/(λmax+λmin)
+    ('tensor_features/train.py', 'return optimum.best_lr if lr == "auto" else float(lr)', 'return optimum.max_stable_lr if lr == "auto" else float(lr)'),
+    # loss_of: beta and penalty swapped between sobolev and smooth
+    ('tensor_features/train.py', '{"mse": 0.0, "sobolev": config.beta, "smooth": config.penalty}[config.loss]', '{"mse": 0.0, "sobolev": config.penalty, "smooth": config.beta}[config.loss]'),
+    # rank_shortfall: counts all points, not the nonzero ones (x = 0 counted as usable)
+    ('tensor_features/train.py', 'nonzero = int((x != 0).sum())', 'nonzero = int(x.numel())'),
+    # within_epoch: the float32 floor dropped (with --noise 0 nothing is ever "within")
+    ('tensor_features/train.py', 'return epochs_to_within(losses, optimum.loss, floor=optimum.resolution)', 'return epochs_to_within(losses, optimum.loss)'),
+    # ---------------------------------------------------------------- config.py / utils.py / load_data.py
+    # config: the learning-rate default is not the original's 0.1
+    ('tensor_features/config.py', 'lr: float | str = option(0.1, "learning rate', 'lr: float | str = option(0.01, "learning rate'),
+    # build_parser: bool detection misses the string annotation: --no-zero-grad etc. want a value
+    ('tensor_features/config.py', 'if spec.type in ("bool", bool):', 'if spec.type is bool:'),
+    # load_data: x on [0, 1] instead of [-1, 1]
+    ('tensor_features/load_data.py', 'x = torch.linspace(-1, 1, n, dtype=dtype).unsqueeze(1)', 'x = torch.linspace(0, 1, n, dtype=dtype).unsqueeze(1)'),
+    # load_data: noise scaling applied after adding x²: y = noise · (N(0,1) + x²)
+    ('tensor_features/load_data.py', '.mul_(noise).add_(x**2)', '.add_(x**2).mul_(noise)'),
+]
+
 CPU = torch.device("cpu")
 
 
