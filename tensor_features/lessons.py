@@ -149,7 +149,7 @@ def _run_child(args: list[str], summary: Path) -> tuple[int, float]:
     """
     from tensor_features.cli import sigint_handler
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_SUMMARY": str(summary)}
+    env = {**os.environ, "LAB_SUMMARY": str(summary)}  # a lesson finds the package beside it (or installed)
     start = time.perf_counter()
     with sigint_handler(signal.SIG_IGN):  # inherited by the child; back to run_main's handler at once
         child = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env)

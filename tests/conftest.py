@@ -13,9 +13,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from tensor_features.lab import Lab  # noqa: E402
+from tensor_features.lab import Lab  # noqa: E402  (the package is installed in editable mode: make package)
 from tensor_features.lessons import load_lesson, run_in_process  # noqa: E402,F401
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
