@@ -80,10 +80,16 @@ def fastest_seconds(fn, device: torch.device | str = "cpu", repeats: int = 5) ->
 
 
 def display_images(batch: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Write a uint8 batch [N, 3, H, W] as one grid PNG at path (no display needed)."""
+    """Write a uint8 batch [N, 3, H, W] as one grid image at path (no display needed), whole or
+    not at all: it is written under a temporary name and renamed when complete (Ctrl-C included)."""
+    from PIL import Image
     from torchvision.utils import make_grid, save_image  # torchvision only for images
+
+    from tensor_features.cli import whole_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(batch.float() / 255, nrow=nrow, padding=2), path)
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # the name ends in .part
+    with whole_file(path) as partial:
+        save_image(make_grid(batch.float() / 255, nrow=nrow, padding=2), partial, format=image_format)
     return path

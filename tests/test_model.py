@@ -289,3 +289,22 @@ def test_fastest_seconds_is_the_fastest_run_on_one_thread(monkeypatch):
     assert utils.fastest_seconds(work, repeats=3) == 2.0
     assert len(calls) == 4 and set(seen) == {1}
     assert torch.get_num_threads() == threads
+
+
+def test_display_images_writes_the_whole_grid_or_nothing(tmp_path, monkeypatch):
+    import torchvision.utils
+
+    from tensor_features import utils
+
+    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    written = utils.display_images(batch, tmp_path / "grid.png", nrow=3)
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(tmp_path.iterdir()) == [written]
+
+    def interrupted(tensor, fp, format=None):
+        open(fp, "wb").write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchvision.utils, "save_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        utils.display_images(batch, tmp_path / "other.png")
+    assert sorted(tmp_path.iterdir()) == [written], "no half-written grid, no temporary file"
