@@ -146,7 +146,7 @@ def launched() -> Launch | None:
 
 def _rendezvous_address(launch: Launch) -> tuple[str, int]:
     """MASTER_ADDR and MASTER_PORT, where env:// meets (rank 0 serves there unless torchrun does)."""
-    address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    address, port = os.environ.get("MASTER_ADDR", "").strip(), os.environ.get("MASTER_PORT", "").strip()
     if not address or not port:
         missing = " and ".join(name for name, value in (("MASTER_ADDR", address), ("MASTER_PORT", port)) if not value)
         raise JoinError(f"RANK={launch.rank} and WORLD_SIZE={launch.world_size} are set, but {missing} "

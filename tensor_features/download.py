@@ -199,6 +199,8 @@ def _download_into(root: Path, force: bool, source: Source, check_integrity, dow
             if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
                 raise DownloadError(f"cannot write to {root}: {err.strerror}; choose another --dest") from None
             raise DownloadError(f"{root}: {err.strerror or err}") from None
+        if isinstance(err, RuntimeError) and "write" in str(err):  # torch.save's own report of a full disk
+            raise DownloadError(f"could not save the cats into {root} ({err}); nothing was kept") from None
         raise
 
 

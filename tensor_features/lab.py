@@ -364,14 +364,27 @@ def _source_of(frame: FrameType) -> _FunctionSource | None:
     return _SOURCES[key]
 
 
+def _may_skip_lines(function: Callable[..., Any]) -> bool:
+    """Whether a statement of the function might not run: a branch, a try, a while, an early exit,
+    or a `with lab.expect_...` block (the error ends it early). Only such functions are traced, so
+    that a timing loop runs untraced (a `for` body that runs zero times is not marked)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    branching = (ast.If, ast.Try, ast.While, ast.Break, ast.Continue, ast.Raise, ast.Match)
+    return any(isinstance(node, branching) or (isinstance(node, ast.With) and any(
+        _is_lab_call(item.context_expr) for item in node.items)) for node in _own_nodes(tree.body[0]))
+
+
 class _LineTrace:
     """The line numbers of one function's frames that ran (sys.settrace, that code object only).
 
     Inactive, and so marking nothing, when a debugger or coverage tool already traces.
     """
 
-    def __init__(self, code) -> None:
-        self.code, self.lines, self.active = code, set(), False
+    def __init__(self, code, active: bool = True) -> None:
+        self.code, self.lines, self.active, self.wanted = code, set(), False, active
 
     def _global(self, frame, event, arg):
         return self._local if frame.f_code is self.code else None
@@ -382,7 +395,7 @@ class _LineTrace:
         return self._local
 
     def __enter__(self) -> "_LineTrace":
-        self.active = sys.gettrace() is None
+        self.active = self.wanted and sys.gettrace() is None
         if self.active:
             sys.settrace(self._global)
         return self
@@ -522,7 +535,7 @@ class Lab:
         title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
         self._print(f"\n[{self.observation}] {title}")
         self._cursor = None
-        self._ran = _LineTrace(observation.__code__)
+        self._ran = _LineTrace(observation.__code__, active=_may_skip_lines(observation))
         try:
             with self._ran:
                 return observation(self, *args, **kwargs)
@@ -724,7 +737,7 @@ class Lab:
                                           "seconds": round(seconds, 2), "device": str(self.device)}) + "\n")
             except OSError as err:  # checked at the start, but a disk can fill up (or it is /dev/full)
                 say(f"{self.prog}: error: {SUMMARY_ENV}={summary} cannot be written ({err.strerror})")
-                code = 2  # as when Lab.start finds it unwritable
+                code = code or 2  # as when Lab.start finds it unwritable; a failed check keeps its 1
         if in_notebook():
             return None
         try:

@@ -71,7 +71,12 @@ def passed_on(argv: list[str], drop_device: bool) -> list[str]:
 
 def run_try(path: Path, number: int, argv: list[str], prog: str) -> int:
     """Run Try `number` (1-based) on a copy of the lesson; return the copy's exit code."""
-    tries = lesson_tries(path)
+    try:
+        tries = lesson_tries(path)
+    except Exception as err:  # noqa: BLE001 - a lesson the learner is editing may not even load
+        print(f"{prog}: error: --try {number}: the lesson does not load as it is now "
+              f"({type(err).__name__}: {err}); undo your edit or use a fresh copy", file=sys.stderr)
+        return 2
     if not 1 <= number <= len(tries):
         print(f"{prog}: error: --try {number}: this lesson has Try 1 to {len(tries)} (--tries lists them)",
               file=sys.stderr)
@@ -85,7 +90,12 @@ def run_try(path: Path, number: int, argv: list[str], prog: str) -> int:
             return 2
     print(f"Try {number}: {describe(path, tries)[number - 1].split('. ', 1)[1]}")
     source = path.read_text(encoding="utf-8")
-    edited = attempt.apply(source) if attempt.edit is not None else source
+    try:
+        edited = attempt.apply(source) if attempt.edit is not None else source
+    except ValueError as err:  # the learner made this edit (or another) by hand already
+        print(f"{prog}: error: Try {number}'s edit no longer applies ({err}); undo your edit of that line, "
+              "or run the copy you edited as it is", file=sys.stderr)
+        return 2
     diff = list(difflib.unified_diff(source.splitlines(), edited.splitlines(), f"{path.name}",
                                      f"{path.name} (the copy that runs)", n=1, lineterm=""))
     print("\n".join(diff) if diff else "(no edit: the same file, other flags)")

@@ -191,3 +191,30 @@ def test_the_trainer_prints_what_the_lesson_derives(capsys):
     first_loss = float(re.search(r"Epoch 0, Loss ([0-9.]+)", printed)[1])
     w0 = lesson_out["w0"].double()
     assert first_loss == pytest.approx(((phi @ w0 - y) ** 2).mean().item(), abs=1e-4)  # printed to 4 decimals
+
+
+def test_each_named_route_is_the_composition_that_ran(monkeypatch):
+    # The routes are told apart by the transforms that ran, not by rounding, which two routes
+    # may share on some CPU: each of the lesson's hessian/jacfwd/jacrev is wrapped to record
+    # what it composed.
+    made = []
+
+    def spy(name, transform):
+        def wrapped(f, *args, **kwargs):
+            inner, result = getattr(f, "route", "g"), transform(f, *args, **kwargs)
+
+            def call(*a, **k):
+                return result(*a, **k)
+
+            call.route = f"{name}({inner})"
+            made.append(call.route)
+            return call
+        return wrapped
+
+    for name in ("hessian", "jacfwd", "jacrev"):
+        monkeypatch.setattr(lesson, name, spy(name, getattr(torch.func, name)))
+    lab = quiet_lab()
+    lesson.which_composition(lab)
+    assert made == ["hessian(g)", "jacrev(g)", "jacfwd(jacrev(g))", "jacrev(g)", "jacrev(jacrev(g))",
+                    "jacfwd(g)", "jacfwd(jacfwd(g))"]
+    assert lab.failed == []

@@ -314,3 +314,17 @@ def test_check_uses_the_tolerance_it_is_given():
     assert not lab.check(1.0 + 1e-7, 1.0, "exact asked for", rtol=0.0, atol=0.0)
     assert lab.check(1.05, 1.0, "a wide tolerance asked for", rtol=0.1)
     assert len(lab.failed) == 1
+
+
+def timing_only(lab: Lab):
+    """A loop and no branch: run untraced."""
+    for _ in range(3):
+        pass
+
+
+def test_only_observations_that_can_skip_a_line_are_traced():
+    # Tracing slows every Python call; an observation with no branch, try, while, early exit or
+    # lab.expect_ block runs untraced (its timings stay what they would be).
+    from tensor_features.lab import _may_skip_lines
+
+    assert _may_skip_lines(branching) and not _may_skip_lines(timing_only) and not _may_skip_lines(doubled)

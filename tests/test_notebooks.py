@@ -85,7 +85,9 @@ def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
     import json
     import subprocess
 
-    result = subprocess.run(["make", "-s", "notebook", "L=05_gradient_computation_backward", f"VENV={sys.prefix}",
+    # -o: take the environment as it is (never pip, which would reach the network).
+    result = subprocess.run(["make", "-s", "-o", f"{sys.prefix}/.installed-dev", "-o", "package", "notebook",
+                             "L=05_gradient_computation_backward", f"VENV={sys.prefix}",
                              f"NOTEBOOKS={tmp_path}", "NOTEBOOK_ARGS=--version"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -116,3 +116,13 @@ def test_passed_on_drops_only_the_try_flags():
         ["--device", "cpu", "--size", "8"]
     assert passed_on(["--try=2", "--device=cpu", "--tries"], drop_device=True) == []
     assert passed_on(["--device", "cuda", "--try", "1"], drop_device=True) == []
+
+
+def test_try_after_the_edit_was_made_by_hand_is_one_line(tmp_path):
+    # The README says the edit can be made by hand; --try N on that file then cannot apply it.
+    edited = tmp_path / BACKWARD.name
+    edited.write_text(load_lesson(BACKWARD).TRIES[1].apply(BACKWARD.read_text()))  # the learner's own edit
+    finished = run_in_process(edited, ["--try", "2", "--device", "cpu"])
+    assert finished.code == 2 and "Traceback" not in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1
+    assert "Try 2's edit no longer applies" in finished.stderr
