@@ -786,6 +786,9 @@ def main_data_parallel(parser, argv: list[str] | None, world_size: int) -> int:
         problem = check_combinations(config) or check_data_parallel(config, world_size)
         if problem:
             parser.error(problem)
+        problem = environment_problem(compiles=config.fast)  # as in main(): before any rank joins or trains
+        if problem:
+            parser.exit(2, f"{parser.prog}: error: {problem}\n")
     # What this machine has may differ between machines: a rank that lacks it says so itself.
     device = device_or_exit(parser, config.device)
     try:

@@ -27,10 +27,12 @@ import torch
 
 from conftest import ROOT, run_script
 from tensor_features import data_parallel, distributed, fitting, train
-from tensor_features.config import TrainConfig
+from tensor_features.config import TrainConfig, build_parser
 from train_oracles import descent_losses, original_problem, stacked_system
 
 MUTANTS = [
+    ("tensor_features/train.py", "        problem = environment_problem(compiles=config.fast)  # as in main(): before any rank",
+     "        problem = None  # as in main(): before any rank"),
     ("tensor_features/data_parallel.py", "weighted = grad * self.share", "weighted = grad / self.world_size"),
     ("tensor_features/data_parallel.py", "start = rank * base + min(rank, extra)", "start = rank * base"),
     ("tensor_features/data_parallel.py", "            dist.all_reduce(weighted)  # SUM over the ranks",
@@ -488,3 +490,16 @@ def test_bench_row_11_says_when_torchrun_fails(monkeypatch):
     rows = row.measure(CPU, Namespace(n=64, repeats=1))
     assert [r.cpu.value for r in rows[2:]] == [None, None]
     assert rows[2].cpu.note == rows[3].cpu.note == "exit code 1 from torchrun"  # bench's "broken" rule reads it
+
+
+def test_an_unwritable_summary_stops_every_rank_before_it_joins(monkeypatch, capfd):
+    # As without torchrun: the environment is checked before any work, here before the join
+    # (which would wait for a peer that this test never starts).
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LAB_SUMMARY", "/etc/hostname/summary.jsonl")  # under a file: unwritable, root too
+    with pytest.raises(SystemExit) as done:
+        train.main_data_parallel(build_parser(), ["--epochs", "2"], 2)
+    assert done.value.code == 2
+    err = capfd.readouterr().err.strip().splitlines()  # rank 0 says it on the real stderr
+    assert len(err) == 1 and "LAB_SUMMARY=/etc/hostname/summary.jsonl cannot be written" in err[0]
