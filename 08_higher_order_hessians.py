@@ -24,7 +24,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp
 from tensor_features.config import TrainConfig
 from tensor_features.lab import Lab, Try
 from tensor_features.load_data import load_data
-from tensor_features.model import feature_map, initial_weights, least_squares_optimum
+from tensor_features.trainer.model import feature_map, initial_weights, least_squares_optimum
 from tensor_features.utils import fastest_seconds
 
 # The first forward-AD call of a process (jacfwd, jvp) loads torch's JVP decompositions through

@@ -27,7 +27,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tensor_features.distributed import World, on_every_rank, only_rank_0_prints
+from tensor_features.lab.distributed import World, on_every_rank, only_rank_0_prints
 from tensor_features.lab import Lab, Try
 
 with only_rank_0_prints():  # under torchrun, the other ranks' labs print into a buffer

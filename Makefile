@@ -49,13 +49,13 @@ package: $(VENV)/.installed-run
 		|| $(PY) -m pip install --quiet --no-deps -e .
 
 run: $(VENV)/.installed-run package
-	$(PY) -m tensor_features.lessons --device $(DEVICE)
+	$(PY) -m tensor_features.lab.lessons --device $(DEVICE)
 
 # L is a lesson's file name, with or without .py; ARGS are passed on (ARGS="--try 2").
 lesson: $(VENV)/.installed-run package
 	@if [ -z "$(L)" ] || [ ! -f "$(basename $(L)).py" ]; then \
 		echo "usage: make lesson L=NAME [ARGS=...], NAME one of (teaching order):" >&2; \
-		$(PY) -c "from tensor_features.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
+		$(PY) -c "from tensor_features.lab.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
 		exit 2; fi
 	$(PY) $(basename $(L)).py --device $(DEVICE) $(ARGS)
 
@@ -64,7 +64,7 @@ lesson: $(VENV)/.installed-run package
 notebook: $(VENV)/.installed-dev package
 	@if [ -z "$(L)" ] || [ ! -f "$(basename $(L)).py" ]; then \
 		echo "usage: make notebook L=NAME, NAME one of (teaching order):" >&2; \
-		$(PY) -c "from tensor_features.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
+		$(PY) -c "from tensor_features.lab.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
 		exit 2; fi
 	@mkdir -p $(NOTEBOOKS)
 	$(PY) -m jupytext --quiet --to ipynb --output $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb $(basename $(L)).py
@@ -82,7 +82,7 @@ bench: $(VENV)/.installed-dev package
 	$(PY) -m bench --device $(DEVICE) $(BENCH_ARGS)
 
 mutate: $(VENV)/.installed-dev package
-	$(PY) tests/mutate.py
+	$(PY) -m tests.mutate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

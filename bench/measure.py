@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from tensor_features.lessons import ROOT
+from tensor_features.lab.lessons import ROOT
 
 MB = 2**20
 

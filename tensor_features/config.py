@@ -10,7 +10,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from tensor_features.cli import DEVICE_CHOICES, OneLineArgumentParser, float_in_range, int_in_range, learning_rate
-from tensor_features.model import LOSS_NAMES
+from tensor_features.trainer.model import LOSS_NAMES
 
 
 def option(default, help: str, **argparse_kwargs):

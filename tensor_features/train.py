@@ -16,7 +16,7 @@ The data are y = x² + noise on [-1, 1]; the model is f(x) = Φ(x) w with Φ = [
 3). With a fixed basis every loss here is a quadratic in w, so its exact minimum is one
 least-squares solve away: every run is compared with it.
 
-Where things are: the mathematics in tensor_features/model.py, the training loop in fitting.py,
+Where things are: the mathematics in tensor_features/trainer/model.py, the training loop in fitting.py,
 the observation points in observations.py, the data-parallel plumbing in data_parallel.py. This
 file is the command line: run() computes a RunResult, report() prints it, plots.py draws it.
 """
@@ -37,16 +37,16 @@ import torch
 from tensor_features.cli import (cannot_append, cannot_write_into, device_or_exit, environment_problem,
                                  missing_folders, remove_empty, run_main)
 from tensor_features.config import TrainConfig, build_parser, config_from_args
-from tensor_features.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
-from tensor_features.distributed import JoinError, one_line, only_rank_0_prints
-from tensor_features.fitting import (
+from tensor_features.trainer.data_parallel import DataParallel, DeviceError, rank_from_env, said_once, world_size_from_env
+from tensor_features.lab.distributed import JoinError, one_line, only_rank_0_prints
+from tensor_features.trainer.fitting import (
     REFERENCE_EPOCHS, Curve, FastLoss, FitResult, MLPFeatures, fit, fit_loss, fit_mlp, fitted_curve, payoff_epochs,
     reference_epoch_ms, rows_layout)
 from tensor_features.load_data import load_data
-from tensor_features.model import (  # noqa: F401 (re-exported for code that imported them from train)
+from tensor_features.trainer.model import (  # noqa: F401 (re-exported for code that imported them from train)
     DerivativeRows, Loss, Optimum, epochs_to_within, initial_weights, least_squares_optimum,
     make_feature_derivatives, make_features)
-from tensor_features.observations import (
+from tensor_features.trainer.observations import (
     BatchNormTrap, CreateGraphCheck, DerivativeRoutes, OutsideNoGrad, SweepRow, batchnorm_trap, create_graph_check,
     derivative_routes, max_column_cosine, update_outside_no_grad)
 

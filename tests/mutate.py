@@ -1,6 +1,6 @@
 """make mutate: small wrong edits of the lessons and the trainer, each of which a test must catch.
 
-    python tests/mutate.py [--only TEXT] [--blind] [--jobs N] [--list]
+    python -m tests.mutate [--only TEXT] [--blind] [--jobs N] [--list]
 
 Every test file may define a module-level list of mutants, literal tuples
 
@@ -42,7 +42,7 @@ IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache"
 
 @dataclass(frozen=True)
 class Mutant:
-    test_file: str  # tests/test_x.py, where it was declared
+    test_file: str  # tests/lessons/test_x.py, where it was declared
     target: str
     old: str
     new: str
@@ -63,9 +63,9 @@ class Mutant:
 
 
 def collect(only: str | None = None, blind_only: bool = False) -> list[Mutant]:
-    """Every MUTANTS and BLIND_MUTANTS list in tests/test_*.py, read without importing the test files."""
+    """Every MUTANTS and BLIND_MUTANTS list in tests/**/test_*.py, read without importing the test files."""
     mutants = []
-    for test_file in sorted((ROOT / "tests").glob("test_*.py")):
+    for test_file in sorted((ROOT / "tests").rglob("test_*.py")):
         if only is not None and not _may_hold(test_file, only):
             continue
         tree = ast.parse(test_file.read_text())
@@ -80,7 +80,7 @@ def collect(only: str | None = None, blind_only: bool = False) -> list[Mutant]:
                 except ValueError:
                     raise SystemExit(f"{test_file.name}: MUTANTS must be a literal list of (file, old, new) tuples")
                 for target, old, new in entries:
-                    mutant = Mutant(f"tests/{test_file.name}", target, old, new, blind)
+                    mutant = Mutant(test_file.relative_to(ROOT).as_posix(), target, old, new, blind)
                     if only is None or only in mutant.label() or only in mutant.test_file:
                         mutants.append(mutant)
     return mutants
@@ -88,7 +88,7 @@ def collect(only: str | None = None, blind_only: bool = False) -> list[Mutant]:
 
 def _may_hold(test_file: Path, only: str) -> bool:
     """Whether a test file can hold a mutant matching --only (by its name, or by text it contains)."""
-    return only in f"tests/{test_file.name}" or only in test_file.read_text()
+    return only in test_file.relative_to(ROOT).as_posix() or only in test_file.read_text()
 
 
 def problems(mutants: list[Mutant]) -> list[str]:
@@ -126,7 +126,7 @@ def run_tests(copy: Path, test_file: str, timeout: float | None = None) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tests/mutate.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.mutate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", metavar="TEXT", help="only mutants whose label or test file contains TEXT")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default: %(default)s)")

@@ -7,7 +7,7 @@
 # the plain and the checkpointed steps taking turns.
 # With √L segments (torch.utils.checkpoint.checkpoint_sequential, use_reentrant=False) the forward
 # keeps each checkpointed segment's input and the last segment's activations, and backward runs the
-# checkpointed segments' forwards again (tests/test_06_saved_tensors.py counts both).
+# checkpointed segments' forwards again (tests/lessons/test_06_saved_tensors.py counts both).
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from bench.measure import MB
 from bench.table import Figure, Row
-from tensor_features.lessons import load_lesson
+from tensor_features.lab.lessons import load_lesson
 from tensor_features.utils import synchronize
 
 NUMBER = 7

@@ -9,7 +9,7 @@ import statistics
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import fitting, model
+from tensor_features.trainer import fitting, model
 from tensor_features.config import TrainConfig
 from tensor_features.load_data import load_data
 
@@ -47,7 +47,7 @@ def time_to_solution(device: torch.device, max_epochs: int = 20000, starts: int 
         if epochs is None:
             found[label].note += f"; not within 1% in {max_epochs}"
     # Epochs ≤ the bound is a theorem for a quadratic, not a goal that could be missed: the row
-    # reports both, and tests/test_bench.py checks that the theorem holds for the float32 fit.
+    # reports both, and tests/tools/test_bench.py checks that the theorem holds for the float32 fit.
     found["auto"].note += "; the bound holds by theorem, float32 rounding aside (a count above it would be a bug)"
     speedup = Figure(found["0.1"].value, found["auto"].value, "epochs")
     speedup.met = speedup.ratio is not None and speedup.ratio >= 10

@@ -1,6 +1,6 @@
 """Row 11: the trainer's epoch at n = --n (default 2**22) in one process and data-parallel in two (torchrun, gloo, CPU), and the share of the two-process epoch spent in its all-reduces.
 
-How it is measured: an epoch time is FitResult.epoch_ms of tensor_features.fitting.fit (the mean of
+How it is measured: an epoch time is FitResult.epoch_ms of tensor_features.trainer.fitting.fit (the mean of
 the epochs after the first), and each figure is the median over --repeats fits of EPOCHS epochs.
 One process: fit on all n rows, in this process, on its torch threads and on one thread (on a
 shared machine, threads that wait for each other can cost more than they bring). Two processes: this file
@@ -40,7 +40,7 @@ def median_epoch_ms(fit_once, repeats: int) -> float:
 
 def one_process_ms(n: int, repeats: int) -> tuple[float, float]:
     """(median epoch on torch's threads, on one thread), all n rows in this process."""
-    from tensor_features import fitting, model
+    from tensor_features.trainer import fitting, model
     from tensor_features.load_data import load_data
 
     x, y = load_data(n)
@@ -112,8 +112,8 @@ def rank_main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from tensor_features import fitting, model
-    from tensor_features.data_parallel import DataParallel
+    from tensor_features.trainer import fitting, model
+    from tensor_features.trainer.data_parallel import DataParallel
     from tensor_features.load_data import load_data
 
     cpu = torch.device("cpu")

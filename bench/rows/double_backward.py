@@ -16,7 +16,7 @@ import math
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import fitting, model
+from tensor_features.trainer import fitting, model
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds
 

@@ -8,7 +8,7 @@ turns, one call of each per round, and each figure is the median of its rounds.
 On CUDA each figure is a median of GPU time from CUDA events (torch.cuda.Event(enable_timing=True))
 around EVENT_CALLS calls in a row, the floor's included, and 3c is the --fast epoch as the trainer
 runs it there: one CUDA graph replay per epoch, the losses read to the host once per EVENT_CALLS
-epochs (tensor_features/fitting.py, FastFit).
+epochs (tensor_features/trainer/fitting.py, FastFit).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 import torch
 
 from bench.table import Figure, Row
-from tensor_features import fitting, model
+from tensor_features.trainer import fitting, model
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds, synchronize
 

@@ -10,7 +10,7 @@ import torch
 from torch.func import jacfwd, jacrev
 
 from bench.table import Figure, Row
-from tensor_features.lessons import load_lesson
+from tensor_features.lab.lessons import load_lesson
 from tensor_features.utils import median_seconds
 
 NUMBER = 8

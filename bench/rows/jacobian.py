@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from bench.table import Figure, Row
-from tensor_features.lessons import load_lesson
+from tensor_features.lab.lessons import load_lesson
 from tensor_features.utils import fastest_seconds
 
 NUMBER = 2

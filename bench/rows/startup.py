@@ -12,7 +12,7 @@ import torch
 
 from bench.measure import process_run
 from bench.table import Figure, Row
-from tensor_features.lessons import lesson_paths, short_name
+from tensor_features.lab.lessons import lesson_paths, short_name
 
 NUMBER = 1
 

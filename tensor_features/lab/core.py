@@ -1,0 +1,748 @@
+"""The plumbing every lesson shares: numbering observations, printing the code that ran,
+printing each observed value beside its expectation, catching the errors a lesson provokes
+on purpose, the "Try:" lines, and the exit code.
+
+A lesson does the autograd itself, in plain sight. Its shape:
+
+    lab = Lab.start("05 · backward", __doc__, __name__)
+
+    # %% [1] ...
+    def original_example(lab: Lab):
+        \"\"\"The original example: d/dx (x**2 + 2x) at x = 3.\"\"\"
+        x = torch.tensor(3.0, requires_grad=True, device=lab.device)
+        y = x**2 + 2 * x
+        y.backward()
+        lab.check(x.grad, 8.0, "dy/dx = 2x + 2 = 8")
+
+    lab.run(original_example)
+    ...
+    lab.finish(TRIES)
+
+What the learner reads is the code itself: before each check the lab prints the observation's
+own source lines, read back from the file (or the notebook cell), from the last printed line to
+the end of the current statement. It leaves out the lab's calls, the docstring and the
+observation's `return` lines. A statement that did not run (a branch not taken, the lines after
+a provoked error) is printed with `# not run` after it; a helper defined outside the observation
+runs without being printed (its name shows where it is called). A
+check's label is the source text of the value it checks, unless the lesson passes label=. So
+the printed code cannot drift from the code; the labels given by hand and the "why" texts are
+sentences like any other, checked by the tests and by reading.
+
+One file, three ways to run it:
+  * `python lesson.py [flags]`: observations run top to bottom; finish() exits 0, or 1 when
+    any observation disagreed (2 for a bad flag, from argparse, or an unwritable LAB_SUMMARY);
+    Ctrl-C ends it with one line and exit code 130, a closed or full stdout with exit code 1.
+  * a notebook (Jupyter or VS Code, through the `# %%` cells): each cell runs and prints its
+    observation; finish() prints the count and does not exit the kernel.
+  * `import` (tests, the bench): the lab is inert, lab.run() does nothing, and the tests call
+    each observation function with a lab of their own.
+
+`make mutate` sets LAB_FORCE_AGREE=1, which makes every check count as agreeing, so that only
+the tests' own oracles can catch a wrong lesson. LAB_SUMMARY=PATH makes finish() append a
+one-line JSON summary to PATH (the `make run` summary reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import inspect
+import io
+import json
+import linecache
+import math
+import os
+import re
+import signal
+import sys
+import textwrap
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator, TextIO
+
+import torch
+
+from tensor_features.cli import (OneLineArgumentParser, add_device_argument, device_or_exit, environment_problem,
+                                 int_in_range, interrupted, program_name, run_main, say, stdout_failed)
+
+FORCE_AGREE_ENV = "LAB_FORCE_AGREE"
+SUMMARY_ENV = "LAB_SUMMARY"
+LEFT_WIDTH = 40  # "x.grad = 8" column
+LINE_WIDTH = 120  # past this, the expectation goes on its own line
+WRAP_WIDTH = 100  # provoked error messages are shown whole, wrapped at this width
+LAB_CALLS = {"check", "expect_error", "expect_warning", "note"}
+
+
+# -- values ----------------------------------------------------------------------------------------
+
+def format_value(value: Any) -> str:
+    """A short, exact-enough text for an observed or expected value."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.numel() == 1 and value.dim() == 0:
+            return format_value(value.item())
+        if value.numel() <= 16:
+            return format_value(value.cpu().tolist())
+        shape = "×".join(str(s) for s in value.shape)
+        return f"<{shape} {str(value.dtype).removeprefix('torch.')}>"
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+        # As Python prints it: 8.0, not 8, so that a float is never mistaken for an int.
+        return text + ".0" if text.lstrip("-").isdigit() else text
+    if isinstance(value, torch.Size):
+        return str(tuple(value))
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(format_value(v) for v in value)
+        if isinstance(value, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return str(value)
+
+
+def _as_cpu_tensor(value: Any) -> torch.Tensor:
+    """A tensor on the CPU; Python floats become float64, so 0.1 is not first rounded to float32."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    tensor = torch.as_tensor(value)
+    return torch.as_tensor(value, dtype=torch.float64) if tensor.is_floating_point() else tensor
+
+
+def values_match(observed: Any, expected: Any, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+    """Equality for exact things, closeness for floating point, shape-aware for tensors.
+
+    NaN matches NaN (a lesson may expect a NaN gradient); None matches only None.
+    """
+    if observed is None or expected is None:
+        return observed is None and expected is None
+    if isinstance(observed, torch.Tensor) or isinstance(expected, torch.Tensor):
+        try:
+            obs, exp = (_as_cpu_tensor(v) for v in (observed, expected))
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        if obs.shape != exp.shape:
+            if not (obs.numel() == 1 and exp.numel() == 1):
+                return False
+            obs, exp = obs.reshape(()), exp.reshape(())
+        if obs.is_floating_point() or exp.is_floating_point():
+            return torch.allclose(obs.double(), exp.double(), rtol=rtol, atol=atol, equal_nan=True)
+        return torch.equal(obs, exp.to(obs.dtype))
+    if isinstance(observed, (list, tuple)) and isinstance(expected, (list, tuple)):
+        return len(observed) == len(expected) and all(
+            values_match(o, e, rtol=rtol, atol=atol) for o, e in zip(observed, expected)
+        )
+    if isinstance(observed, bool) or isinstance(expected, bool):
+        return type(observed) is type(expected) and observed == expected
+    if isinstance(observed, float) or isinstance(expected, float):
+        try:
+            o, e = float(observed), float(expected)
+        except (TypeError, ValueError):
+            return False
+        if math.isnan(o) or math.isnan(e):
+            return math.isnan(o) and math.isnan(e)
+        return math.isclose(o, e, rel_tol=rtol, abs_tol=atol)
+    return observed == expected
+
+
+# -- "Try:" lines, as data a test can run ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Try:
+    """One thing to try after a lesson, and what it will show.
+
+    Either flags for the command line (``flags="--size 1024"``) or an edit of the lesson's own
+    source (``edit=(old, new)``, inside the observation function ``where``, or anywhere in the
+    file when where is None; old must occur exactly once there). ``then`` says what happens, in
+    words; ``exit`` and ``shows`` are the same promise in a form a test checks: the exit code,
+    and text the output will contain that it did not contain before the change.
+    tests/lab/test_tries.py runs every Try of every lesson.
+    """
+
+    then: str
+    flags: str = ""
+    edit: tuple[str, str] | None = None
+    where: Callable[..., Any] | None = None
+    exit: int = 0
+    shows: tuple[str, ...] = ()
+    needs_cuda: bool = False  # offered only where a GPU is visible
+
+    def text(self, number: int | None = None) -> str:
+        if self.edit is not None:
+            old, new = (_code_only(part) for part in self.edit)
+            change = f"replace `{old}` with `{new}`" if new else f"delete `{old}`"
+            place = f"[{number}]" if number is not None else (f"{self.where.__name__}()" if self.where else "")
+            what = f"in {place}, {change}" if place else change
+            if self.flags:
+                what = f"{what}, and run with {self.flags}"
+        else:
+            what = self.flags
+        outcome = {0: "", 1: " (exit 1: a check disagrees)"}.get(self.exit, f" (exit {self.exit})")
+        return f"{what}: {self.then}{outcome}"
+
+    def apply(self, source: str) -> str:
+        """The lesson's source with this Try's edit made; ValueError if old is not there exactly once."""
+        old, new = self.edit
+        start, end = 0, len(source)
+        if self.where is not None:
+            lines = source.splitlines(keepends=True)
+            node = next((n for n in ast.parse(source).body
+                         if isinstance(n, ast.FunctionDef) and n.name == self.where.__name__), None)
+            if node is None:
+                raise ValueError(f"no function {self.where.__name__}() in the lesson")
+            start = sum(len(line) for line in lines[: node.lineno - 1])
+            end = sum(len(line) for line in lines[: node.end_lineno])
+        span = source[start:end]
+        if span.count(old) != 1:
+            raise ValueError(f"{old!r} occurs {span.count(old)} times in {self.where.__name__ if self.where else 'the file'}")
+        return source[:start] + span.replace(old, new) + source[end:]
+
+
+_LAB_FRAME = re.compile(r'  File "[^"]*tensor_features[/\\][^"]*", line \d+, in \S+\n(?:    [^\n]*\n)?')
+_BUILD_PATH = re.compile(r'(?:/[^\s/"]+)+/(?=(?:aten/src|c10|torch/csrc)/)')
+
+
+def tidy_message(message: str) -> str:
+    """A provoked error or warning as the learner needs it: without the lab's own frames in a
+    traceback (anomaly mode's), and with PyTorch's source paths relative to its repository
+    (`/__w/pytorch/pytorch/build/aten/src/...` -> `aten/src/...`: where its build ran)."""
+    return _BUILD_PATH.sub("", _LAB_FRAME.sub("", message))
+
+
+def _code_only(text: str) -> str:
+    """An edit as a learner reads it in a Try line: its code, without trailing comments, one line."""
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+# -- the lesson's own source, printed as it runs -----------------------------------------------------
+
+def _is_lab_call(node: ast.AST) -> bool:
+    """`lab.something(...)`: the lab's plumbing, which the printed code leaves out."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "lab")
+
+
+def _own_nodes(function: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a function's body, not descending into functions or classes defined inside it."""
+    stack = list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+@dataclass
+class _FunctionSource:
+    """One function of a lesson: which of its lines are shown, and how far to dedent each."""
+
+    lines: list[str]  # the whole file (or notebook cell), 1-based via lines[n - 1]
+    text: str
+    node: ast.FunctionDef
+    shown: dict[int, int] = field(default_factory=dict)  # line number -> columns to remove
+    # The function's own statements (not those of functions defined inside it): first line -> the
+    # lines any of which, when traced, means it ran (a decorated def starts at its decorator).
+    statements: dict[int, range] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, lines: list[str], firstlineno: int) -> "_FunctionSource | None":
+        text = "".join(lines)
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return None
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if first == firstlineno:
+                    source = cls(lines, text, node)
+                    source._mark_shown()
+                    return source
+        return None
+
+    def _mark_shown(self) -> None:
+        body = list(self.node.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]  # the docstring is the observation's title, printed by run()
+        if not body:
+            return
+        base = body[0].col_offset
+        hidden: set[int] = set()
+        extra: dict[int, int] = {}
+        for node in ast.walk(self.node):
+            if isinstance(node, (ast.Expr, ast.Assign)) and _is_lab_call(node.value):
+                hidden.update(range(node.lineno, node.end_lineno + 1))
+            elif isinstance(node, ast.With) and any(_is_lab_call(item.context_expr) for item in node.items):
+                # `with lab.expect_error(...):` is plumbing; its body is the lesson, one level less deep.
+                hidden.update(range(node.lineno, node.body[0].lineno))
+                shift = node.body[0].col_offset - node.col_offset
+                for line in range(node.body[0].lineno, node.end_lineno + 1):
+                    extra[line] = extra.get(line, 0) + shift
+        # The observation's own `return` lines hand values to the tests; a helper defined inside
+        # the observation (a Function's backward, a hook) keeps its returns: they are its logic.
+        for node in _own_nodes(self.node):
+            if isinstance(node, ast.Return):
+                hidden.update(range(node.lineno, node.end_lineno + 1))
+            if isinstance(node, ast.stmt):
+                first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+                self.statements[node.lineno] = range(first, node.lineno + 1)
+        start = body[0].lineno
+        # Comments directly above the first statement belong to it.
+        while start - 1 > self.node.body[0].end_lineno and self.lines[start - 2].strip().startswith("#"):
+            start -= 1
+        for number in range(start, self.node.end_lineno + 1):
+            line = self.lines[number - 1] if number - 1 < len(self.lines) else ""
+            if number in hidden or not line.strip():
+                continue
+            self.shown[number] = base + extra.get(number, 0)
+
+    def with_end(self, line: int) -> int:
+        """The last line of the `with` statement that starts at `line` (`line` if there is none)."""
+        for node in _own_nodes(self.node):
+            if isinstance(node, ast.With) and node.lineno == line:
+                return node.end_lineno
+        return line
+
+    def statement_end(self, line: int) -> int:
+        """The last line of the top-level statement of this function that contains `line`."""
+        for node in self.node.body:
+            if node.lineno <= line <= node.end_lineno:
+                return node.end_lineno
+        return line
+
+    def lab_call_argument(self, line: int, method: str) -> str | None:
+        """Source text of the first argument of the `lab.<method>(...)` call spanning `line`."""
+        for node in ast.walk(self.node):
+            if (_is_lab_call(node) and node.func.attr == method and node.lineno <= line <= node.end_lineno
+                    and node.args):
+                segment = ast.get_source_segment(self.text, node.args[0])
+                return " ".join(segment.split()) if segment else None
+        return None
+
+    def render(self, first: int, last: int, ran: set[int] | None = None, before: float = math.inf) -> list[str]:
+        """Lines first..last as shown; with `ran` (the traced line numbers), a statement that
+        starts before line `before` and never ran is marked. Later ones may still run."""
+        out = []
+        for number in range(first, last + 1):
+            if number in self.shown:
+                line = self.lines[number - 1].rstrip("\n")
+                text = line[self.shown[number]:] if line[: self.shown[number]].strip() == "" else line.strip()
+                lines = self.statements.get(number)
+                if ran is not None and lines is not None and number < before and not ran.intersection(lines):
+                    text += "  # not run"
+                out.append(text)
+        return out
+
+
+_SOURCES: dict[tuple[str, int, int], _FunctionSource | None] = {}
+_PLUMBING_FILES = {__file__, __import__("contextlib").__file__}
+
+
+def _lesson_frame() -> FrameType | None:
+    """The innermost frame outside this module and contextlib: the lesson's code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in _PLUMBING_FILES:
+        frame = frame.f_back
+    return frame
+
+
+def _source_of(frame: FrameType) -> _FunctionSource | None:
+    code = frame.f_code
+    lines = linecache.getlines(code.co_filename, frame.f_globals)
+    if not lines:
+        return None
+    key = (code.co_filename, code.co_firstlineno, hash("".join(lines)))
+    if key not in _SOURCES:
+        _SOURCES[key] = _FunctionSource.parse(lines, code.co_firstlineno)
+    return _SOURCES[key]
+
+
+def _may_skip_lines(function: Callable[..., Any]) -> bool:
+    """Whether a statement of the function might not run: a branch, a try, a while, an early exit,
+    or a `with lab.expect_...` block (the error ends it early). Only such functions are traced, so
+    that a timing loop runs untraced (a `for` body that runs zero times is not marked)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    branching = (ast.If, ast.Try, ast.While, ast.Break, ast.Continue, ast.Raise, ast.Match)
+    return any(isinstance(node, branching) or (isinstance(node, ast.With) and any(
+        _is_lab_call(item.context_expr) for item in node.items)) for node in _own_nodes(tree.body[0]))
+
+
+class _LineTrace:
+    """The line numbers of one function's frames that ran (sys.settrace, that code object only).
+
+    Inactive, and so marking nothing, when a debugger or coverage tool already traces.
+    """
+
+    def __init__(self, code, active: bool = True) -> None:
+        self.code, self.lines, self.active, self.wanted = code, set(), False, active
+
+    def _global(self, frame, event, arg):
+        return self._local if frame.f_code is self.code else None
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.lines.add(frame.f_lineno)
+        return self._local
+
+    def __enter__(self) -> "_LineTrace":
+        self.active = self.wanted and sys.gettrace() is None
+        if self.active:
+            sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            sys.settrace(None)
+
+
+# -- the lab -------------------------------------------------------------------------------------------
+
+@dataclass
+class Caught:
+    """What a provoked error or warning turned out to be (filled in when the block ends)."""
+
+    error: BaseException | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (Jupyter itself, VS Code's interactive window)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class Lab:
+    """Numbers the observations, prints the code that ran and each check beside its expectation."""
+
+    def __init__(self, title: str, device: torch.device | str = "cpu", stream: TextIO | None = None,
+                 live: bool = True):
+        self.title = title
+        self.device = torch.device(device)
+        self.stream = stream if stream is not None else sys.stdout
+        self.live = live  # False when the lesson was imported: run() and finish() do nothing
+        self.observation = 0
+        self.passed = 0
+        self.failed: list[str] = []
+        self.order: dict[str, int] = {}  # observation function name -> its number
+        self.args: argparse.Namespace = argparse.Namespace()
+        self.force_agree = os.environ.get(FORCE_AGREE_ENV) == "1"
+        self._started = time.perf_counter()
+        self._cursor: tuple[FrameType, _FunctionSource, int] | None = None  # frame, source, next line
+        self._ran: _LineTrace | None = None  # which lines of the running observation have run
+        self._hinted: set[str] = set()  # helpers whose definition a printed line has pointed to
+        self.prog = program_name()  # for the one-line messages on stderr
+        self._stopped = False  # after Ctrl-C or a failed write to stdout: print nothing more
+        self._print(f"{title:<44} torch {torch.__version__} · device {self.device}")
+
+    @classmethod
+    def start(
+        cls,
+        title: str,
+        description: str | None,
+        module_name: str,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        argv: list[str] | None = None,
+    ) -> "Lab":
+        """The lab of a lesson module; pass the module's ``__name__``.
+
+        Run as a script or in a notebook (``__name__ == "__main__"``), it parses the command
+        line (a notebook gets the defaults) and prints. Imported, it is inert and silent, with
+        the default flags in ``lab.args``.
+        """
+        prog = Path(sys.argv[0]).name if module_name == "__main__" and not in_notebook() else None
+        parser = OneLineArgumentParser(prog=prog, description=description,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_device_argument(parser)
+        if add_arguments is not None:
+            add_arguments(parser)
+        parser.add_argument("--tries", action="store_true", help="list this lesson's Try lines and stop")
+        parser.add_argument("--try", dest="try_number", type=int_in_range(1), metavar="N",
+                            help="run Try N on a temporary copy of this lesson: prints the edit as a diff, "
+                            "runs the copy, leaves this file untouched")
+        live = module_name == "__main__"
+        if not live or in_notebook():
+            argv = [] if argv is None else argv  # the kernel's own argv is not ours
+        args = parser.parse_args(argv)
+        if live and not in_notebook() and (args.tries or args.try_number is not None):
+            from tensor_features.lab import tries
+
+            lesson = Path(sys._getframe(1).f_globals["__file__"])
+            given = sys.argv[1:] if argv is None else argv
+            # run_main: a full or closed stdout, Ctrl-C, end in one line here too (see cli.run_main)
+            parser.exit(run_main(lambda: tries.list_tries(lesson) if args.tries
+                                 else tries.run_try(lesson, args.try_number, given, parser.prog)))
+        if live:
+            device = device_or_exit(parser, args.device)
+            problem = environment_problem()  # an unwritable LAB_SUMMARY: say so now, not after the lesson
+            if problem and not in_notebook():
+                parser.exit(2, f"{parser.prog}: error: {problem}\n")
+            lab = None
+
+            def stop(signum: int, frame: FrameType | None) -> None:  # from the title line on: see _interrupted
+                if lab is None:
+                    raise SystemExit(interrupted(parser.prog))
+                lab._interrupted(signum, frame)
+
+            if not in_notebook():  # a kernel keeps its own Ctrl-C: it interrupts the cell
+                with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                    signal.signal(signal.SIGINT, stop)
+            lab = cls(title, device)
+            lab.prog = parser.prog
+        else:
+            lab = cls(title, "cpu", stream=io.StringIO(), live=False)
+        lab.args = args
+        lab.parser = parser  # the fuzz test draws command lines from its flags
+        return lab
+
+    # -- printing -------------------------------------------------------------------------------
+
+    def _print(self, text: str = "") -> None:
+        if self._stopped:
+            return
+        try:
+            print(text, file=self.stream)
+        except OSError as err:  # `| head` (the reader has gone: quietly), a full disk or /dev/full (one line)
+            self._stopped = True
+            raise SystemExit(stdout_failed(err, self.prog)) from None
+
+    def _interrupted(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT (Ctrl-C) in a lesson run as a script: one line on stderr and exit code 130.
+
+        A lesson has no main() to wrap, so this raises SystemExit rather than KeyboardInterrupt: it
+        unwinds the lesson (finally, with) like any exception and ends without a traceback. What the
+        unwinding would still print (the rest of the observation's code) stays unprinted.
+        """
+        self._stopped = True
+        raise SystemExit(interrupted(self.prog))
+
+    def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Number and title the observation (its docstring's first line), then run it."""
+        if not self.live:
+            return None
+        self.observation += 1
+        self.order[observation.__name__] = self.observation
+        title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
+        self._print(f"\n[{self.observation}] {title}")
+        self._cursor = None
+        self._ran = _LineTrace(observation.__code__, active=_may_skip_lines(observation))
+        try:
+            with self._ran:
+                return observation(self, *args, **kwargs)
+        finally:
+            self._flush_code(to_end=True)
+            self._ran = None
+            self._cursor = None
+
+    def _flush_code(self, frame: FrameType | None = None, to_end: bool = False,
+                    block: str | None = None) -> _FunctionSource | None:
+        """Print the lesson lines that ran since the last printed line, up to the current statement.
+
+        block="opens": a `with lab.expect_...` block is about to run: print up to its first line
+        only; block="closed": it has run: print it through its end, marking what did not run.
+        """
+        ran = self._ran.lines if self._ran is not None and self._ran.active else None
+        if to_end:
+            if self._cursor is not None:
+                _, source, next_line = self._cursor
+                self._print_code(source.render(next_line, source.node.end_lineno, ran))
+            return None
+        if frame is None:
+            return None
+        source = _source_of(frame)
+        if source is None:
+            return None
+        if self._cursor is None or self._cursor[0] is not frame:
+            self._cursor = (frame, source, source.node.lineno)
+        _, _, next_line = self._cursor
+        last, before = source.statement_end(frame.f_lineno), frame.f_lineno
+        if block == "opens":
+            last = frame.f_lineno
+        elif block == "closed":
+            last = max(source.with_end(frame.f_lineno), frame.f_lineno)
+            before = last + 1
+        if last >= next_line:
+            ran = ran if frame.f_code is getattr(self._ran, "code", None) else None
+            lines = source.render(next_line, last, ran, before=before)
+            self._print_code([self._hint_helpers(line, frame) for line in lines])
+            self._cursor = (frame, source, last + 1)
+        return source
+
+    def _hint_helpers(self, line: str, frame: FrameType) -> str:
+        """On a helper's first call, say where it is defined: this file's line, or the package."""
+        hints = []
+        for name in re.findall(r"(?<![\w.])([A-Za-z_]\w*)\(", line.split("  #")[0]):
+            helper = frame.f_globals.get(name)
+            if name in self._hinted or not (inspect.isfunction(helper) or inspect.isclass(helper)):
+                continue
+            module = getattr(helper, "__module__", "") or ""
+            if module == frame.f_globals.get("__name__"):
+                try:
+                    where = f"defined in this file, line {inspect.getsourcelines(helper)[1]}"
+                except (OSError, TypeError):
+                    continue
+            elif module.startswith("tensor_features."):
+                where = f"from {module}"
+            else:
+                continue
+            self._hinted.add(name)
+            hints.append(f"{name}: {where}")
+        if not hints:
+            return line
+        return line + (" · " if "  #" in line else "  # ") + " · ".join(hints)
+
+    def _print_code(self, lines: list[str]) -> None:
+        for line in lines:
+            self._print(f"    {line}")
+
+    def write(self, text: str) -> None:
+        """Text rendered elsewhere (another process's lab), printed as it is."""
+        for line in text.splitlines():
+            self._print(line)
+
+    def note(self, text: str) -> None:
+        """An explanation, indented under the current observation."""
+        self._flush_code(_lesson_frame())
+        for line in text.strip("\n").splitlines():
+            self._print(f"      {line}")
+
+    def _record(self, ok: bool, left: str, expected: str, why: str, details: list[str] = ()) -> bool:
+        ok = ok or self.force_agree
+        mark = "  ok" if ok else "FAIL"
+        right = f"expected {expected}" + (f"  — {why}" if why else "")
+        line = f"{mark}  {left:<{LEFT_WIDTH}} {right}"
+        if details or len(line) > LINE_WIDTH:
+            self._print(f"{mark}  {left}")
+            for detail in details:
+                self._print(" " * (len(mark) + 2) + detail)
+            self._print(" " * (len(mark) + 2) + right)
+        else:
+            self._print(line)
+        if ok:
+            self.passed += 1
+        else:
+            self.failed.append(f"[{self.observation}] {left}")
+        return ok
+
+    def record(self, ok: bool, label: str, expected: str, why: str = "", details: list[str] = ()) -> bool:
+        """Count a check decided elsewhere (another process, say): print `label` beside `expected`.
+
+        Unlike check(), it prints no lesson code: the caller is plumbing, not the lesson.
+        """
+        return self._record(ok, label, expected, why, details=list(details))
+
+    # -- the checks -----------------------------------------------------------------------------
+
+    def check(self, observed: Any, expected: Any, why: str = "", *, label: str | None = None,
+              rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+        """Print ``<source of observed> = value`` beside ``expected (why)``; count whether they agree."""
+        frame = _lesson_frame()
+        source = self._flush_code(frame)
+        if label is None and source is not None and frame is not None:
+            label = source.lab_call_argument(frame.f_lineno, "check")
+        ok = values_match(observed, expected, rtol=rtol, atol=atol)
+        shown = format_value(expected)
+        if ok and not values_match(observed, expected, rtol=0.0, atol=0.0):
+            # Close, not equal: say how close counts, so that "ok" never hides a tolerance.
+            shown += f" (±{atol:g} + {rtol:g}·|expected|)"
+        return self._record(ok, f"{label or 'value'} = {format_value(observed)}", shown, why)
+
+    @contextmanager
+    def expect_error(self, match: str, why: str,
+                     error_type: type[BaseException] | tuple[type[BaseException], ...] = RuntimeError
+                     ) -> Iterator[Caught]:
+        """Run a block that should raise ``error_type`` whose message contains ``match``.
+
+        The error is caught and shown whole (wrapped), never as a traceback. A block that does
+        not raise, or raises something else, is a disagreement like any other.
+        """
+        frame = _lesson_frame()
+        self._flush_code(frame, block="opens")
+        caught = Caught()
+        try:
+            yield caught
+        except Exception as err:  # noqa: BLE001 - any surprise is reported, not raised
+            caught.error = err
+        self._flush_code(frame, block="closed")
+        err = caught.error
+        ok = isinstance(err, error_type) and match in str(err)
+        if err is None:
+            self._record(False, "no error", f'"{match}"', why)
+            return
+        message = textwrap.wrap(f"{type(err).__name__}: {' '.join(tidy_message(str(err)).split())}", WRAP_WIDTH)
+        self._record(ok, message[0], f'"{match}"', why, details=message[1:])
+
+    @contextmanager
+    def expect_warning(self, match: str, why: str) -> Iterator[Caught]:
+        """Run a block that should warn with a message containing ``match``; show the warning whole."""
+        frame = _lesson_frame()
+        self._flush_code(frame, block="opens")
+        caught = Caught()
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            yield caught
+        self._flush_code(frame, block="closed")
+        caught.warnings = [" ".join(str(r.message).split()) for r in records]
+        hits = [i for i, w in enumerate(caught.warnings) if match in w]
+        shown = (" ".join(tidy_message(str(records[(hits or [0])[0]].message)).split()) if records
+                 else "no warning")
+        message = textwrap.wrap(f"warning: {shown}", WRAP_WIDTH)
+        self._record(bool(hits), message[0], f'"{match}"', why, details=message[1:])
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def try_lines(self, tries: list[Try]) -> list[str]:
+        """The Try lines to print, numbered as --try N takes them: CUDA ones only where a GPU is
+        visible and unused; edits by [n]."""
+        return [f"Try {number}: " + t.text(self.order.get(t.where.__name__) if t.where else None)
+                for number, t in enumerate(tries, 1)
+                if not (t.needs_cuda and (not torch.cuda.is_available() or self.device.type == "cuda"))]
+
+    def finish(self, tries: list[Try] = ()) -> int | None:
+        """Print the count and the Try lines. As a script, exit (1 if anything disagreed)."""
+        if not self.live:
+            return None
+        self._flush_code(to_end=True)
+        total = self.passed + len(self.failed)
+        seconds = time.perf_counter() - self._started
+        self._print()
+        if self.failed:
+            self._print(f"{self.passed}/{total} checks match; these do not:")
+            for failure in self.failed:
+                self._print(f"  {failure}")
+        else:
+            self._print(f"{self.passed}/{total} checks match across {self.observation} observations.")
+        lines = self.try_lines(list(tries))
+        for line in lines:
+            self._print(line)
+        if lines and not in_notebook():
+            self._print(f"(python {Path(sys.argv[0]).name} --try N makes Try N's edit in a copy and runs it; "
+                        "this file stays as it is)")
+        code = 1 if self.failed else 0
+        summary = os.environ.get(SUMMARY_ENV)
+        if summary:
+            try:
+                with open(summary, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"title": self.title, "passed": self.passed, "total": total,
+                                          "seconds": round(seconds, 2), "device": str(self.device)}) + "\n")
+            except OSError as err:  # checked at the start, but a disk can fill up (or it is /dev/full)
+                say(f"{self.prog}: error: {SUMMARY_ENV}={summary} cannot be written ({err.strerror})")
+                code = code or 2  # as when Lab.start finds it unwritable; a failed check keeps its 1
+        if in_notebook():
+            return None
+        try:
+            self.stream.flush()
+        except OSError as err:  # the last lines did not fit either
+            code = stdout_failed(err, self.prog)
+        sys.exit(code)
+

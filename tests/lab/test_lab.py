@@ -1,0 +1,330 @@
+"""The lab's own plumbing (tensor_features/lab/core.py): what a check prints and counts, the code it
+shows, provoked errors and warnings, Try edits, and the exit code. Every lesson relies on these;
+here each is pinned on small made-up observations whose right answer is known by hand."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from tensor_features.lab.core import Lab, Try, format_value, tidy_message, values_match
+from tensor_features.utils import feature_map
+
+MUTANTS = [
+    ("tensor_features/lab/core.py", "ok = ok or self.force_agree", "ok = True"),
+    ("tensor_features/lab/core.py", 'return observed is None and expected is None', "return True"),
+    ("tensor_features/lab/core.py", "return math.isnan(o) and math.isnan(e)", "return False"),
+    ("tensor_features/lab/core.py", "return type(observed) is type(expected) and observed == expected",
+     "return observed == expected"),
+    ("tensor_features/lab/core.py", 'shown += f" (±{atol:g} + {rtol:g}·|expected|)"', "pass"),
+    ("tensor_features/lab/core.py", "ok = isinstance(err, error_type) and match in str(err)", "ok = match in str(err)"),
+    ("tensor_features/lab/core.py", "self._record(bool(hits), message[0]", "self._record(True, message[0]"),
+    ("tensor_features/lab/core.py", "code = 1 if self.failed else 0", "code = 0"),
+    ("tensor_features/lab/core.py", "hidden.update(range(node.lineno, node.end_lineno + 1))\n            elif",
+     "pass\n            elif"),
+    ("tensor_features/lab/core.py", 'return text + ".0" if text.lstrip("-").isdigit() else text', "return text"),
+    ("tensor_features/lab/core.py", "if span.count(old) != 1:", "if span.count(old) == 0:"),
+    ("tensor_features/lab/core.py", "return torch.as_tensor(value, dtype=torch.float64) if tensor.is_floating_point() else tensor",
+     "return tensor"),
+]
+
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- lab.py (values_match and checks)
+    # values_match loses the shape condition: tensors of different shape compare by broadcasting
+    ('tensor_features/lab/core.py', '        if obs.shape != exp.shape:\n            if not (obs.numel() == 1 and exp.numel() == 1):\n                return False\n            obs, exp = obs.reshape(()), exp.reshape(())\n', '        if obs.shape != exp.shape and obs.numel() == 1 and exp.numel() == 1:\n            obs, exp = obs.reshape(()), exp.reshape(())\n'),
+    # values_match: NaN no longer matches NaN for tensors
+    ('tensor_features/lab/core.py', 'rtol=rtol, atol=atol, equal_nan=True)', 'rtol=rtol, atol=atol, equal_nan=False)'),
+    # values_match: lists of different lengths match on their common prefix
+    ('tensor_features/lab/core.py', '        return len(observed) == len(expected) and all(\n', '        return all(\n'),
+    # values_match: bool vs int no longer distinguished (True matches 1)
+    ('tensor_features/lab/core.py', '        return type(observed) is type(expected) and observed == expected\n', '        return observed == expected\n'),
+    # values_match: a float NaN matches any number
+    ('tensor_features/lab/core.py', '            return math.isnan(o) and math.isnan(e)\n', '            return math.isnan(o) or math.isnan(e)\n'),
+    # values_match: None matches anything
+    ('tensor_features/lab/core.py', '        return observed is None and expected is None\n', '        return observed is None or expected is None\n'),
+    # values_match: float tolerance uses rtol as the absolute tolerance too
+    ('tensor_features/lab/core.py', 'return math.isclose(o, e, rel_tol=rtol, abs_tol=atol)', 'return math.isclose(o, e, rel_tol=rtol, abs_tol=max(atol, rtol))'),
+    # expect_error: any error whose message matches counts, whatever its type
+    ('tensor_features/lab/core.py', 'ok = isinstance(err, error_type) and match in str(err)', 'ok = match in str(err)'),
+    # check(): the per-check tolerance is dropped: values_match runs with its defaults
+    ('tensor_features/lab/core.py', '        ok = values_match(observed, expected, rtol=rtol, atol=atol)\n', '        ok = values_match(observed, expected)\n'),
+]
+
+
+def strict_lab(live: bool = False) -> Lab:
+    """A lab printing into a buffer that counts honestly even under `make mutate`'s LAB_FORCE_AGREE."""
+    lab = Lab("test", "cpu", stream=io.StringIO(), live=live)
+    lab.force_agree = False
+    return lab
+
+
+def check_lines(lab: Lab) -> list[str]:
+    return [line for line in lab.stream.getvalue().splitlines() if line.startswith(("  ok", "FAIL"))]
+
+
+# -- values -----------------------------------------------------------------------------------------
+
+def test_format_value_keeps_floats_floats_and_summarises_big_tensors():
+    assert format_value(8.0) == "8.0" and format_value(-3.0) == "-3.0" and format_value(8) == "8"
+    assert format_value(torch.tensor(2.5)) == "2.5"
+    assert format_value(torch.tensor([1.0, 2.0])) == "[1.0, 2.0]"
+    assert format_value(torch.zeros(3, 7)) == "<3×7 float32>"
+    assert format_value((4,)) == "(4,)" and format_value(torch.Size([2, 3])) == "(2, 3)"
+
+
+def test_values_match_nan_none_bool_shape_and_tolerance():
+    assert values_match(math.nan, math.nan) and values_match(torch.tensor([math.nan]), [math.nan])
+    assert not values_match(math.nan, 0.0)
+    assert values_match(None, None) and not values_match(None, 0) and not values_match(torch.ones(1), None)
+    assert not values_match(True, 1), "a bool is not an int: a lesson that checks requires_grad means it"
+    assert not values_match(torch.ones(2, 3), torch.ones(3, 2))
+    assert values_match(1.0 + 1e-7, 1.0) and not values_match(1.001, 1.0)
+    assert values_match(1.001, 1.0, rtol=1e-2)
+    assert not values_match(torch.tensor([1, 2]), [1, 3])
+
+
+# -- checks -----------------------------------------------------------------------------------------
+
+def test_an_exact_match_prints_ok_with_the_source_text_as_label():
+    lab = strict_lab()
+    x = torch.tensor(3.0)
+    assert lab.check(2 * x + 2, 8.0, "2x + 2 at 3")
+    (line,) = check_lines(lab)
+    assert line.startswith("  ok  2 * x + 2 = 8.0") and line.endswith("expected 8.0  — 2x + 2 at 3")
+    assert "±" not in line, "an exact match shows no tolerance"
+
+
+def test_a_close_match_says_how_close_counts():
+    lab = strict_lab()
+    assert lab.check(torch.tensor(0.1, dtype=torch.float32), 0.1, "float32 rounding")
+    (line,) = check_lines(lab)
+    assert "expected 0.1 (±1e-06 + 1e-05·|expected|)" in line
+
+
+def test_a_mismatch_prints_fail_and_is_counted():
+    lab = strict_lab()
+    assert not lab.check(torch.tensor(3.0), 4.0, "wrong on purpose")
+    (line,) = check_lines(lab)
+    assert line.startswith("FAIL") and "±" not in line
+    assert lab.passed == 0 and len(lab.failed) == 1
+
+
+def test_a_tensor_checked_against_none_fails_instead_of_crashing():
+    lab = strict_lab()
+    assert not lab.check(torch.ones(2), None, "no gradient expected")
+    assert check_lines(lab)[0].startswith("FAIL") and len(lab.failed) == 1
+
+
+def test_force_agree_counts_a_mismatch_as_agreeing():
+    lab = strict_lab()
+    lab.force_agree = True
+    assert lab.check(3.0, 4.0, "make mutate's setting")
+    assert lab.failed == []
+
+
+# -- provoked errors and warnings ---------------------------------------------------------------------
+
+def test_expect_error_shows_the_message_whole_and_checks_type_and_text():
+    lab = strict_lab()
+    with lab.expect_error("boom", "raised on purpose") as caught:
+        raise RuntimeError("a long message " * 12 + "boom")
+    assert isinstance(caught.error, RuntimeError) and lab.failed == []
+    printed = lab.stream.getvalue()
+    assert printed.count("a long message") == 12, "the message is wrapped, not cut"
+    with lab.expect_error("boom", "wrong type"):
+        raise ValueError("boom")
+    with lab.expect_error("boom", "no error at all"):
+        pass
+    with lab.expect_error("boom", "other text"):
+        raise RuntimeError("bang")
+    assert len(lab.failed) == 3 and "no error" in lab.failed[1]
+
+
+def test_expect_warning_needs_the_warning():
+    lab = strict_lab()
+    import warnings
+    with lab.expect_warning("careful", "warned on purpose"):
+        warnings.warn("be careful here")
+    assert lab.failed == []
+    with lab.expect_warning("careful", "nothing warns"):
+        pass
+    assert len(lab.failed) == 1 and "no warning" in check_lines(lab)[-1]
+
+
+# -- the printed code ---------------------------------------------------------------------------------
+
+def doubled(lab: Lab):
+    """Double a tensor."""
+    x = torch.tensor([1.0, 2.0])
+    # the comment above a statement is shown with it
+    y = x * 2
+    lab.check(y,
+              [2.0, 4.0], "each doubled")
+    return y
+
+
+def test_run_numbers_the_observation_and_prints_its_own_lines_only():
+    lab = strict_lab(live=True)
+    lab.run(doubled)
+    out = lab.stream.getvalue().splitlines()
+    assert out[1:] == [
+        "",
+        "[1] Double a tensor.",
+        "    x = torch.tensor([1.0, 2.0])",
+        "    # the comment above a statement is shown with it",
+        "    y = x * 2",
+        f"  ok  {'y = [2.0, 4.0]':<40} expected [2.0, 4.0]  — each doubled",
+    ], "docstring, lab call and return are hidden; code and comment shown in order"
+
+
+def branching(lab: Lab, save: bool):
+    """A branch not taken."""
+    x = torch.tensor([1.0, 2.0])
+    if save:
+        written = x.tolist()
+    else:
+        written = None
+    with lab.expect_error("bang", "raised on purpose"):
+        x.add_(1)
+        raise RuntimeError("bang")
+        x.add_(100)
+    lab.check(written, None, "nothing saved")
+    for step in range(2):
+        x = x * 2
+    lab.check(x, [8.0, 12.0], "doubled twice")
+
+
+def test_a_statement_that_did_not_run_is_marked():
+    lab = strict_lab(live=True)
+    lab.run(branching, False)
+    code = [line.strip() for line in lab.stream.getvalue().splitlines() if line.startswith("    ")]
+    assert code == [
+        "x = torch.tensor([1.0, 2.0])",
+        "if save:",
+        "written = x.tolist()  # not run",
+        "else:",
+        "written = None",
+        "x.add_(1)",
+        'raise RuntimeError("bang")',
+        "x.add_(100)  # not run",
+        "for step in range(2):",
+        "x = x * 2",
+    ]
+    assert lab.failed == []
+
+
+def test_a_provoked_message_loses_the_labs_frames_and_the_build_paths():
+    message = ("Error detected in PowBackward0. Traceback of forward call that caused the error:\n"
+               '  File "/home/me/lab/07_lesson.py", line 127, in <module>\n    lab.run(which)\n'
+               '  File "/home/me/lab/tensor_features/lab/core.py", line 496, in run\n    return observation(self)\n'
+               '  File "/home/me/lab/07_lesson.py", line 110, in which\n    squares = x.pow(2)\n'
+               " (Triggered internally at /__w/pytorch/pytorch/build/aten/src/ATen/core/TensorBody.h:488.)")
+    assert tidy_message(message) == (
+        "Error detected in PowBackward0. Traceback of forward call that caused the error:\n"
+        '  File "/home/me/lab/07_lesson.py", line 127, in <module>\n    lab.run(which)\n'
+        '  File "/home/me/lab/07_lesson.py", line 110, in which\n    squares = x.pow(2)\n'
+        " (Triggered internally at aten/src/ATen/core/TensorBody.h:488.)")
+    lab = strict_lab()
+    with lab.expect_error("bad", "why"):
+        raise RuntimeError("bad (Triggered internally at /opt/build/pytorch/c10/core/x.cpp:1.)")
+    assert "internally at c10/core/x.cpp:1.)" in lab.stream.getvalue()
+
+
+# -- Try lines ----------------------------------------------------------------------------------------
+
+def test_try_edit_must_be_unambiguous_and_is_shown_as_code():
+    source = "def a():\n    x = 1  # one\n    y = 1\n"
+    one = Try(then="x becomes 2", edit=("x = 1  # one", "x = 2"))
+    assert one.apply(source) == "def a():\n    x = 2\n    y = 1\n"
+    assert one.text() == "replace `x = 1` with `x = 2`: x becomes 2"
+    with pytest.raises(ValueError, match="occurs 2 times"):
+        Try(then="?", edit=("= 1", "= 2")).apply(source)
+    assert Try(then="fails", flags="--size 3", exit=1).text() == "--size 3: fails (exit 1: a check disagrees)"
+
+
+# -- the end --------------------------------------------------------------------------------------------
+
+def test_finish_exits_1_on_a_disagreement_and_writes_the_summary(tmp_path, monkeypatch):
+    summary = tmp_path / "summary.jsonl"
+    monkeypatch.setenv("LAB_SUMMARY", str(summary))
+    lab = strict_lab(live=True)
+    lab.check(1.0, 2.0, "wrong")
+    lab.check(1.0, 1.0, "right")
+    with pytest.raises(SystemExit) as exit_info:
+        lab.finish()
+    assert exit_info.value.code == 1
+    assert "1/2 checks match; these do not:" in lab.stream.getvalue()
+    record = json.loads(summary.read_text())
+    assert (record["passed"], record["total"]) == (1, 2)
+    good = strict_lab(live=True)
+    good.check(1.0, 1.0, "right")
+    with pytest.raises(SystemExit) as exit_info:
+        good.finish()
+    assert exit_info.value.code == 0
+
+
+def helper_of_the_lesson(t):
+    return t + 1
+
+
+def uses_a_helper(lab: Lab):
+    """A helper from this file and one from the package, each pointed to once."""
+    y = helper_of_the_lesson(torch.ones(1))  # one more
+    z = helper_of_the_lesson(y) + feature_map(y.reshape(1, 1)).sum() + torch.exp(y)
+    lab.check(z.item(), 3.0 + (2.0 + 4.0 + 8.0) + math.exp(2.0), "y = 2: 3, then 2 + 4 + 8, then e²", rtol=1e-6)
+
+
+def test_a_helpers_first_call_says_where_it_is_defined():
+    lab = strict_lab(live=True)
+    lab.run(uses_a_helper)
+    code = [line.strip() for line in lab.stream.getvalue().splitlines() if line.startswith("    ")]
+    line = helper_of_the_lesson.__code__.co_firstlineno  # the oracle: where Python says it starts
+    assert code[0] == f"y = helper_of_the_lesson(torch.ones(1))  # one more · helper_of_the_lesson: defined in this file, line {line}"
+    assert code[1] == ("z = helper_of_the_lesson(y) + feature_map(y.reshape(1, 1)).sum() + torch.exp(y)"
+                       "  # feature_map: from tensor_features.utils")
+    assert lab.failed == []
+
+
+# -- found by blind mutants (written by a tester who had not read these tests) ----------------------
+
+def test_lists_of_another_length_never_match():
+    # zip() stops at the shorter list: without the length check, a lesson's `events == [...]`
+    # would pass with items missing.
+    assert not values_match([1, 2], [1, 2, 3]) and not values_match([1, 2, 3], [1, 2])
+    assert not values_match((0.5,), (0.5, 0.25)) and not values_match([], [1])
+    assert values_match([1, [2.0, 3.0]], (1, (2.0, 3.0)))
+
+
+def test_python_floats_honour_the_absolute_tolerance_alone():
+    # Oracle by hand: |1e-4 - 0| = 1e-4 is beyond atol = 1e-6 and rtol·|expected| = 0.
+    assert not values_match(1e-4, 0.0, rtol=1e-3, atol=1e-6)
+    assert values_match(5e-7, 0.0, rtol=1e-3, atol=1e-6)
+    assert not values_match(1.002, 1.0, rtol=1e-3, atol=0.0) and values_match(1.0009, 1.0, rtol=1e-3, atol=0.0)
+
+
+def test_check_uses_the_tolerance_it_is_given():
+    lab = strict_lab()
+    assert lab.check(1.0 + 1e-7, 1.0, "within the default tolerance")
+    assert not lab.check(1.0 + 1e-7, 1.0, "exact asked for", rtol=0.0, atol=0.0)
+    assert lab.check(1.05, 1.0, "a wide tolerance asked for", rtol=0.1)
+    assert len(lab.failed) == 1
+
+
+def timing_only(lab: Lab):
+    """A loop and no branch: run untraced."""
+    for _ in range(3):
+        pass
+
+
+def test_only_observations_that_can_skip_a_line_are_traced():
+    # Tracing slows every Python call; an observation with no branch, try, while, early exit or
+    # lab.expect_ block runs untraced (its timings stay what they would be).
+    from tensor_features.lab.core import _may_skip_lines
+
+    assert _may_skip_lines(branching) and not _may_skip_lines(timing_only) and not _may_skip_lines(doubled)

@@ -1,0 +1,128 @@
+"""Every "Try:" line of every lesson, run: flags on the command line, edits on a copy of the lesson.
+
+A Try promises an exit code and text that appears in the output; the text must be new, absent
+from the unchanged lesson's output, so that a Try which changes nothing cannot pass.
+"""
+
+import ast
+import os
+
+import pytest
+import torch
+
+from tests.support import run_in_process
+from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
+from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
+
+# Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
+pytestmark = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
+
+CASES = [(path, index, attempt) for path in lesson_paths()
+         for index, attempt in enumerate(getattr(load_lesson(path), "TRIES", []))]
+_baseline: dict = {}
+
+
+def baseline(path):
+    """The unchanged lesson's output (one in-process run per lesson)."""
+    if path not in _baseline:
+        _baseline[path] = run_in_process(path, ["--device", "cpu"])
+    return _baseline[path]
+
+
+def test_every_lesson_has_tries():
+    for path in lesson_paths():
+        tries = getattr(load_lesson(path), "TRIES", None)
+        assert tries and all(isinstance(t, Try) for t in tries), path.name
+        assert any(t.edit is not None for t in tries), f"{path.name}: at least one edit to try"
+
+
+@pytest.mark.parametrize("path, index, attempt", CASES,
+                         ids=[f"{short_name(p.name)}-{i}" for p, i, _ in CASES])
+def test_try_does_what_it_says(path, index, attempt, tmp_path):
+    if attempt.needs_cuda and not torch.cuda.is_available():
+        pytest.skip("offered only where a GPU is visible")
+    assert attempt.shows, "a Try promises text a learner will see"
+    argv = attempt.flags.split()
+    if "--device" not in argv:
+        argv += ["--device", "cpu"]
+    target = path
+    if attempt.edit is not None:
+        # The learner sees the edit without comments: that text must point at one place too.
+        source = path.read_text()
+        span = source
+        if attempt.where is not None:
+            node = next(n for n in ast.parse(source).body if getattr(n, "name", None) == attempt.where.__name__)
+            span = "".join(source.splitlines(keepends=True)[node.lineno - 1: node.end_lineno])
+        code = "\n".join(_code_only(line) for line in span.splitlines())
+        shown = "\n".join(_code_only(line) for line in attempt.edit[0].splitlines())
+        assert code.count(shown) == 1, f"the Try line's `{shown}` is ambiguous in its observation"
+        target = tmp_path / path.name
+        target.write_text(attempt.apply(path.read_text()))
+    finished = run_in_process(target, argv)
+    assert finished.code == attempt.exit, finished.stdout[-3000:] + finished.stderr
+    assert "Traceback" not in finished.stderr
+    for text in attempt.shows:
+        assert text in finished.stdout + finished.stderr, text
+    if attempt.exit == 1:
+        assert "checks match; these do not:" in finished.stdout
+    unchanged = baseline(path)
+    assert unchanged.code == 0
+    assert not all(text in unchanged.stdout + unchanged.stderr for text in attempt.shows), \
+        "the promised text is there without the change too"
+    # The lesson prints this Try (CUDA ones only where a GPU is visible).
+    if not attempt.needs_cuda:
+        assert attempt.text(None).split(": ", 1)[1] in unchanged.stdout
+
+
+# -- python LESSON.py --tries / --try N ---------------------------------------------------------------
+
+BACKWARD = next(p for p in lesson_paths() if p.name == "05_gradient_computation_backward.py")
+
+
+def test_tries_lists_every_try_numbered(capsys):
+    finished = run_in_process(BACKWARD, ["--tries"])
+    assert finished.code == 0
+    tries = load_lesson(BACKWARD).TRIES
+    for number, attempt in enumerate(tries, 1):
+        assert f"  {number}. " in finished.stdout
+    assert "(needs a GPU)" in finished.stdout.splitlines()[1]  # Try 1 is the --device cuda one
+    assert "in [2], delete `h.retain_grad()`" in finished.stdout  # [n] as the run numbers it
+
+
+def test_try_runs_the_edit_on_a_copy_and_leaves_the_file_alone(capfd):
+    before = BACKWARD.read_bytes()
+    finished = run_in_process(BACKWARD, ["--try", "2", "--device", "cpu"])
+    child = capfd.readouterr().out  # the copy runs in a child process, straight to the terminal
+    assert BACKWARD.read_bytes() == before
+    assert finished.code == 1, "the copy's exit code: its h.grad check disagrees, as Try 2 says"
+    assert "-    h.retain_grad()" in finished.stdout  # the diff
+    assert "FAIL  h.grad = None" in child and "13/14 checks match" in child
+    assert "Try 2 ended with exit 1; the Try said exit 1" in finished.stdout
+
+
+def test_try_out_of_range_is_one_line_and_exit_2():
+    count = len(load_lesson(BACKWARD).TRIES)
+    finished = run_in_process(BACKWARD, ["--try", str(count + 1)])
+    assert finished.code == 2
+    assert finished.stderr.strip().splitlines() == [
+        f"05_gradient_computation_backward.py: error: --try {count + 1}: this lesson has Try 1 to {count} "
+        "(--tries lists them)"]
+
+
+def test_passed_on_drops_only_the_try_flags():
+    from tensor_features.lab.tries import passed_on
+
+    assert passed_on(["--try", "2", "--device", "cpu", "--size", "8"], drop_device=False) == \
+        ["--device", "cpu", "--size", "8"]
+    assert passed_on(["--try=2", "--device=cpu", "--tries"], drop_device=True) == []
+    assert passed_on(["--device", "cuda", "--try", "1"], drop_device=True) == []
+
+
+def test_try_after_the_edit_was_made_by_hand_is_one_line(tmp_path):
+    # The README says the edit can be made by hand; --try N on that file then cannot apply it.
+    edited = tmp_path / BACKWARD.name
+    edited.write_text(load_lesson(BACKWARD).TRIES[1].apply(BACKWARD.read_text()))  # the learner's own edit
+    finished = run_in_process(edited, ["--try", "2", "--device", "cpu"])
+    assert finished.code == 2 and "Traceback" not in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1
+    assert "Try 2's edit no longer applies" in finished.stderr

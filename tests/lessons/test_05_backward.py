@@ -1,0 +1,109 @@
+"""05 backward: every value the lesson returns, against an oracle written here: the analytic
+derivative, gradcheck, float64 finite differences, and the graph of y = x**2 + 2x by hand."""
+
+import math
+
+import pytest
+import torch
+
+from tests.support import assert_caught, load_lesson, playground_section
+
+lesson = load_lesson("05_gradient_computation_backward.py")
+
+MUTANTS = [
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    # y is a scalar", "    y = x**2 + 3 * x\n    # y is a scalar"),
+    ("05_gradient_computation_backward.py", "    h.retain_grad()  # ask", "    pass  # ask"),
+    ("05_gradient_computation_backward.py", "    y = h + u + 2 * x", "    y = h + 2 * x"),
+    ("05_gradient_computation_backward.py", "    for next_fn, _input_index in grad_fn.next_functions:",
+     "    for next_fn, _input_index in grad_fn.next_functions[:1]:"),
+    ("05_gradient_computation_backward.py", "        lines += graph_lines(next_fn, depth + 1)",
+     "        lines += graph_lines(next_fn, depth)"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
+     "    y = x**2 + x * torch.tensor(2.0, requires_grad=True)\n    lines = graph_lines"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
+     "    y = x**3 + 2 * x\n    lines = graph_lines"),
+    ("05_gradient_computation_backward.py", "    y = u**3", "    y = u**2"),
+    ("05_gradient_computation_backward.py", "    y = x * 2\n", "    y = (x * 2).sum()\n"),
+    ("05_gradient_computation_backward.py", "    x = torch.tensor(3.0, device=lab.device)  # requires_grad defaults",
+     "    x = torch.tensor(3.0, device=lab.device, requires_grad=True)  # requires_grad defaults"),
+]
+
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 05 backward
+    # retain_grad() called on x (a leaf, where it does nothing) instead of the intermediate h: h.grad None
+    ('05_gradient_computation_backward.py', '    h.retain_grad()  # ask autograd', '    x.retain_grad()  # ask autograd'),
+    # chain rule computed on u**2 with a matching by-hand oracle: x.grad = 2 sin cos, not 3 sin² cos (lesson still agrees)
+    ('05_gradient_computation_backward.py', '    y = u**3\n    y.backward()\n    # dy/dx = dy/du · du/dx = 3 sin(x)² · cos(x): backward() multiplies these node by node.\n    lab.check(x.grad, 3 * math.sin(0.5) ** 2 * math.cos(0.5),', '    y = u**2\n    y.backward()\n    # dy/dx = dy/du · du/dx = 3 sin(x)² · cos(x): backward() multiplies these node by node.\n    lab.check(x.grad, 2 * math.sin(0.5) * math.cos(0.5),'),
+    # graph_lines walks next_functions in reverse: the printed graph lists Mul before Pow
+    ('05_gradient_computation_backward.py', 'for next_fn, _input_index in grad_fn.next_functions:', 'for next_fn, _input_index in reversed(grad_fn.next_functions):'),
+    # original example with a sign slip: y = x² − 2x, x.grad = 4 and grad_fn SubBackward0
+    ('05_gradient_computation_backward.py', '    y = x**2 + 2 * x\n    # y is a scalar', '    y = x**2 - 2 * x\n    # y is a scalar'),
+]
+
+
+def test_original_example_matches_the_analytic_derivative(lab):
+    x = 3.0
+    assert lesson.original_example(lab).item() == pytest.approx(2 * x + 2)
+
+
+def test_the_original_example_is_in_the_original_description():
+    """The docstring's pointer: docs/original-description.ko.md, Autograd Playground §1, has this code."""
+    assert "docs/original-description.ko.md, Autograd Playground §1" in " ".join(lesson.__doc__.split())
+    section = playground_section(1)
+    assert "x = torch.tensor(3.0, requires_grad=True)" in section and "y = x ** 2 + 2 * x" in section
+    assert "y.backward()" in section and "dy/dx = 2x + 2 = 8" in section
+
+
+def test_original_function_passes_gradcheck():
+    x = torch.tensor([3.0, -1.5, 0.25], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: t**2 + 2 * t, (x,))
+
+
+def test_leaf_and_non_leaf(lab):
+    grads = lesson.leaf_and_non_leaf(lab)
+    x = 3.0
+    assert grads["x.grad"].item() == pytest.approx(2 * x + 2 * x + 2)  # d/dx (x² + x² + 2x)
+    assert grads["h.grad"].item() == 1.0  # d/dh (h + u + 2x)
+    assert grads["u.grad"] is None
+
+
+def test_graph_walk_reaches_every_leaf_and_constant(lab):
+    seen = lesson.real_graph(lab)
+    # y = x**2 + 2*x: Add(Pow(x), Mul(x, 2)), drawn two spaces deeper per level. pow has one input, x
+    # (its exponent is an argument); mul has two, x and the 2, which needs no gradient: a None edge.
+    assert seen["lines"] == ["AddBackward0",
+                             "  PowBackward0", "    AccumulateGrad -> leaf of shape ()",
+                             "  MulBackward0", "    AccumulateGrad -> leaf of shape ()", "    None"]
+    assert seen["pow_edges"] == 1 and seen["mul_edges"] == 2
+    assert seen["exponent"] == 2 and not isinstance(seen["exponent"], torch.Tensor)
+
+
+def test_graph_walk_turns_none_into_accumulate_grad_for_a_second_leaf():
+    x = torch.tensor(1.0, requires_grad=True)
+    c = torch.tensor(2.0, requires_grad=True)
+    names = [line.strip().split(" ")[0] for line in lesson.graph_lines((c * x).grad_fn)]
+    assert names == ["MulBackward0", "AccumulateGrad", "AccumulateGrad"]
+
+
+def test_chain_rule_matches_float64_finite_differences(lab):
+    grad = lesson.chain_rule(lab).item()
+    x, h = 0.5, 1e-6
+    f = lambda t: math.sin(t) ** 3  # noqa: E731
+    assert grad == pytest.approx((f(x + h) - f(x - h)) / (2 * h), rel=1e-5)
+
+
+def test_backward_errors_are_caught_and_named(lab):
+    assert_caught(lesson.non_scalar_backward(lab), RuntimeError, "grad can be implicitly created only for scalar outputs")
+    assert_caught(lesson.no_grad_backward(lab), RuntimeError, "element 0 of tensors does not require grad")
+
+
+def test_the_printed_code_is_the_lesson_source(lab):
+    """What the learner reads is the code that ran, line for line (the lab reads it back from the file)."""
+    lesson.leaf_and_non_leaf(lab)
+    printed = lab.stream.getvalue()
+    for line in ("x = torch.tensor(3.0, requires_grad=True, device=lab.device)", "h.retain_grad()",
+                 "y = h + u + 2 * x", "y.backward()", "u_grad = u.grad"):
+        assert f"\n    {line}" in printed, line
+    assert "lab.check" not in printed and "lab.expect_warning" not in printed

@@ -1,0 +1,105 @@
+"""07 clipping and scaling: every value the lesson returns, against an oracle written here: the
+Euclidean norm by math.hypot, clipping as rescaling to max_norm, clamping by min/max, the scale
+as a power of two, float16's largest value from its bit layout, and SGD's update by hand."""
+
+import math
+
+from tests.support import assert_caught, load_lesson
+
+lesson = load_lesson("07_debugging_gradients_clipping_and_scaling.py")
+
+MUTANTS = [
+    ("07_debugging_gradients_clipping_and_scaling.py", "    total_norm = clip_grad_norm_([w], max_norm=1.0)\n    lab.check",
+     "    total_norm = clip_grad_norm_([w], max_norm=2.0)\n    lab.check"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "clip_grad_value_([w], clip_value=1.0)", "clip_grad_value_([w], clip_value=3.5)"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "error_if_nonfinite=True)", "error_if_nonfinite=False)"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "init_scale=65536.0)  # 2**16", "init_scale=1024.0)  # 2**16"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # still scaled",
+     "    scaler.unscale_(optimizer)\n    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # still scaled"),
+    ("07_debugging_gradients_clipping_and_scaling.py",
+     "    scaler.unscale_(optimizer)\n    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled",
+     "    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "    loss = (w.half() * inputs.half()).sum()",
+     "    loss = (w * inputs).sum()"),
+    ("07_debugging_gradients_clipping_and_scaling.py", "    scaler.update()  # a skipped step", "    pass  # a skipped step"),
+]
+
+# Written by a tester who had not read these tests, from the lessons and the package alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # ---------------------------------------------------------------- 07 clipping and scaling
+    # clip_by_norm(): L1 norm instead of L2: total 7, grads [3/7, 4/7]
+    ('07_debugging_gradients_clipping_and_scaling.py', '    total_norm = clip_grad_norm_([w], max_norm=1.0)\n    lab.check(total_norm, 5.0', '    total_norm = clip_grad_norm_([w], max_norm=1.0, norm_type=1.0)\n    lab.check(total_norm, 5.0'),
+    # unscale_then_clip(): clip before unscale_: norm_seen 5·65536, w.grad 65536× too small
+    ('07_debugging_gradients_clipping_and_scaling.py', '    scaler.unscale_(optimizer)\n    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled: what max_norm means\n', '    norm_seen = clip_grad_norm_([w], max_norm=1.0)  # unscaled: what max_norm means\n    scaler.unscale_(optimizer)\n'),
+    # overflow_skips_the_step(): update() dropped: the scale stays 65536
+    ('07_debugging_gradients_clipping_and_scaling.py', '    scaler.update()  # a skipped step multiplies the scale by backoff_factor (default 0.5)\n', '\n'),
+    # grad_scaler(): missing clone(): scaled aliases w.grad and reads [3, 4] after unscale_
+    ('07_debugging_gradients_clipping_and_scaling.py', 'scaled = w.grad.clone()  # a copy', 'scaled = w.grad  # a copy'),
+]
+
+GRADS = (3.0, 4.0)  # d/dw sum(w * [3, 4])
+SCALE = 2.0**16
+NORM = math.hypot(*GRADS)
+
+
+def as_list(t) -> list[float]:
+    return t.detach().cpu().double().tolist()
+
+
+def close(observed: list[float], expected: list[float], rel: float = 1e-6) -> bool:
+    return len(observed) == len(expected) and all(math.isclose(o, e, rel_tol=rel) for o, e in zip(observed, expected))
+
+
+def test_clip_by_norm_returns_the_norm_before_and_rescales_to_max_norm(lab):
+    result = lesson.clip_by_norm(lab)
+    # Exact on every machine: 3² + 4² = 25 and √25 = 5 are exact in float32 in any order of the adds
+    # (and √ is correctly rounded), so no CPU can round this norm differently. So is 65536 · 5 below.
+    assert result["total_norm"].item() == NORM == 5.0
+    assert close(as_list(result["w.grad"]), [g / NORM for g in GRADS])  # [0.6, 0.8], same direction, norm 1
+
+
+def test_clip_by_value_clamps_each_entry(lab):
+    assert as_list(lesson.clip_by_value(lab)["w.grad"]) == [min(max(g, -1.0), 1.0) for g in GRADS]
+
+
+def test_nonfinite_norm_raises_with_the_flag_and_gives_nan_without(lab):
+    result = lesson.nonfinite_norm(lab)
+    assert_caught(result["error"], RuntimeError, "is non-finite, so it cannot be clipped")
+    assert result["total_norm"].item() == math.inf  # hypot(inf, 4)
+    grad = as_list(result["w.grad"])
+    assert math.isnan(grad[0]) and grad[1] == 0.0  # both multiplied by 1 / inf = 0
+
+
+def test_grad_scaler_scales_unscales_once(lab):
+    result = lesson.grad_scaler(lab)
+    assert_caught(result["error"], RuntimeError, "unscale_() has already been called")
+    assert result["scale"] == SCALE
+    assert as_list(result["scaled"]) == [SCALE * g for g in GRADS] == [196608.0, 262144.0]
+    assert as_list(result["w.grad"]) == list(GRADS)
+
+
+def test_clipping_before_unscale_applies_a_step_scale_times_too_small(lab):
+    result = lesson.clip_before_unscale(lab)
+    assert result["norm_seen"].item() == SCALE * NORM
+    applied = [g / NORM / SCALE for g in GRADS]  # clipped to norm 1 in scaled units, then divided by the scale
+    assert close(as_list(result["w.grad"]), applied, rel=1e-4)
+    assert close(as_list(result["w"]), [1.0 - g for g in applied], rel=1e-6)  # SGD, lr = 1
+
+
+def test_unscale_then_clip_applies_the_intended_step(lab):
+    result = lesson.unscale_then_clip(lab)
+    assert math.isclose(result["norm_seen"].item(), NORM, rel_tol=1e-6)
+    clipped = [g / NORM for g in GRADS]
+    assert close(as_list(result["w.grad"]), clipped)
+    assert close(as_list(result["w"]), [1.0 - g for g in clipped])  # SGD, lr = 1: [0.4, 0.2]
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale(lab):
+    result = lesson.overflow_skips_the_step(lab)
+    float16_max = (2 - 2.0**-10) * 2.0**15  # 10 fraction bits, largest exponent 15
+    assert float16_max == 65504.0 and SCALE > float16_max
+    assert result["loss.grad"].item() == math.inf
+    assert as_list(result["w.grad"]) == [math.inf, math.inf]
+    assert as_list(result["w"]) == [1.0, 1.0]  # no step
+    assert result["scale"] == SCALE * 0.5  # backoff_factor's default

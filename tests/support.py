@@ -1,0 +1,68 @@
+"""The tests' shared helpers: load_lesson (a lesson file as an inert module), a quiet Lab, the device
+parametrization, and running a program as a learner would (in process, or in a terminal)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tensor_features.lab.core import Lab
+from tensor_features.lab.lessons import load_lesson, run_in_process  # noqa: F401 (for the tests)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def quiet_lab(device: str = "cpu") -> Lab:
+    """A Lab that prints into a buffer; its .failed list is what a test checks."""
+    return Lab("test", device, stream=io.StringIO())
+
+
+def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` as a learner would, from ROOT unless told otherwise (env: extra variables)."""
+    # From another folder, `-m tensor_features...` finds the package as a learner's PYTHONPATH would.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def playground_section(number: int) -> str:
+    """Section §number of "실험 1: Autograd Playground" in docs/original-description.ko.md, the
+    description the lessons' "original example" docstrings point at."""
+    text = (ROOT / "docs" / "original-description.ko.md").read_text()
+    playground = text[text.index("## 실험 1: Autograd Playground"): text.index("## 실험 2")]
+    return playground[playground.index(f"### {number}."): playground.index(f"### {number + 1}.")]
+
+
+def assert_caught(error: BaseException | None, error_type: type, substring: str) -> None:
+    """A lesson caught and showed an error on purpose; check it is the one it claims."""
+    with pytest.raises(error_type, match=substring.replace("(", r"\(").replace(")", r"\)")):
+        if error is not None:
+            raise error
+
+
+def usage_error(main, args: list[str], capsys) -> str:
+    """Call a program's main(argv) in process; it must exit 2 with one line on stderr. Returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.count("\n") == 1, stderr
+    return stderr
+
+
+def terminal_usage_error(*args: str) -> str:
+    """Run `python ARGS` as a learner would; it must exit 2 with one line and no traceback."""
+    result = run_script(*args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
