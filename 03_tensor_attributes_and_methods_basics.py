@@ -211,18 +211,19 @@ if lab.args.images or lab.args.save_grid:
 
 # %% The end
 TRIES = [
-    Try("a is made on the GPU (cuda:0); moved, a CPU leaf sent .to(cuda), is a non-leaf", flags="--device cuda",
-        needs_cuda=True, shows=("device cuda",)),
+    Try("a is made on the GPU (cuda:0); moved, a CPU leaf sent .to(cuda), is a non-leaf",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("observation [5]: 8 cat images as one uint8 batch (without the download: 8 crops and flips of one photo)",
-        flags="--images 8", shows=("[5] A batch of N cat images",)),
+        flags="--images 8"),
     Try("a dimensioned float64 widens float16, so that dtype check disagrees",
-        edit=("half + double_scalar", "half + double_scalar.reshape(1)"), where=dtype_promotion,
-        exit=1, shows=("FAIL  half_plus_double.dtype = torch.float64",)),
+        edit=("half + double_scalar", "half + double_scalar.reshape(1)"),
+        where=dtype_promotion),
     Try("two checks disagree: the sum stays int16, and an int16 does not wrap at 256: 300",
-        edit=("dtype=torch.uint8", "dtype=torch.int16"), where=dtype_promotion, exit=1,
-        shows=("FAIL  brighter.dtype = torch.int16", "FAIL  brighter = [300, 200]")),
+        edit=("dtype=torch.uint8", "dtype=torch.int16"),
+        where=dtype_promotion),
     Try("from_numpy still shares the memory, but keeps NumPy's float64, so the dtype check disagrees",
-        edit=("np.zeros(3, dtype=np.float32)", "np.zeros(3)"), where=numpy_interop, exit=1,
-        shows=("FAIL  shared.dtype = torch.float64",)),
+        edit=("np.zeros(3, dtype=np.float32)", "np.zeros(3)"),
+        where=numpy_interop),
 ]
 lab.finish(TRIES)

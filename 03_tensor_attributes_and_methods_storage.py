@@ -129,17 +129,18 @@ lab.run(write_through_view)
 
 # %% The end
 TRIES = [
-    Try("the same offsets and strides; data_ptr() is now a GPU address", flags="--device cuda", needs_cuda=True,
-        shows=("device cuda",)),
+    Try("the same offsets and strides; data_ptr() is now a GPU address",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("float64: nbytes doubles to 96, while strides, counted in elements, stay (4, 1)",
         edit=("torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1",
               "torch.arange(12.0, dtype=torch.float64, device=lab.device).reshape(3, 4)  # 0, 1"),
-        where=storage_anatomy, exit=1, shows=("FAIL  storage.nbytes() = 96",)),
+        where=storage_anatomy),
     Try("the view works on the row-major copy, so the expected error never comes",
-        edit=("transposed.view(12)", "transposed.contiguous().view(12)"), where=copies, exit=1,
-        shows=("FAIL  no error",)),
+        edit=("transposed.view(12)", "transposed.contiguous().view(12)"),
+        where=copies),
     Try("the write lands in a copy: base[1, 1] stays 5 and base's counter stays at 0",
-        edit=("corner = base[1:, 1:]", "corner = base[1:, 1:].clone()"), where=write_through_view, exit=1,
-        shows=("FAIL  base[1, 1] = 5.0",)),
+        edit=("corner = base[1:, 1:]", "corner = base[1:, 1:].clone()"),
+        where=write_through_view),
 ]
 lab.finish(TRIES)

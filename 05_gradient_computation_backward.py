@@ -137,14 +137,15 @@ lab.run(no_grad_backward)
 
 # %% The end
 TRIES = [
-    Try("the same values; the graph's leaves now hold CUDA tensors", flags="--device cuda", needs_cuda=True,
-        shows=("device cuda",)),
-    Try("h.grad stays None, so its check fails", edit=("h.retain_grad()", ""), where=leaf_and_non_leaf,
-        exit=1, shows=("FAIL  h.grad = None",)),
+    Try("the same values; the graph's leaves now hold CUDA tensors",
+        flags="--device cuda",
+        needs_cuda=True),
+    Try("h.grad stays None, so its check fails",
+        edit=("h.retain_grad()", ""),
+        where=leaf_and_non_leaf),
     Try("the 2 of 2 * x now needs a gradient: its None edge becomes a second AccumulateGrad, so the graph "
         "check disagrees",
-        edit=("y = x**2 + 2 * x", "y = x**2 + torch.tensor(2.0, requires_grad=True) * x"), where=real_graph,
-        exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, AccumulateGrad, "
-                       "AccumulateGrad]",)),
+        edit=("y = x**2 + 2 * x", "y = x**2 + torch.tensor(2.0, requires_grad=True) * x"),
+        where=real_graph),
 ]
 lab.finish(TRIES)

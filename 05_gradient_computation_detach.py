@@ -180,13 +180,14 @@ lab.run(update_inside_no_grad)
 
 # %% The end
 TRIES = [
-    Try("the same values; the tensors live on the GPU", flags="--device cuda", needs_cuda=True,
-        shows=("device cuda",)),
+    Try("the same values; the tensors live on the GPU",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("z keeps x's history, so w is recorded too, and the checks of [1] that expect no history fail",
-        edit=("z = y.detach()", "z = y"), where=original_example, exit=1,
-        shows=("FAIL  (y.requires_grad, z.requires_grad, w.requires_grad) = (True, True, True)",)),
+        edit=("z = y.detach()", "z = y"),
+        where=original_example),
     Try("z is a copy: y keeps exp(x), and backward goes through (the checks that expect sharing fail)",
-        edit=("z = y.detach()", "z = y.detach().clone()"), where=detach_shares_storage, exit=1,
-        shows=("FAIL  same_storage = False", "FAIL  no error")),
+        edit=("z = y.detach()", "z = y.detach().clone()"),
+        where=detach_shares_storage),
 ]
 lab.finish(TRIES)

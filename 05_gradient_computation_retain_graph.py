@@ -119,14 +119,15 @@ lab.run(second_derivative)
 
 # %% The end
 TRIES = [
-    Try("the same values; the tensors live on the GPU", flags="--device cuda", needs_cuda=True,
-        shows=("device cuda",)),
+    Try("the same values; the tensors live on the GPU",
+        flags="--device cuda",
+        needs_cuda=True),
     Try(".grad starts from None before each call, so both calls give 12 and the check of call 2 fails",
         edit=("y.backward(retain_graph=True)  #", "x.grad = None; y.backward(retain_graph=True)  #"),
-        where=original_loop, exit=1, shows=("FAIL  call 2: x.grad = 12.0",)),
+        where=original_loop),
     Try("the graph keeps its reference to x: reading it and the second backward both work (no error where one "
         "was expected), and x.grad ends at 24",
         edit=("y.backward(retain_graph=False)", "y.backward(retain_graph=True)"),
-        where=what_backward_frees, exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24.0")),
+        where=what_backward_frees),
 ]
 lab.finish(TRIES)

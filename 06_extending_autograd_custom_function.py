@@ -208,15 +208,18 @@ lab.run(once_differentiable_backward)
 
 # %% The end
 TRIES = [
-    Try("the same values, computed on the GPU", flags="--device cuda", needs_cuda=True, shows=("device cuda",)),
+    Try("the same values, computed on the GPU",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("y.sum() feeds backward grad_y = 1, so x.grad is still right; gradcheck feeds other grad_y and fails",
-        edit=("grad_x = grad_y * 2 * x  # chain rule", "grad_x = 2 * x  # chain rule"), where=square_function,
-        exit=1, shows=("FAIL  passed = False",)),
+        edit=("grad_x = grad_y * 2 * x  # chain rule", "grad_x = 2 * x  # chain rule"),
+        where=square_function),
     Try("the tolerance alone is not the cure: eps = 1e-6 still misses by 0.19",
-        edit=("(x32,), eps=1e-3, raise_exception", "(x32,), raise_exception"), where=float32_gradcheck, exit=1, shows=("FAIL  loose = False",)),
+        edit=("(x32,), eps=1e-3, raise_exception", "(x32,), raise_exception"),
+        where=float32_gradcheck),
     Try("the gradient reaching backward is all ones and needs no grad: grad_x is 2x, not 4x³, and the second "
         "backward fails with 'does not require grad' instead",
-        edit=("z = (y**2).sum()", "z = y.sum()"), where=once_differentiable_backward, exit=1,
-        shows=("FAIL  grad_x = [1.0, -2.0, 4.0]", "FAIL  RuntimeError: element 0 of tensors does not require grad")),
+        edit=("z = (y**2).sum()", "z = y.sum()"),
+        where=once_differentiable_backward),
 ]
 lab.finish(TRIES)

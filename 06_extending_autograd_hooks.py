@@ -169,12 +169,15 @@ lab.run(module_backward_hooks)
 
 # %% The end
 TRIES = [
-    Try("the same values, computed on the GPU", flags="--device cuda", needs_cuda=True, shows=("device cuda",)),
+    Try("the same values, computed on the GPU",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("no retain_grad: t.grad stays None in every event, and PyTorch warns (on stderr) at each line that "
-        "reads t.grad", edit=("    t.retain_grad()\n", ""), where=hook_order, exit=1,
-        shows=("FAIL  events = [(tensor hook, 30.0, None), (Node pre-hook, 30.0, None)", "FAIL  t_grad = None")),
+        "reads t.grad",
+        edit=("    t.retain_grad()\n", ""),
+        where=hook_order),
     Try("the first Linear's input needs no gradient: its grad_input is (None,), and PyTorch warns",
         edit=("x = torch.randn(5, 4, requires_grad=True, device=lab.device)", "x = torch.randn(5, 4, device=lab.device)"),
-        where=module_backward_hooks, exit=1, shows=("(0, [None], [(5, 3)])",)),
+        where=module_backward_hooks),
 ]
 lab.finish(TRIES)

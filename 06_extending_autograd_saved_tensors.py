@@ -242,12 +242,14 @@ lab.run(reentrant_and_grad)
 
 # %% The end
 TRIES = [
-    Try("the same checks with the saved tensors on the GPU; in [4] they are copied to the CPU", flags="--device cuda",
-        needs_cuda=True, shows=("device cuda",)),
-    Try("unpack no longer undoes the ÷4: backward computes 2 · x/4", edit=("lambda packed: packed * 4", "lambda packed: packed"),
-        where=divide_and_multiply, exit=1, shows=("FAIL  x.grad = [0.5, 1.0, 1.5]",)),
+    Try("the same checks with the saved tensors on the GPU; in [4] they are copied to the CPU",
+        flags="--device cuda",
+        needs_cuda=True),
+    Try("unpack no longer undoes the ÷4: backward computes 2 · x/4",
+        edit=("lambda packed: packed * 4", "lambda packed: packed"),
+        where=divide_and_multiply),
     Try("eight layers: the plain forward packs twice as much, from 17 storages, the checkpoint still only x",
         edit=("layers = tanh_layers(4, 64, lab.device)", "layers = tanh_layers(8, 64, lab.device)"),
-        where=checkpoint_saves, exit=1, shows=("FAIL  plain = (24, 65536)", "  ok  checkpointed = (1, 2048)")),
+        where=checkpoint_saves),
 ]
 lab.finish(TRIES)

@@ -170,13 +170,14 @@ lab.run(overflow_skips_the_step)
 
 # %% The end
 TRIES = [
-    Try("the same numbers on CUDA, with a CUDA GradScaler", flags="--device cuda", needs_cuda=True,
-        shows=("device cuda",)),
+    Try("the same numbers on CUDA, with a CUDA GradScaler",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("a max_norm above the norm leaves the gradients alone (the coefficient is clamped at 1)",
-        edit=("clip_grad_norm_([w], max_norm=1.0)", "clip_grad_norm_([w], max_norm=10.0)"), where=clip_by_norm,
-        exit=1, shows=("FAIL  w.grad = [3.0, 4.0]",)),
+        edit=("clip_grad_norm_([w], max_norm=1.0)", "clip_grad_norm_([w], max_norm=10.0)"),
+        where=clip_by_norm),
     Try("8192 · 4 = 32768 fits in float16: no inf, the step is taken, and the scale stays 8192",
-        edit=("init_scale=65536.0", "init_scale=8192.0"), where=overflow_skips_the_step, exit=1,
-        shows=("FAIL  w = [-2.0, -3.0]", "FAIL  scaler.get_scale() = 8192.0")),
+        edit=("init_scale=65536.0", "init_scale=8192.0"),
+        where=overflow_skips_the_step),
 ]
 lab.finish(TRIES)

@@ -278,15 +278,18 @@ lab.run(anomaly_cost)
 
 # %% The end
 TRIES = [
-    Try("the same error and fix on CUDA: the message names a torch.cuda.FloatTensor", flags="--device cuda",
-        needs_cuda=True, shows=("device cuda",)),
+    Try("the same error and fix on CUDA: the message names a torch.cuda.FloatTensor",
+        flags="--device cuda",
+        needs_cuda=True),
     Try("x is no longer changed in place, so backward() succeeds and the expected error never comes",
-        edit=("x += z  # a residual", "x = x + z  # a residual"), where=inplace_error, exit=1, shows=("FAIL  no error",)),
+        edit=("x += z  # a residual", "x = x + z  # a residual"),
+        where=inplace_error),
     Try("x is no longer modified after PowBackward0 saved it: no error, no traceback to read",
-        edit=("x += 1  # x's grad_fn", "x = x + 1  # x's grad_fn"), where=which_op_saved_it, exit=1,
-        shows=("FAIL  no error",)),
+        edit=("x += 1  # x's grad_fn", "x = x + 1  # x's grad_fn"),
+        where=which_op_saved_it),
     Try("sqrt's backward at 0 becomes 0 / (2·1e-6) = 0, not 0 / 0: no NaN, so anomaly mode has nothing to raise "
-        "and x.grad is all zeros", edit=("torch.sqrt(x) * 0", "torch.sqrt(x + 1e-12) * 0"),
-        where=anomaly_names_the_line, exit=1, shows=("FAIL  no error", "FAIL  x.grad = [0.0, 0.0, 0.0]")),
+        "and x.grad is all zeros",
+        edit=("torch.sqrt(x) * 0", "torch.sqrt(x + 1e-12) * 0"),
+        where=anomaly_names_the_line),
 ]
 lab.finish(TRIES)

@@ -175,12 +175,13 @@ lab.run(cost_rule)
 # %% The end
 TRIES = [
     Try("the same values, computed on the GPU; the timing winner is checked on the CPU only",
-        flags="--device cuda", needs_cuda=True, shows=("device cuda",)),
+        flags="--device cuda",
+        needs_cuda=True),
     Try("the tangent doubles to 12: a JVP is linear in its direction v",
         edit=("make_dual(x, torch.tensor(1.0", "make_dual(x, torch.tensor(2.0"),
-        where=dual_numbers, exit=1, shows=("FAIL  tangent = 12.0",)),
+        where=dual_numbers),
     Try("J·v becomes the second column of J, (1, 0, 4), and the check (J by hand times v) still holds",
         edit=("v = torch.tensor([1.0, -1.0], device=lab.device)", "v = torch.tensor([0.0, 1.0], device=lab.device)"),
-        where=jvp_beside_vjp, shows=("jv = [1.0, 0.0, 4.0]",)),
+        where=jvp_beside_vjp),
 ]
 lab.finish(TRIES)

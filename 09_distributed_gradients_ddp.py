@@ -295,12 +295,11 @@ lab.run(how_ddp_enters_backward)
 TRIES = [
     Try("the first backward all-reduces too, so the ranks already agree after it and that check fails",
         edit=("with model.no_sync():  # forward and backward inside", "if True:  # forward and backward inside"),
-        where=accumulate_with_no_sync, exit=1,
-        shows=("FAIL  torch.equal(after_first[0], after_first[1]) = True",)),
+        where=accumulate_with_no_sync),
     Try("shards of 4 and 4 rows: the mean of the means is the full-batch mean, so the checks for 3 and 5 rows fail",
         edit=("slice(0, 3) if dist.get_rank() == 0 else slice(3, 8)",
               "slice(0, 4) if dist.get_rank() == 0 else slice(4, 8)"),
-        where=uneven_shards, exit=1, shows=("FAIL  torch.allclose(mean_of_means, full_weight_grad) = True",)),
+        where=uneven_shards),
 ]
 world.close()
 lab.finish(TRIES)

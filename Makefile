@@ -59,15 +59,16 @@ lesson: $(VENV)/.installed-run package
 		exit 2; fi
 	$(PY) $(basename $(L)).py --device $(DEVICE) $(ARGS)
 
-# The lesson as a notebook: its `# %%` cells become $(NOTEBOOKS)/NAME.ipynb (jupytext), opened in
-# JupyterLab from the environment (the test tools include it). NOTEBOOK_ARGS go to `jupyter lab`.
+# The lesson as a notebook: its introduction and `# %%` cells become $(NOTEBOOKS)/NAME.ipynb
+# (tensor_features/lab/notebook.py, through jupytext), opened in JupyterLab from the environment
+# (the test tools include it). NOTEBOOK_ARGS go to `jupyter lab`.
 notebook: $(VENV)/.installed-dev package
 	@if [ -z "$(L)" ] || [ ! -f "$(basename $(L)).py" ]; then \
 		echo "usage: make notebook L=NAME, NAME one of (teaching order):" >&2; \
 		$(PY) -c "from tensor_features.lab.lessons import lesson_paths; print('\n'.join('  ' + p.stem for p in lesson_paths()))" >&2; \
 		exit 2; fi
 	@mkdir -p $(NOTEBOOKS)
-	$(PY) -m jupytext --quiet --to ipynb --output $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb $(basename $(L)).py
+	$(PY) -m tensor_features.lab.notebook $(basename $(L)).py $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb
 	$(VENV)/bin/jupyter lab $(NOTEBOOK_ARGS) $(NOTEBOOKS)/$(notdir $(basename $(L))).ipynb
 
 train: $(VENV)/.installed-run package

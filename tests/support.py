@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What one of a lesson's Try lines does, as a test checks it: the exit code, and text the
+    output gains (absent from the unchanged lesson's output). A lesson's test file lists them in
+    TRY_PROMISES, in the order of the lesson's TRIES; tests/lab/test_tries.py runs each Try."""
+
+    shows: tuple[str, ...]
+    exit: int = 0
 
 
 def quiet_lab(device: str = "cpu") -> Lab:

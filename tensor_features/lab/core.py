@@ -154,22 +154,20 @@ def values_match(observed: Any, expected: Any, rtol: float = 1e-5, atol: float =
 
 @dataclass(frozen=True)
 class Try:
-    """One thing to try after a lesson, and what it will show.
+    """One thing to try after a lesson, and what it will show, in words.
 
     Either flags for the command line (``flags="--size 1024"``) or an edit of the lesson's own
     source (``edit=(old, new)``, inside the observation function ``where``, or anywhere in the
-    file when where is None; old must occur exactly once there). ``then`` says what happens, in
-    words; ``exit`` and ``shows`` are the same promise in a form a test checks: the exit code,
-    and text the output will contain that it did not contain before the change.
-    tests/lab/test_tries.py runs every Try of every lesson.
+    file when where is None; old must occur exactly once there). ``then`` says what happens; a
+    Try whose edit makes a check disagree says so ("... the check fails"). The same promise in a
+    form a test runs (the exit code, the text the output gains) lives with the lesson's tests:
+    tests/lab/test_tries.py runs every Try of every lesson against it.
     """
 
     then: str
     flags: str = ""
     edit: tuple[str, str] | None = None
     where: Callable[..., Any] | None = None
-    exit: int = 0
-    shows: tuple[str, ...] = ()
     needs_cuda: bool = False  # offered only where a GPU is visible
 
     def text(self, number: int | None = None) -> str:
@@ -182,8 +180,7 @@ class Try:
                 what = f"{what}, and run with {self.flags}"
         else:
             what = self.flags
-        outcome = {0: "", 1: " (exit 1: a check disagrees)"}.get(self.exit, f" (exit {self.exit})")
-        return f"{what}: {self.then}{outcome}"
+        return f"{what}: {self.then}"
 
     def apply(self, source: str) -> str:
         """The lesson's source with this Try's edit made; ValueError if old is not there exactly once."""
@@ -377,25 +374,39 @@ def _may_skip_lines(function: Callable[..., Any]) -> bool:
         _is_lab_call(item.context_expr) for item in node.items)) for node in _own_nodes(tree.body[0]))
 
 
-class _LineTrace:
-    """The line numbers of one function's frames that ran (sys.settrace, that code object only).
+class _Trace:
+    """One observation's run, watched through sys.settrace for that code object only: its local
+    variables when it returns (what a notebook leaves for the learner), and, with lines=True,
+    the line numbers that ran (what `# not run` marks). Other frames run untraced.
 
-    Inactive, and so marking nothing, when a debugger or coverage tool already traces.
+    Inactive, and so recording nothing, when a debugger or coverage tool already traces.
     """
 
-    def __init__(self, code, active: bool = True) -> None:
-        self.code, self.lines, self.active, self.wanted = code, set(), False, active
+    def __init__(self, code, lines: bool = True) -> None:
+        self.code, self.trace_lines, self.active = code, lines, False
+        self.lines: set[int] = set()
+        self.locals: dict[str, Any] = {}
+
+    @property
+    def ran(self) -> set[int] | None:
+        """The traced line numbers, or None when lines were not traced (nothing to mark)."""
+        return self.lines if self.active and self.trace_lines else None
 
     def _global(self, frame, event, arg):
-        return self._local if frame.f_code is self.code else None
+        if frame.f_code is not self.code:
+            return None
+        frame.f_trace_lines = self.trace_lines
+        return self._local
 
     def _local(self, frame, event, arg):
         if event == "line":
             self.lines.add(frame.f_lineno)
+        elif event == "return" and frame.f_code is self.code:
+            self.locals = dict(frame.f_locals)
         return self._local
 
-    def __enter__(self) -> "_LineTrace":
-        self.active = self.wanted and sys.gettrace() is None
+    def __enter__(self) -> "_Trace":
+        self.active = sys.gettrace() is None
         if self.active:
             sys.settrace(self._global)
         return self
@@ -403,6 +414,40 @@ class _LineTrace:
     def __exit__(self, *exc) -> None:
         if self.active:
             sys.settrace(None)
+
+
+def snapshot(value: Any) -> Any:
+    """The value as a check saw it: a tensor is copied (detached), so that a later in-place change
+    (x.grad.zero_()) does not rewrite what was seen; lists and tuples are copied through."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        copied = [snapshot(v) for v in value]
+        return copied if isinstance(value, list) else type(value)(copied) if not hasattr(value, "_fields") \
+            else type(value)(*copied)
+    return value
+
+
+class Seen(dict):
+    """What one observation recorded, for the tests and the curious: each check's observed value
+    under its label (the source text of what it checked, or label=), as the check saw it; when a
+    label repeats, the last one (every(label) gives them all, in order). Provoked errors are under
+    "error", caught warnings under "warnings" (or their label=). `names` holds the observation's
+    local variables as they were when it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._every: dict[str, list[Any]] = {}
+        self.names: dict[str, Any] = {}
+
+    def add(self, label: str, value: Any) -> None:
+        value = snapshot(value)
+        self[label] = value
+        self._every.setdefault(label, []).append(value)
+
+    def every(self, label: str) -> list[Any]:
+        """Every value recorded under label, in the order the checks ran ([] if none)."""
+        return list(self._every.get(label, []))
 
 
 # -- the lab -------------------------------------------------------------------------------------------
@@ -439,7 +484,10 @@ class Lab:
         self.force_agree = os.environ.get(FORCE_AGREE_ENV) == "1"
         self._started = time.perf_counter()
         self._cursor: tuple[FrameType, _FunctionSource, int] | None = None  # frame, source, next line
-        self._ran: _LineTrace | None = None  # which lines of the running observation have run
+        self._ran: _Trace | None = None  # the running observation: which lines ran, its locals
+        self.seen = Seen()  # what the last observation's checks saw (see Seen)
+        self.publish = False  # Lab.start sets it when live: each observation's locals become globals
+        self._published: tuple[dict[str, Any], list[str]] | None = None  # namespace, names put there
         self._hinted: set[str] = set()  # helpers whose definition a printed line has pointed to
         self.prog = program_name()  # for the one-line messages on stderr
         self._stopped = False  # after Ctrl-C or a failed write to stdout: print nothing more
@@ -499,6 +547,9 @@ class Lab:
                     signal.signal(signal.SIGINT, stop)
             lab = cls(title, device)
             lab.prog = parser.prog
+            lab.publish = True
+            if in_notebook() and lab.device.type != "cpu":
+                torch.set_default_device(lab.device)  # a cell the learner adds makes tensors there too
         else:
             lab = cls(title, "cpu", stream=io.StringIO(), live=False)
         lab.args = args
@@ -526,23 +577,55 @@ class Lab:
         self._stopped = True
         raise SystemExit(interrupted(self.prog))
 
-    def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Number and title the observation (its docstring's first line), then run it."""
+    def run(self, observation: Callable[..., Any], *args: Any, **kwargs: Any) -> Seen | None:
+        """Number and title the observation (its docstring's first line), run it on the lab's
+        device (the default device of every tensor it makes), and return what its checks saw.
+
+        Run from a lesson (``publish``), the observation's local variables then become the
+        module's globals, so that in a notebook the learner can inspect them after the cell has
+        run; the next observation removes them first, so it cannot use them by accident. A name
+        the module already has (an import, a helper, ``lab``) is left alone.
+        """
         if not self.live:
             return None
+        self._forget_published()
         self.observation += 1
         self.order[observation.__name__] = self.observation
         title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
         self._print(f"\n[{self.observation}] {title}")
         self._cursor = None
-        self._ran = _LineTrace(observation.__code__, active=_may_skip_lines(observation))
+        self.seen = Seen()
+        self._ran = _Trace(observation.__code__, lines=_may_skip_lines(observation))
         try:
-            with self._ran:
-                return observation(self, *args, **kwargs)
+            with self._ran, self.on_device():
+                observation(self, *args, **kwargs)
         finally:
             self._flush_code(to_end=True)
+            self.seen.names = self._ran.locals
             self._ran = None
             self._cursor = None
+            if self.publish:
+                self._publish(getattr(observation, "__globals__", {}), self.seen.names)
+        return self.seen
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """The lab's device as the default for new tensors (torch.device as a context manager);
+        nothing to change on the CPU, which is already the default."""
+        return torch.device(self.device) if self.device.type != "cpu" else contextlib.nullcontext()
+
+    def _publish(self, namespace: dict[str, Any], names: dict[str, Any]) -> None:
+        put = [name for name in names
+               if name != "lab" and not name.startswith("_") and name not in namespace]
+        for name in put:
+            namespace[name] = names[name]
+        self._published = (namespace, put)
+
+    def _forget_published(self) -> None:
+        if self._published is not None:
+            namespace, put = self._published
+            for name in put:
+                namespace.pop(name, None)
+            self._published = None
 
     def _flush_code(self, frame: FrameType | None = None, to_end: bool = False,
                     block: str | None = None) -> _FunctionSource | None:
@@ -551,7 +634,7 @@ class Lab:
         block="opens": a `with lab.expect_...` block is about to run: print up to its first line
         only; block="closed": it has run: print it through its end, marking what did not run.
         """
-        ran = self._ran.lines if self._ran is not None and self._ran.active else None
+        ran = self._ran.ran if self._ran is not None else None
         if to_end:
             if self._cursor is not None:
                 _, source, next_line = self._cursor
@@ -650,6 +733,7 @@ class Lab:
         source = self._flush_code(frame)
         if label is None and source is not None and frame is not None:
             label = source.lab_call_argument(frame.f_lineno, "check")
+        self.seen.add(label or "value", observed)
         ok = values_match(observed, expected, rtol=rtol, atol=atol)
         shown = format_value(expected)
         if ok and not values_match(observed, expected, rtol=0.0, atol=0.0):
@@ -659,8 +743,8 @@ class Lab:
 
     @contextmanager
     def expect_error(self, match: str, why: str,
-                     error_type: type[BaseException] | tuple[type[BaseException], ...] = RuntimeError
-                     ) -> Iterator[Caught]:
+                     error_type: type[BaseException] | tuple[type[BaseException], ...] = RuntimeError,
+                     *, label: str = "error") -> Iterator[Caught]:
         """Run a block that should raise ``error_type`` whose message contains ``match``.
 
         The error is caught and shown whole (wrapped), never as a traceback. A block that does
@@ -675,6 +759,7 @@ class Lab:
             caught.error = err
         self._flush_code(frame, block="closed")
         err = caught.error
+        self.seen.add(label, err)
         ok = isinstance(err, error_type) and match in str(err)
         if err is None:
             self._record(False, "no error", f'"{match}"', why)
@@ -683,7 +768,7 @@ class Lab:
         self._record(ok, message[0], f'"{match}"', why, details=message[1:])
 
     @contextmanager
-    def expect_warning(self, match: str, why: str) -> Iterator[Caught]:
+    def expect_warning(self, match: str, why: str, *, label: str = "warnings") -> Iterator[Caught]:
         """Run a block that should warn with a message containing ``match``; show the warning whole."""
         frame = _lesson_frame()
         self._flush_code(frame, block="opens")
@@ -693,6 +778,7 @@ class Lab:
             yield caught
         self._flush_code(frame, block="closed")
         caught.warnings = [" ".join(str(r.message).split()) for r in records]
+        self.seen.add(label, caught.warnings)
         hits = [i for i, w in enumerate(caught.warnings) if match in w]
         shown = (" ".join(tidy_message(str(records[(hits or [0])[0]].message)).split()) if records
                  else "no warning")

@@ -110,6 +110,7 @@ def run_try(path: Path, number: int, argv: list[str], prog: str) -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent,
                                                                           os.environ.get("PYTHONPATH")]))}
         code = subprocess.call([sys.executable, str(copy), *command], env=env)
-    said = {0: "exit 0", 1: "exit 1: a check disagrees"}.get(attempt.exit, f"exit {attempt.exit}")
-    print(f"\nTry {number} ended with exit {code}; the Try said {said}. {path.name} is unchanged.")
+    said = {0: "every check agreed", 1: "a check disagreed", 2: "a bad flag or environment",
+            130: "interrupted"}.get(code, "see above")
+    print(f"\nTry {number} ended with exit {code} ({said}). {path.name} is unchanged.")
     return code

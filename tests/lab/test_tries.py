@@ -1,21 +1,30 @@
 """Every "Try:" line of every lesson, run: flags on the command line, edits on a copy of the lesson.
 
-A Try promises an exit code and text that appears in the output; the text must be new, absent
-from the unchanged lesson's output, so that a Try which changes nothing cannot pass.
+A lesson's Try says what happens in words; its promise in a form a test checks (the exit code,
+text the output gains) is in the lesson's test file, TRY_PROMISES, one per Try in order. The text
+must be new, absent from the unchanged lesson's output, so that a Try which changes nothing
+cannot pass. The edit is located by Try.apply itself, the code the learner's --try N runs.
 """
 
-import ast
+import importlib
 import os
 
 import pytest
 import torch
 
-from tests.support import run_in_process
+from tests.support import Promise, run_in_process
 from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 
 # Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
 pytestmark = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
+
+
+def promises(path) -> list[Promise]:
+    """TRY_PROMISES of the lesson's test file (tests/lessons/test_05_backward.py for 05 backward)."""
+    module = importlib.import_module(f"tests.lessons.test_{short_name(path.name).replace(' ', '_')}")
+    return getattr(module, "TRY_PROMISES", [])
+
 
 CASES = [(path, index, attempt) for path in lesson_paths()
          for index, attempt in enumerate(getattr(load_lesson(path), "TRIES", []))]
@@ -29,11 +38,12 @@ def baseline(path):
     return _baseline[path]
 
 
-def test_every_lesson_has_tries():
-    for path in lesson_paths():
-        tries = getattr(load_lesson(path), "TRIES", None)
-        assert tries and all(isinstance(t, Try) for t in tries), path.name
-        assert any(t.edit is not None for t in tries), f"{path.name}: at least one edit to try"
+@pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
+def test_every_lesson_has_tries_and_a_promise_for_each(path):
+    tries = getattr(load_lesson(path), "TRIES", None)
+    assert tries and all(isinstance(t, Try) for t in tries), path.name
+    assert any(t.edit is not None for t in tries), f"{path.name}: at least one edit to try"
+    assert len(promises(path)) == len(tries), f"{path.name}: one TRY_PROMISES entry per Try, in order"
 
 
 @pytest.mark.parametrize("path, index, attempt", CASES,
@@ -41,33 +51,34 @@ def test_every_lesson_has_tries():
 def test_try_does_what_it_says(path, index, attempt, tmp_path):
     if attempt.needs_cuda and not torch.cuda.is_available():
         pytest.skip("offered only where a GPU is visible")
-    assert attempt.shows, "a Try promises text a learner will see"
+    promise = promises(path)[index]
+    assert promise.shows, "a Try promises text a learner will see"
+    # The printed line tells the learner what the exit code will say.
+    assert (promise.exit == 1) == any(word in attempt.then for word in ("fail", "disagree")), \
+        f"a Try whose edit makes a check disagree says so in its words, and only then: {attempt.then!r}"
     argv = attempt.flags.split()
     if "--device" not in argv:
         argv += ["--device", "cpu"]
     target = path
     if attempt.edit is not None:
-        # The learner sees the edit without comments: that text must point at one place too.
         source = path.read_text()
-        span = source
-        if attempt.where is not None:
-            node = next(n for n in ast.parse(source).body if getattr(n, "name", None) == attempt.where.__name__)
-            span = "".join(source.splitlines(keepends=True)[node.lineno - 1: node.end_lineno])
-        code = "\n".join(_code_only(line) for line in span.splitlines())
+        edited = attempt.apply(source)  # ValueError unless the edit's text is there exactly once
+        # The learner sees the edit without comments: that text must point at one place too.
+        changed = [line for line in source.splitlines() if line not in edited.splitlines()]
         shown = "\n".join(_code_only(line) for line in attempt.edit[0].splitlines())
-        assert code.count(shown) == 1, f"the Try line's `{shown}` is ambiguous in its observation"
+        assert shown.split("; ")[0] in "\n".join(_code_only(line) for line in changed), shown
         target = tmp_path / path.name
-        target.write_text(attempt.apply(path.read_text()))
+        target.write_text(edited)
     finished = run_in_process(target, argv)
-    assert finished.code == attempt.exit, finished.stdout[-3000:] + finished.stderr
+    assert finished.code == promise.exit, finished.stdout[-3000:] + finished.stderr
     assert "Traceback" not in finished.stderr
-    for text in attempt.shows:
+    for text in promise.shows:
         assert text in finished.stdout + finished.stderr, text
-    if attempt.exit == 1:
+    if promise.exit == 1:
         assert "checks match; these do not:" in finished.stdout
     unchanged = baseline(path)
     assert unchanged.code == 0
-    assert not all(text in unchanged.stdout + unchanged.stderr for text in attempt.shows), \
+    assert not all(text in unchanged.stdout + unchanged.stderr for text in promise.shows), \
         "the promised text is there without the change too"
     # The lesson prints this Try (CUDA ones only where a GPU is visible).
     if not attempt.needs_cuda:
@@ -97,7 +108,7 @@ def test_try_runs_the_edit_on_a_copy_and_leaves_the_file_alone(capfd):
     assert finished.code == 1, "the copy's exit code: its h.grad check disagrees, as Try 2 says"
     assert "-    h.retain_grad()" in finished.stdout  # the diff
     assert "FAIL  h.grad = None" in child and "13/14 checks match" in child
-    assert "Try 2 ended with exit 1; the Try said exit 1" in finished.stdout
+    assert "Try 2 ended with exit 1 (a check disagreed)" in finished.stdout
 
 
 def test_try_out_of_range_is_one_line_and_exit_2():

@@ -9,10 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import ROOT, assert_caught, load_lesson, run_in_process
+from tests.support import Promise, ROOT, assert_caught, load_lesson, run_in_process
 
 LESSON = "03_tensor_attributes_and_methods_basics.py"
 lesson = load_lesson(LESSON)
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(shows=("[5] A batch of N cat images",)),
+    Promise(exit=1, shows=("FAIL  half_plus_double.dtype = torch.float64",)),
+    Promise(exit=1, shows=("FAIL  brighter.dtype = torch.int16", "FAIL  brighter = [300, 200]")),
+    Promise(exit=1, shows=("FAIL  shared.dtype = torch.float64",)),
+]
 
 MUTANTS = [
     ("03_tensor_attributes_and_methods_basics.py", "    y = a @ w  # a result", "    y = w @ a  # a result"),

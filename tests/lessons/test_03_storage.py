@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 LESSON = "03_tensor_attributes_and_methods_storage.py"
 lesson = load_lesson(LESSON)
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  storage.nbytes() = 96",)),
+    Promise(exit=1, shows=("FAIL  no error",)),
+    Promise(exit=1, shows=("FAIL  base[1, 1] = 5.0",)),
+]
 
 MUTANTS = [
     ("03_tensor_attributes_and_methods_storage.py", "    base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1",

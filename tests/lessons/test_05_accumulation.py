@@ -1,6 +1,7 @@
-"""05 accumulation: every value the lesson returns, against an oracle written here: derivatives
-by hand, the micro-batch gradient in float64, saved-element counts from the shapes, and SGD
-replayed in plain floats (with the gradient reset, and summed)."""
+"""05 accumulation: every value the lesson's checks saw (and the locals its observations left),
+against an oracle written here: derivatives by hand, the micro-batch gradient in float64,
+saved-element counts from the shapes, and SGD replayed in plain floats (with the gradient reset,
+and summed). TRY_PROMISES: what each of the lesson's Try lines does (tests/lab/test_tries.py)."""
 
 import math
 
@@ -8,9 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import ROOT, assert_caught, load_lesson, playground_section
+from tests.support import ROOT, Promise, assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_accumulation.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  w.grad",)),
+    Promise(shows=("(-1.7)^k: |w| grows 1.7× a step", "lr·18 = 2.7 < 4, both roots on the unit circle")),
+    Promise(shows=("(-3.5)^k: |w| grows 3.5× a step", "a real root of size 2: |w| grows 2× a step")),
+]
 
 MUTANTS = [
     ("05_gradient_computation_accumulation.py", "    y2 = 3 * x\n    # For x's gradient", "    y2 = 2 * x\n    # For x's gradient"),
@@ -67,20 +76,23 @@ def test_the_docstring_points_at_the_original_description():
 
 
 def test_original_as_written_adds_then_raises(lab):
-    seen = lesson.original_as_written(lab)
+    seen = lab.run(lesson.original_as_written)
     x = 2.0
-    assert seen["after_two_calls"] == pytest.approx(2 * x + 3)  # d/dx x² + d/dx 3x
-    assert seen["after_failure"] == 0.0
+    # d/dx x² + d/dx 3x, then 0 after zero_() and the failed call
+    assert [g.item() for g in seen.every("x.grad")] == [pytest.approx(2 * x + 3), 0.0]
+    assert seen["y2.grad_fn._saved_other"].item() == 3.0
     assert_caught(seen["error"], RuntimeError, "Trying to backward through the graph a second time")
 
 
 def test_original_fixed_gives_7_then_3(lab):
     x = 2.0
-    assert lesson.original_fixed(lab) == (pytest.approx(2 * x + 3), pytest.approx(3.0), pytest.approx(3.0))
+    seen = lab.run(lesson.original_fixed)
+    assert [g.item() for g in seen.every("x.grad")] == [
+        pytest.approx(2 * x + 3), pytest.approx(3.0), pytest.approx(3.0)]
 
 
 def test_three_resets(lab):
-    seen = lesson.three_resets(lab)
+    seen = lab.run(lesson.three_resets)
     x = 2.0
     assert seen["after_zero_"] == (True, 0.0)  # same object, zeroed
     # A new tensor holding 2x (not 2x + 2x); the held one keeps 0 + 2x from the backward before.
@@ -91,7 +103,7 @@ def test_three_resets(lab):
 
 @pytest.mark.parametrize("k, n", [(4, 8), (2, 12)])
 def test_micro_batches_add_up_to_the_full_batch(lab, k, n):
-    seen = lesson.micro_batches(lab, k=k, n=n)
+    seen = lab.run(lesson.micro_batches, k=k, n=n)
     x = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
     y = 2 * x + 1
     terms = 2 * (0.5 * x - y) * x / n
@@ -103,9 +115,9 @@ def test_micro_batches_add_up_to_the_full_batch(lab, k, n):
     u = 2.0**-24
     bound = (n + 7) * u / (1 - (n + 7) * u) * terms.abs().sum().item()
     assert abs(seen["full_batch"].item() - expected) <= bound
-    assert seen["accumulated"].item() == pytest.approx(expected, rel=1e-5)
+    assert seen["w.grad"].item() == pytest.approx(expected, rel=1e-5)
     # mul saves x itself (for w's gradient), pow saves w x - y, a new tensor: one element per point each.
-    assert seen["full_saved"] == (n, n)
+    assert (seen.names["full_in_x"], seen.names["full_new"]) == (n, n)
     assert seen["micro_saved"] == [(n // k, n // k)] * k
 
 
@@ -126,7 +138,8 @@ def test_saved_elements_tells_data_from_new_tensors():
 
 def test_forgotten_reset_adds_18_each_step(lab):
     # d/dw (3w)² = 18w = 18 at w = 1, added once per step.
-    assert lesson.forgotten_reset(lab, steps=4) == [18.0, 36.0, 54.0, 72.0]
+    seen = lab.run(lesson.forgotten_reset, steps=4)
+    assert [seen[f"step {k}: w.grad"].item() for k in range(1, 5)] == [18.0, 36.0, 54.0, 72.0]
 
 
 def relative_gap(run: list[float], oracle: list[float]) -> float:
@@ -134,11 +147,12 @@ def relative_gap(run: list[float], oracle: list[float]) -> float:
     return max(abs(a - b) for a, b in zip(run, oracle, strict=True)) / max(abs(b) for b in oracle)
 
 
-def assert_gaps(runs: dict, lr: float) -> None:
+def assert_gaps(seen, lr: float) -> None:
     """The two gaps [6] prints: the float32 runs against SGD replayed here in float64, and small."""
+    runs = seen.names["runs"]
     for name, reset in (("reset_gap", True), ("summed_gap", False)):
         oracle = relative_gap(runs["reset" if reset else "summed"], sgd_by_hand(lr, 30, reset=reset))
-        assert runs[name] == pytest.approx(oracle, rel=1e-6, abs=1e-12) and runs[name] < 1e-4, name
+        assert seen[name] == pytest.approx(oracle, rel=1e-6, abs=1e-12) and seen[name] < 1e-4, name
 
 
 def sgd_by_hand(lr: float, steps: int, reset: bool) -> list[float]:
@@ -153,15 +167,16 @@ def sgd_by_hand(lr: float, steps: int, reset: bool) -> list[float]:
 
 @pytest.mark.parametrize("lr", [0.05, 0.01, 0.15])
 def test_summed_gradient_oscillates_without_growing(lab, lr):
-    runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
+    seen = lab.run(lesson.summed_gradient_steps, lr=lr, steps=30)
+    runs = seen.names["runs"]
     assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4, abs=1e-6)
     assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4, abs=1e-5)
-    assert_gaps(runs, lr)
+    assert_gaps(seen, lr)
     # Bounded and not settling: w_k = cos kθ + B sin kθ with cos θ = (2 - a)/2, w_1 = 1 - a (a = 18 lr),
     # so B = -(a/2)/sin θ and the amplitude is sqrt(1 + B²) = 2/sqrt(4 - a); the last 10 steps come near it.
     amplitude = 2 / math.sqrt(4 - 18 * lr)
     assert 0.95 * amplitude < max(abs(w) for w in runs["summed"][-10:]) <= amplitude * (1 + 1e-5)
-    assert runs["growth_per_step"] == pytest.approx(1.0, abs=0.01)
+    assert seen["growth_per_step"] == pytest.approx(1.0, abs=0.01)
     printed = lab.stream.getvalue()
     assert "< 4, both roots on the unit circle, so no decay and no growth" in printed
     # With the reset, w_k = (1 - 18 lr)^k: it settles for 18 lr < 2 (0.05, 0.01), grows for 0.15 (1.7× a step).
@@ -174,14 +189,15 @@ def test_summed_gradient_oscillates_without_growing(lab, lr):
 
 def test_above_lr_18_of_4_both_runs_grow_the_reset_one_faster(lab):
     lr = 0.25  # 18 lr = 4.5
-    runs = lesson.summed_gradient_steps(lab, lr=lr, steps=30)
+    seen = lab.run(lesson.summed_gradient_steps, lr=lr, steps=30)
+    runs = seen.names["runs"]
     assert runs["reset"] == pytest.approx(sgd_by_hand(lr, 30, reset=True), rel=1e-4)
     assert runs["summed"] == pytest.approx(sgd_by_hand(lr, 30, reset=False), rel=1e-4)
-    assert_gaps(runs, lr)
+    assert_gaps(seen, lr)
     # With the reset: w_k = (1 - 4.5)^k = (-3.5)^k. Summed: r² + 2.5 r + 1 = (r + 2)(r + 0.5), so 2× a step.
     assert runs["reset"][-1] / runs["reset"][-2] == pytest.approx(-3.5, rel=1e-5)
     assert runs["summed"][-1] / runs["summed"][-2] == pytest.approx(-2.0, rel=1e-5)
-    assert runs["growth_per_step"] == pytest.approx(2.0, rel=1e-4)
+    assert seen["growth_per_step"] == pytest.approx(2.0, rel=1e-4)
     printed = lab.stream.getvalue()
     assert "(-3.5)^k: |w| grows 3.5× a step" in printed and "a real root of size 2: |w| grows 2× a step" in printed
     assert "unit circle" not in printed and "settles at 0" not in printed

@@ -6,9 +6,17 @@ import math
 import pytest
 import torch
 
-from tests.support import assert_caught, load_lesson, playground_section
+from tests.support import Promise, assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_backward.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  h.grad = None",)),
+    Promise(exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, AccumulateGrad, "
+                       "AccumulateGrad]",)),
+]
 
 MUTANTS = [
     ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    # y is a scalar", "    y = x**2 + 3 * x\n    # y is a scalar"),

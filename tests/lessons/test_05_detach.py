@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 lesson = load_lesson("05_gradient_computation_detach.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  (y.requires_grad, z.requires_grad, w.requires_grad) = (True, True, True)",)),
+    Promise(exit=1, shows=("FAIL  same_storage = False", "FAIL  no error")),
+]
 
 MUTANTS = [
     ("05_gradient_computation_detach.py", "    z = y.detach()  # the same number", "    z = y  # the same number"),

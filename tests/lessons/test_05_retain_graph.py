@@ -5,9 +5,16 @@ errors by their stable substrings."""
 import pytest
 import torch
 
-from tests.support import assert_caught, load_lesson, playground_section
+from tests.support import Promise, assert_caught, load_lesson, playground_section
 
 lesson = load_lesson("05_gradient_computation_retain_graph.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  call 2: x.grad = 12.0",)),
+    Promise(exit=1, shows=("FAIL  no error", "FAIL  x.grad = 24.0")),
+]
 
 MUTANTS = [
     ("05_gradient_computation_retain_graph.py", "        y.backward(retain_graph=True)  # keep",

@@ -9,9 +9,17 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.support import load_lesson, run_in_process
+from tests.support import Promise, load_lesson, run_in_process
 
 lesson = load_lesson("05_gradient_computation_vjp.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(shows=("grad loop, 64×64",)),
+    Promise(exit=1, shows=("FAIL  train mode",)),
+    Promise(exit=1, shows=("FAIL  fixed",)),
+]
 
 MUTANTS = [
     ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",

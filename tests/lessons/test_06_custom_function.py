@@ -9,9 +9,17 @@ import pytest
 import torch
 from torch.autograd import Function, gradcheck, gradgradcheck
 
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 lesson = load_lesson("06_extending_autograd_custom_function.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  passed = False",)),
+    Promise(exit=1, shows=("FAIL  loose = False",)),
+    Promise(exit=1, shows=("FAIL  grad_x = [1.0, -2.0, 4.0]", "FAIL  RuntimeError: element 0 of tensors does not require grad")),
+]
 
 MUTANTS = [
     ("06_extending_autograd_custom_function.py", "grad_x = grad_y * 2 * x  # chain rule: dL", "grad_x = 2 * x  # chain rule: dL"),

@@ -6,9 +6,16 @@ execution", docs/source/notes/autograd.rst) and, for retain_grad, from the engin
 import pytest
 import torch
 
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 lesson = load_lesson("06_extending_autograd_hooks.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  events = [(tensor hook, 30.0, None), (Node pre-hook, 30.0, None)", "FAIL  t_grad = None")),
+    Promise(exit=1, shows=("(0, [None], [(5, 3)])",)),
+]
 
 MUTANTS = [
     ("06_extending_autograd_hooks.py", "x.register_hook(lambda grad: grad * 10)  # returns a tensor",

@@ -11,9 +11,16 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from bench.measure import MB
 from bench.rows import checkpoint as row
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 lesson = load_lesson("06_extending_autograd_saved_tensors.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  x.grad = [0.5, 1.0, 1.5]",)),
+    Promise(exit=1, shows=("FAIL  plain = (24, 65536)", "  ok  checkpointed = (1, 2048)")),
+]
 
 MUTANTS = [
     ("06_extending_autograd_saved_tensors.py", "    y = a * b  # dy/da = b", "    y = a * b.detach()  # dy/da = b"),

@@ -4,9 +4,16 @@ as a power of two, float16's largest value from its bit layout, and SGD's update
 
 import math
 
-from tests.support import assert_caught, load_lesson
+from tests.support import Promise, assert_caught, load_lesson
 
 lesson = load_lesson("07_debugging_gradients_clipping_and_scaling.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  w.grad = [3.0, 4.0]",)),
+    Promise(exit=1, shows=("FAIL  w = [-2.0, -3.0]", "FAIL  scaler.get_scale() = 8192.0")),
+]
 
 MUTANTS = [
     ("07_debugging_gradients_clipping_and_scaling.py", "    total_norm = clip_grad_norm_([w], max_norm=1.0)\n    lab.check",

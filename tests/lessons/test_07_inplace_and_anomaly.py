@@ -8,9 +8,17 @@ import math
 import pytest
 import torch
 
-from tests.support import DEVICES, assert_caught, load_lesson, quiet_lab
+from tests.support import DEVICES, Promise, assert_caught, load_lesson, quiet_lab
 
 lesson = load_lesson("07_debugging_gradients_inplace_and_anomaly.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  no error",)),
+    Promise(exit=1, shows=("FAIL  no error",)),
+    Promise(exit=1, shows=("FAIL  no error", "FAIL  x.grad = [0.0, 0.0, 0.0]")),
+]
 
 MUTANTS = [
     ("07_debugging_gradients_inplace_and_anomaly.py", "    x += z  # a residual", "    x = x + z  # a residual"),

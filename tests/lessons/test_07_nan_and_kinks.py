@@ -6,9 +6,16 @@ import math
 
 import torch
 
-from tests.support import load_lesson
+from tests.support import Promise, load_lesson
 
 lesson = load_lesson("07_debugging_gradients_nan_and_kinks.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  by_formula = [0.0, 0.25]", "FAIL  p.grad = [0.0, 0.25]", "20/22 checks match")),
+    Promise(exit=1, shows=("FAIL  x.grad = [0.0, 0.0]",)),
+]
 
 MUTANTS = [
     ("07_debugging_gradients_nan_and_kinks.py", "    loss = torch.where(p > 0, root, 0.0).sum()", "    loss = root.sum()"),

@@ -14,9 +14,16 @@ import pytest
 import torch
 
 from bench.rows.forward_reverse import BIG, SMALL, forward_reverse
-from tests.support import DEVICES, assert_caught, load_lesson, quiet_lab
+from tests.support import DEVICES, Promise, assert_caught, load_lesson, quiet_lab
 
 lesson = load_lesson("08_higher_order_forward_mode.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  tangent = 12.0",)),
+    Promise(shows=("jv = [1.0, 0.0, 4.0]",)),
+]
 # pytest resets warning filters per test; the lesson's filter for torch's own jit.script deprecation goes with it.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 

@@ -17,11 +17,19 @@ import pytest
 import torch
 from torch.func import hessian
 
-from tests.support import DEVICES, assert_caught, load_lesson, quiet_lab
+from tests.support import DEVICES, Promise, assert_caught, load_lesson, quiet_lab
 from tensor_features import train
 from tensor_features.load_data import load_data
 
 lesson = load_lesson("08_higher_order_hessians.py")
+
+# The lesson's Try lines, in order: the exit code and the text each adds to the output.
+TRY_PROMISES = [
+    Promise(shows=("device cuda",)),
+    Promise(exit=1, shows=("FAIL  no error",)),
+    Promise(exit=1, shows=("FAIL  by_autograd = ", "FAIL  hvp = ", "FAIL  eigenvalues = ", "FAIL  stability_limit = ",
+                       "ok  condition_number = ")),
+]
 # pytest resets warning filters per test; the lesson's filter for torch's own jit.script deprecation goes with it.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
