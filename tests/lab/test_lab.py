@@ -245,7 +245,7 @@ def test_try_edit_must_be_unambiguous_and_is_shown_as_code():
     assert one.text() == "replace `x = 1` with `x = 2`: x becomes 2"
     with pytest.raises(ValueError, match="occurs 2 times"):
         Try(then="?", edit=("= 1", "= 2")).apply(source)
-    assert Try(then="fails", flags="--size 3", exit=1).text() == "--size 3: fails (exit 1: a check disagrees)"
+    assert Try(then="the check fails", flags="--size 3").text() == "--size 3: the check fails"
 
 
 # -- the end --------------------------------------------------------------------------------------------
@@ -323,8 +323,81 @@ def timing_only(lab: Lab):
 
 
 def test_only_observations_that_can_skip_a_line_are_traced():
-    # Tracing slows every Python call; an observation with no branch, try, while, early exit or
-    # lab.expect_ block runs untraced (its timings stay what they would be).
+    # Line events slow every line; an observation with no branch, try, while, early exit or
+    # lab.expect_ block is traced for its return only (its locals), never line by line.
     from tensor_features.lab.core import _may_skip_lines
 
     assert _may_skip_lines(branching) and not _may_skip_lines(timing_only) and not _may_skip_lines(doubled)
+
+
+# -- what an observation leaves: Seen, its locals, the default device ---------------------------------
+
+def recorded(lab: Lab, k: int = 2) -> None:
+    """an observation that checks the same label twice and keeps a tensor it changes afterwards"""
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    (x * x).sum().backward()
+    lab.check(x.grad, [2.0, 4.0], "2x")
+    x.grad.zero_()  # after the check: what the check saw must not change with it
+    lab.check(x.grad, [0.0, 0.0], "zeroed")
+    scale = k * 10
+    lab.check(scale, 20, "k times 10")
+    with lab.expect_error("boom", "provoked"):
+        raise RuntimeError("boom")
+
+
+def test_seen_holds_what_each_check_saw_under_its_label():
+    lab = strict_lab(live=True)
+    seen = lab.run(recorded)
+    assert seen is lab.seen and lab.failed == []
+    assert seen["x.grad"].tolist() == [0.0, 0.0]  # the last check labelled x.grad
+    assert [g.tolist() for g in seen.every("x.grad")] == [[2.0, 4.0], [0.0, 0.0]]  # a snapshot each
+    assert seen["scale"] == 20 and seen.every("missing") == []
+    assert isinstance(seen["error"], RuntimeError) and str(seen["error"]) == "boom"
+    # The observation's locals as it returned: x.grad was zeroed after the first check.
+    assert set(seen.names) >= {"x", "scale", "k"} and seen.names["x"].grad.tolist() == [0.0, 0.0]
+    assert lab.run(recorded, k=3)["scale"] == 30 and lab.failed == ["[2] scale = 30"]
+
+
+def test_an_imported_lesson_lab_runs_nothing_and_records_nothing():
+    lab = strict_lab(live=False)
+    assert lab.run(recorded) is None and lab.seen == {} and lab.observation == 0
+
+
+def uses_an_earlier_local(lab: Lab) -> None:
+    """an observation that reads a name no statement of its own defines"""
+    lab.check(x.grad, [0.0, 0.0], "a name from another observation")  # noqa: F821
+
+
+def test_published_locals_are_globals_until_the_next_observation():
+    # As in a notebook: after [1], its x is there to inspect; [2] cannot use it by accident.
+    lab = strict_lab(live=True)
+    lab.publish = True
+    namespace = recorded.__globals__
+    assert "x" not in namespace and "scale" not in namespace
+    lab.run(recorded)
+    assert namespace["x"] is lab.seen.names["x"] and namespace["scale"] == 20
+    assert namespace["recorded"] is recorded  # a name the module already had is left alone
+    with pytest.raises(NameError, match="'x' is not defined"):
+        lab.run(uses_an_earlier_local)
+    assert "x" not in namespace and "scale" not in namespace
+
+
+def test_without_publish_the_module_is_left_alone():
+    lab = strict_lab(live=True)
+    lab.run(recorded)
+    assert "x" not in recorded.__globals__ and "scale" not in recorded.__globals__
+
+
+def makes_tensors(lab: Lab) -> None:
+    """an observation that makes tensors without naming a device"""
+    made = torch.tensor(1.0)
+    layer = torch.nn.Linear(2, 1)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_labs_device_is_the_default_inside_an_observation(device):
+    # "meta" stands in for a GPU here: a real device other than the CPU's, with no memory behind it.
+    lab = Lab("test", device, stream=io.StringIO())
+    names = lab.run(makes_tensors).names
+    assert names["made"].device.type == device and names["layer"].weight.device.type == device
+    assert torch.tensor(1.0).device.type == "cpu"  # outside the observation, as before

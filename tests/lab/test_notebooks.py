@@ -1,9 +1,15 @@
-"""Every lesson opened as a notebook: its `# %%` cells run one by one in a real Jupyter kernel.
+"""Every lesson opened as a notebook (as `make notebook` writes it): its cells run one by one in a
+real Jupyter kernel.
 
-Each observation cell must print its own observation (its [n] title and its check lines, all
-`ok`) when it runs, not only at the end, and the last cell prints the closing count. One kernel
-serves all lessons (a `%reset -f` between them), so torch is imported once.
+The first cell is the introduction as Markdown. Each observation cell must print its own
+observation (its [n] title and its check lines, all `ok`) when it runs, not only at the end, and
+leave its local variables for the learner to inspect: after the cell, each is a global of the
+kernel, holding the value the observation left, and a name a check labelled holds what the check
+saw. The last cell prints the closing count. One kernel serves all lessons (a `%reset -f` between
+them), so torch is imported once.
 """
+
+import json
 
 import re
 import sys
@@ -12,6 +18,7 @@ import pytest
 
 from tests.support import ROOT
 from tensor_features.lab.lessons import lesson_paths, short_name
+from tensor_features.lab.notebook import lesson_notebook
 
 jupytext = pytest.importorskip("jupytext")
 jupyter_client = pytest.importorskip("jupyter_client")
@@ -59,13 +66,30 @@ def kernel():
     started.close()
 
 
+# Run in the kernel after an observation cell: which of the observation's locals are not globals
+# now (or are other objects), and which checked names hold what their check saw.
+PROBE = """
+import json as _json
+from tensor_features.lab.core import values_match as _match
+_left = {_n: _v for _n, _v in lab.seen.names.items() if _n != "lab" and not _n.startswith("_")}
+print("PROBE" + _json.dumps({
+    "names": sorted(_left),
+    "missing": sorted(_n for _n, _v in _left.items() if globals().get(_n) is not _v),
+    "as_checked": sorted(_l for _l in lab.seen if _l.isidentifier() and _l in _left
+                         and _match(globals()[_l], lab.seen[_l], rtol=0, atol=0)),
+}))
+"""
+
+
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
-def test_each_cell_shows_its_observation(kernel, path):
-    notebook = jupytext.read(path)
+def test_each_cell_shows_its_observation_and_leaves_its_tensors(kernel, path):
+    notebook = lesson_notebook(path)
+    assert notebook.cells[0].cell_type == "markdown", "the introduction, as text"
+    assert notebook.cells[0].source.startswith(f"# {path.name[:2]} ·") and "\\n" not in notebook.cells[0].source
     cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     assert len(cells) >= 3, "setup, at least one observation, the end"
     kernel.run("%reset -f")
-    seen = 0
+    seen, as_checked = 0, 0
     for source in cells:
         text, errors = kernel.run(source)
         assert not errors, f"{path.name}: {errors}\n{source[:400]}"
@@ -74,15 +98,20 @@ def test_each_cell_shows_its_observation(kernel, path):
             seen += 1
             assert re.search(rf"^\[{seen}\] ", text, re.M), f"cell {seen} printed no observation:\n{text}"
             assert re.search(r"^  ok  ", text, re.M), text
+            probe, errors = kernel.run(PROBE)
+            assert not errors, errors
+            left = json.loads(probe.split("PROBE", 1)[1])
+            assert left["missing"] == [], f"cell {seen}: not left for the learner: {left['missing']}"
+            as_checked += len(left["as_checked"])
     assert seen > 0
     assert re.search(rf"^(\d+)/\1 checks match across {seen} observations\.$", text, re.M), text
+    assert as_checked > 0, "no checked name holds, after its cell, the value its check saw"
 
 
 def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
     # The README's notebook path, as a learner runs it, with `jupyter lab --version` in place of
     # opening a browser: the .ipynb is written where NOTEBOOKS says, and JupyterLab starts from
     # the environment that make built (this interpreter's).
-    import json
     import subprocess
 
     # -o: take the environment as it is (never pip, which would reach the network).
@@ -93,5 +122,6 @@ def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"4\.\d+\.\d+", result.stdout.strip().splitlines()[-1])
     notebook = json.loads((tmp_path / "05_gradient_computation_backward.ipynb").read_text())
+    assert notebook["cells"][0]["cell_type"] == "markdown"
     code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert any("y.backward()" in cell for cell in code) and len(code) >= 7  # one cell per observation
