@@ -37,11 +37,9 @@ import torch
 
 from tensor_features.cli import (OneLineArgumentParser, float_in_range, missing_folders, remove_empty, stdout_error,
                                  whole_file)
-from tensor_features.load_data import read_cached_cats
+from tensor_features.load_data import CATS_FILE, DATA_ENV, data_dir, read_cached_cats  # noqa: F401
 from tensor_features.utils import stderr_line
 
-DATA_ENV = "TENSOR_FEATURES_DATA"
-CATS_FILE = "cifar10_cats.pt"
 CAT_LABEL = 3  # CIFAR-10 classes: airplane, automobile, bird, cat, ...
 
 
@@ -81,11 +79,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass
-
-
-def data_dir(dest: str | os.PathLike | None = None) -> Path:
-    """--dest, else $TENSOR_FEATURES_DATA, else ./data under the working directory."""
-    return Path(dest or os.environ.get(DATA_ENV) or "data")
 
 
 def extract_cats(archive: Path) -> torch.Tensor:

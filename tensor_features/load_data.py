@@ -8,6 +8,16 @@ from pathlib import Path
 
 import torch
 
+# Where `python -m tensor_features.download` caches the cats, and where loading looks for them
+# (here, so that loading needs nothing from the download module).
+DATA_ENV = "TENSOR_FEATURES_DATA"
+CATS_FILE = "cifar10_cats.pt"
+
+
+def data_dir(dest: str | os.PathLike | None = None) -> Path:
+    """--dest, else $TENSOR_FEATURES_DATA, else ./data under the working directory."""
+    return Path(dest or os.environ.get(DATA_ENV) or "data")
+
 
 def load_data(n: int = 100, noise: float = 0.1, seed: int = 0, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +63,6 @@ def _cache_problem(cached: Path) -> str | None:
 
 def cat_images_source(root: str | os.PathLike | None = None) -> str:
     """In words, where ``load_cat_images(root=root)`` takes its images from (for the learner to read)."""
-    from tensor_features.download import CATS_FILE, data_dir
 
     cached = data_dir(root) / CATS_FILE
     if cached.exists():
@@ -79,7 +88,6 @@ def load_cat_images(n: int = 16, root: str | os.PathLike | None = None, seed: in
     ``cat_images_source(root)`` says which of the two a call returns. A cache that cannot be read
     (truncated, garbage, not uint8 [N, 3, 32, 32]) counts as none, and cat_images_source says why.
     """
-    from tensor_features.download import CATS_FILE, data_dir
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
