@@ -1,15 +1,16 @@
 """The plumbing every lesson shares: numbering observations, printing the code that ran,
 printing each observed value beside its expectation, catching the errors a lesson provokes
-on purpose, the "Try:" lines, and the exit code.
+on purpose, recording what each check saw, the "Try:" lines, and the exit code.
 
 A lesson does the autograd itself, in plain sight. Its shape:
 
     lab = Lab.start("05 · backward", __doc__, __name__)
 
-    # %% [1] ...
-    def original_example(lab: Lab):
+    # %% [1] The original example
+    # A comment paragraph says what the cell shows and why, as in PyTorch's tutorials.
+    def original_example(lab: Lab) -> None:
         \"\"\"The original example: d/dx (x**2 + 2x) at x = 3.\"\"\"
-        x = torch.tensor(3.0, requires_grad=True, device=lab.device)
+        x = torch.tensor(3.0, requires_grad=True)  # on lab.device: run() makes it the default
         y = x**2 + 2 * x
         y.backward()
         lab.check(x.grad, 8.0, "dy/dx = 2x + 2 = 8")
@@ -20,22 +21,28 @@ A lesson does the autograd itself, in plain sight. Its shape:
 
 What the learner reads is the code itself: before each check the lab prints the observation's
 own source lines, read back from the file (or the notebook cell), from the last printed line to
-the end of the current statement. It leaves out the lab's calls, the docstring and the
-observation's `return` lines. A statement that did not run (a branch not taken, the lines after
-a provoked error) is printed with `# not run` after it; a helper defined outside the observation
-runs without being printed (its name shows where it is called). A
-check's label is the source text of the value it checks, unless the lesson passes label=. So
-the printed code cannot drift from the code; the labels given by hand and the "why" texts are
-sentences like any other, checked by the tests and by reading.
+the end of the current statement. It leaves out the lab's calls and the docstring. A statement
+that did not run (a branch not taken, the lines after a provoked error) is printed with
+`# not run` after it; a helper defined outside the observation runs without being printed (its
+name shows where it is called). A check's label is the source text of the value it checks,
+unless the lesson passes label=. So the printed code cannot drift from the code; the labels
+given by hand and the "why" texts are sentences like any other, checked by the tests and by
+reading.
+
+What the tests read: each check records the value it saw (a snapshot) under its label, and
+`lab.run(observation, **kwargs)` returns that record, a Seen, with the observation's local
+variables in `.names`. An observation returns nothing; tests call `lab.run` with a lab of
+their own and compare what was seen with their own oracles.
 
 One file, three ways to run it:
   * `python lesson.py [flags]`: observations run top to bottom; finish() exits 0, or 1 when
     any observation disagreed (2 for a bad flag, from argparse, or an unwritable LAB_SUMMARY);
     Ctrl-C ends it with one line and exit code 130, a closed or full stdout with exit code 1.
   * a notebook (Jupyter or VS Code, through the `# %%` cells): each cell runs and prints its
-    observation; finish() prints the count and does not exit the kernel.
-  * `import` (tests, the bench): the lab is inert, lab.run() does nothing, and the tests call
-    each observation function with a lab of their own.
+    observation and leaves its local variables as globals to inspect, until the next
+    observation removes them; finish() prints the count and does not exit the kernel.
+  * `import` (tests, the bench): the lab is inert, lab.run() does nothing, and the tests run
+    each observation with a lab of their own.
 
 `make mutate` sets LAB_FORCE_AGREE=1, which makes every check count as agreeing, so that only
 the tests' own oracles can catch a wrong lesson. LAB_SUMMARY=PATH makes finish() append a
