@@ -54,6 +54,39 @@ BLIND_MUTANTS = [
     ('tensor_features/lab/core.py', 'ok = isinstance(err, error_type) and match in str(err)', 'ok = match in str(err)'),
     # check(): the per-check tolerance is dropped: values_match runs with its defaults
     ('tensor_features/lab/core.py', '        ok = values_match(observed, expected, rtol=rtol, atol=atol)\n', '        ok = values_match(observed, expected)\n'),
+    # ---------------------------------------------------------------- format v2 (Seen, names, device, notebook)
+    # _Trace keeps the locals at the "call" event, not at "return": Seen.names holds only the arguments (lab), nothing the observation made
+    ('tensor_features/lab/core.py', '        elif event == "return" and frame.f_code is self.code:', '        elif event == "call" and frame.f_code is self.code:'),
+    # _Trace thinks a tracer is already there when none is: never active, so Seen.names is {} and no `# not run` marks appear
+    ('tensor_features/lab/core.py', '        self.active = sys.gettrace() is None', '        self.active = sys.gettrace() is not None'),
+    # snapshot no longer copies a tensor: a later in-place change (x.grad.zero_()) rewrites what lab.seen recorded
+    ('tensor_features/lab/core.py', '        return value.detach().clone()', '        return value.detach()'),
+    # snapshot copies tuples only: a list of tensors checked, then changed in place, shows the changed values in lab.seen
+    ('tensor_features/lab/core.py', '    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):', '    if isinstance(value, tuple) and not isinstance(value, torch.Size):'),
+    # Seen.add keeps the first value under a repeated label instead of the last: seen[label] shows the first check's value
+    ('tensor_features/lab/core.py', '        self[label] = value\n', '        self.setdefault(label, value)\n'),
+    # Lab.run no longer starts a fresh Seen: the Seen it returns still holds the previous observation's labels
+    ('tensor_features/lab/core.py', '        self.seen = Seen()\n        self._ran = _Trace(', '        self._ran = _Trace('),
+    # Lab.run does not forget the last observation's published names: the next observation (or cell) can still use its variables
+    ('tensor_features/lab/core.py', '        self._forget_published()\n        self.observation += 1', '        self.observation += 1'),
+    # Lab.run publishes even when publish is False: a lab made directly (tests, imported use) writes the observation's locals into the module's globals
+    ('tensor_features/lab/core.py', '            if self.publish:\n', '            if self.live:\n'),
+    # Lab.run no longer enters on_device(): on a non-CPU lab device, tensors an observation makes land on the CPU
+    ('tensor_features/lab/core.py', '            with self._ran, self.on_device():', '            with self._ran:'),
+    # _publish overwrites names the module already has: an observation's local `x` (or `torch`) replaces the module's own global
+    ('tensor_features/lab/core.py', '               if name != "lab" and not name.startswith("_") and name not in namespace]', '               if name != "lab" and not name.startswith("_")]'),
+    # _publish remembers every local as put there: the next observation's forget deletes the module's own globals of the same name (an import, a helper)
+    ('tensor_features/lab/core.py', '        self._published = (namespace, put)', '        self._published = (namespace, list(names))'),
+    # check records the expected value instead of the observed one: lab.seen[label] shows what was expected, not what was seen
+    ('tensor_features/lab/core.py', '        self.seen.add(label or "value", observed)', '        self.seen.add(label or "value", expected)'),
+    # expect_error records the message text, not the exception: seen["error"] is a str, isinstance(seen["error"], RuntimeError) fails
+    ('tensor_features/lab/core.py', '        self.seen.add(label, err)', '        self.seen.add(label, str(err))'),
+    # expect_warning ignores label=: the caught warnings always land under "warnings"
+    ('tensor_features/lab/core.py', '        self.seen.add(label, caught.warnings)', '        self.seen.add("warnings", caught.warnings)'),
+    # Lab.start publishes only in a notebook: a lesson run as a script leaves no observation locals in its module globals
+    ('tensor_features/lab/core.py', '            lab.publish = True', '            lab.publish = in_notebook()'),
+    # Try.text drops the flags of a Try that has both an edit and flags: the line says "replace ..." without ", and run with --flag"
+    ('tensor_features/lab/core.py', '            if self.flags:\n                what = f"{what}, and run with {self.flags}"\n', ''),
 ]
 
 
@@ -401,3 +434,62 @@ def test_the_labs_device_is_the_default_inside_an_observation(device):
     names = lab.run(makes_tensors).names
     assert names["made"].device.type == device and names["layer"].weight.device.type == device
     assert torch.tensor(1.0).device.type == "cpu"  # outside the observation, as before
+
+
+def test_a_started_lesson_publishes_and_an_imported_one_does_not():
+    started = Lab.start("t", None, "__main__", argv=["--device", "cpu"])
+    imported = Lab.start("t", None, "some_lesson", argv=[])
+    assert started.publish is True and imported.publish is False
+
+
+def checks_a_list_then_changes_it(lab: Lab) -> None:
+    """an observation that checks a list holding a tensor, then changes both"""
+    values = [torch.tensor([1.0, 2.0])]
+    lab.check(values, [[1.0, 2.0]], "as made")
+    values[0].mul_(10)
+    values.append(torch.tensor(3.0))
+
+
+def test_a_list_is_seen_as_it_was_when_checked():
+    seen = strict_lab(live=True).run(checks_a_list_then_changes_it)
+    assert len(seen["values"]) == 1 and seen["values"][0].tolist() == [1.0, 2.0]
+    assert seen.names["values"][0].tolist() == [10.0, 20.0]  # the locals are the live objects
+
+
+def warns_twice(lab: Lab) -> None:
+    """an observation with a labelled warning"""
+    import warnings
+
+    with lab.expect_warning("careful", "provoked", label="first warning"):
+        warnings.warn("careful now")
+
+
+def test_a_warning_is_seen_under_its_label():
+    seen = strict_lab(live=True).run(warns_twice)
+    assert seen["first warning"] == ["careful now"] and "warnings" not in seen
+
+
+def test_a_try_with_an_edit_and_flags_says_both():
+    attempt = Try(then="it runs bigger", edit=("n = 1", "n = 2"), flags="--size 8")
+    assert attempt.text(3) == "in [3], replace `n = 1` with `n = 2`, and run with --size 8: it runs bigger"
+
+
+def test_publishing_never_replaces_or_later_removes_a_name_the_module_had():
+    namespace = recorded.__globals__
+    namespace["scale"] = "the module's own"
+    try:
+        lab = strict_lab(live=True)
+        lab.publish = True
+        lab.run(recorded)
+        assert namespace["scale"] == "the module's own" and "x" in namespace
+        lab.run(makes_tensors)  # forgets [1]'s names: x goes, the module's scale stays
+        assert namespace["scale"] == "the module's own" and "x" not in namespace
+    finally:
+        del namespace["scale"]
+        lab._forget_published()
+
+
+def test_each_run_starts_a_fresh_record():
+    lab = strict_lab(live=True)
+    lab.run(recorded)
+    assert "x.grad" not in lab.run(makes_tensors) and lab.seen == {}

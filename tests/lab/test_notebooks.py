@@ -24,6 +24,18 @@ jupytext = pytest.importorskip("jupytext")
 jupyter_client = pytest.importorskip("jupyter_client")
 
 
+# Written by a tester who had not read these tests, from the lab's code alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # lesson_notebook inserts the Markdown cell instead of replacing the docstring cell: the escaped-string code cell stays as cell 2
+    ('tensor_features/lab/notebook.py', 'notebook.cells[0] = new_markdown_cell(f"# {title}\\n\\n{rest.strip()}".strip())', 'notebook.cells.insert(0, new_markdown_cell(f"# {title}\\n\\n{rest.strip()}".strip()))'),
+    # lesson_notebook puts the docstring in as it is: the first line is no longer a "# " Markdown heading
+    ('tensor_features/lab/notebook.py', 'new_markdown_cell(f"# {title}\\n\\n{rest.strip()}".strip())', 'new_markdown_cell(introduction)'),
+    # notebook main accepts a directory as the lesson: no one-line "no such lesson file" error (exit 2), a traceback instead
+    ('tensor_features/lab/notebook.py', '    if not args.lesson.is_file():', '    if not args.lesson.exists():'),
+]
+
+
 class Kernel:
     """A Jupyter kernel running this interpreter, and a way to run one cell's code in it."""
 

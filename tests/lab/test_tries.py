@@ -20,6 +20,14 @@ from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 pytestmark = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
 
 
+# Written by a tester who had not read these tests, from the lab's code alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # run_try's result message calls exit 1 a success: "ended with exit 1 (every check agreed)"
+    ('tensor_features/lab/tries.py', '1: "a check disagreed"', '1: "every check agreed"'),
+]
+
+
 def promises(path) -> list[Promise]:
     """TRY_PROMISES of the lesson's test file (tests/lessons/test_05_backward.py for 05 backward)."""
     module = importlib.import_module(f"tests.lessons.test_{short_name(path.name).replace(' ', '_')}")

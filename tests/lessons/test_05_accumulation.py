@@ -52,7 +52,7 @@ MUTANTS = [
 BLIND_MUTANTS = [
     # ---------------------------------------------------------------- 05 accumulation
     # original_fixed(): dropped zero_() before the second walk: second = 10, not 3
-    ('05_gradient_computation_accumulation.py', '    first = x.grad.item()\n    x.grad.zero_()\n    y2.backward()  # the second walk', '    first = x.grad.item()\n    y2.backward()  # the second walk'),
+    ('05_gradient_computation_accumulation.py', '    lab.check(x.grad, 7.0, "2x + 3")\n    x.grad.zero_()\n    y2.backward()  # the second walk', '    lab.check(x.grad, 7.0, "2x + 3")\n    y2.backward()  # the second walk'),
     # micro_batches(): full-batch loss summed instead of averaged: full_batch = n × the mean gradient
     ('05_gradient_computation_accumulation.py', 'lambda: ((w * x - y) ** 2).mean(), x)', 'lambda: ((w * x - y) ** 2).sum(), x)'),
     # three_resets(): zero_() where the lesson sets .grad = None: after_none = (True, 4.0, 4.0)
