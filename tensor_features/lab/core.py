@@ -289,11 +289,7 @@ class _FunctionSource:
                 shift = node.body[0].col_offset - node.col_offset
                 for line in range(node.body[0].lineno, node.end_lineno + 1):
                     extra[line] = extra.get(line, 0) + shift
-        # The observation's own `return` lines hand values to the tests; a helper defined inside
-        # the observation (a Function's backward, a hook) keeps its returns: they are its logic.
         for node in _own_nodes(self.node):
-            if isinstance(node, ast.Return):
-                hidden.update(range(node.lineno, node.end_lineno + 1))
             if isinstance(node, ast.stmt):
                 first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
                 self.statements[node.lineno] = range(first, node.lineno + 1)

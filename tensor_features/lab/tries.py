@@ -110,7 +110,11 @@ def run_try(path: Path, number: int, argv: list[str], prog: str) -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent,
                                                                           os.environ.get("PYTHONPATH")]))}
         code = subprocess.call([sys.executable, str(copy), *command], env=env)
-    said = {0: "every check agreed", 1: "a check disagreed", 2: "a bad flag or environment",
-            130: "interrupted"}.get(code, "see above")
-    print(f"\nTry {number} ended with exit {code} ({said}). {path.name} is unchanged.")
+    print(f"\nTry {number} ended with exit {code} ({exit_meaning(code)}). {path.name} is unchanged.")
     return code
+
+
+def exit_meaning(code: int) -> str:
+    """What a lesson's exit code says (Lab.finish, Lab.start and cli.run_main set them)."""
+    return {0: "every check agreed", 1: "a check disagreed", 2: "a bad flag or environment",
+            130: "interrupted"}.get(code, "see above")

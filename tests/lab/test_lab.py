@@ -199,7 +199,6 @@ def doubled(lab: Lab):
     y = x * 2
     lab.check(y,
               [2.0, 4.0], "each doubled")
-    return y
 
 
 def test_run_numbers_the_observation_and_prints_its_own_lines_only():
@@ -213,7 +212,7 @@ def test_run_numbers_the_observation_and_prints_its_own_lines_only():
         "    # the comment above a statement is shown with it",
         "    y = x * 2",
         f"  ok  {'y = [2.0, 4.0]':<40} expected [2.0, 4.0]  — each doubled",
-    ], "docstring, lab call and return are hidden; code and comment shown in order"
+    ], "docstring and lab call are hidden; code and comment shown in order"
 
 
 def branching(lab: Lab, save: bool):

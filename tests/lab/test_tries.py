@@ -17,7 +17,7 @@ from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 
 # Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
-pytestmark = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
+honest_checks = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
 
 
 # Written by a tester who had not read these tests, from the lab's code alone
@@ -54,6 +54,7 @@ def test_every_lesson_has_tries_and_a_promise_for_each(path):
     assert len(promises(path)) == len(tries), f"{path.name}: one TRY_PROMISES entry per Try, in order"
 
 
+@honest_checks
 @pytest.mark.parametrize("path, index, attempt", CASES,
                          ids=[f"{short_name(p.name)}-{i}" for p, i, _ in CASES])
 def test_try_does_what_it_says(path, index, attempt, tmp_path):
@@ -108,6 +109,7 @@ def test_tries_lists_every_try_numbered(capsys):
     assert "in [2], delete `h.retain_grad()`" in finished.stdout  # [n] as the run numbers it
 
 
+@honest_checks
 def test_try_runs_the_edit_on_a_copy_and_leaves_the_file_alone(capfd):
     before = BACKWARD.read_bytes()
     finished = run_in_process(BACKWARD, ["--try", "2", "--device", "cpu"])
@@ -126,6 +128,14 @@ def test_try_out_of_range_is_one_line_and_exit_2():
     assert finished.stderr.strip().splitlines() == [
         f"05_gradient_computation_backward.py: error: --try {count + 1}: this lesson has Try 1 to {count} "
         "(--tries lists them)"]
+
+
+def test_the_verdict_after_a_try_reads_the_exit_code_as_the_lab_sets_it():
+    from tensor_features.lab.tries import exit_meaning
+
+    # Lab.finish: 1 when a check disagreed, else 0; a bad flag is argparse's 2; Ctrl-C is 130.
+    assert [exit_meaning(code) for code in (0, 1, 2, 130)] == [
+        "every check agreed", "a check disagreed", "a bad flag or environment", "interrupted"]
 
 
 def test_passed_on_drops_only_the_try_flags():
