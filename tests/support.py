@@ -3,6 +3,7 @@ parametrization, and running a program as a learner would (in process, or in a t
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import subprocess
@@ -77,3 +78,31 @@ def terminal_usage_error(*args: str) -> str:
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr
+
+
+class RefusingStdout(io.TextIOBase):
+    """A stdout that takes nothing: its reader has gone (EPIPE) or its disk is full (ENOSPC).
+
+    Like a buffered stream, what it refused stays waiting: a flush after a failed write fails too.
+    """
+
+    def __init__(self, code: int):
+        self.code, self.waiting = code, False
+
+    def writable(self) -> bool:
+        return True
+
+    def _refuse(self) -> OSError:
+        kind = BrokenPipeError if self.code == errno.EPIPE else OSError
+        return kind(self.code, os.strerror(self.code))
+
+    def write(self, text: str) -> int:
+        self.waiting = True
+        raise self._refuse()
+
+    def flush(self) -> None:
+        if self.waiting:
+            raise self._refuse()
+
+    def close(self) -> None:  # nothing to release; the real one's final flush is what the programs handle
+        pass

@@ -24,10 +24,11 @@ import time
 import pytest
 import torch
 
-from tests.support import ROOT, run_in_process, usage_error
+from tests.support import ROOT, RefusingStdout, run_in_process, usage_error
 from tensor_features import cli, train
 from tensor_features.lab import lessons
 from tensor_features.lab.lessons import lesson_paths
+from tensor_features.trainer import experiment
 
 BACKWARD = next(p for p in lesson_paths() if p.name.startswith("05_gradient_computation_backward"))
 MAIN_THREAD = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
@@ -264,17 +265,6 @@ def test_an_unwritable_compile_cache_stops_fast_before_compiling(tmp_path, monke
 
 # -- stdout that refuses output -------------------------------------------------------------------------
 
-class RefusingStdout(io.StringIO):
-    """A stdout whose every write fails: its reader has gone (EPIPE) or its disk is full (ENOSPC)."""
-
-    def __init__(self, code: int):
-        super().__init__()
-        self.code = code
-
-    def write(self, text: str) -> int:
-        raise (BrokenPipeError if self.code == errno.EPIPE else OSError)(self.code, os.strerror(self.code))
-
-
 @pytest.mark.parametrize("code, said", [(errno.ENOSPC, 1), (errno.EPIPE, 0)])
 def test_a_refused_stdout_ends_every_kind_of_program_alike(code, said, monkeypatch, capsys):
     """Full: one line, exit code 1. Closed (`| head`): no line, the reader has gone; exit code 1."""
@@ -297,7 +287,7 @@ def test_running_out_of_memory_is_one_line_with_the_size(monkeypatch, capsys):
     def huge(n, *args, **kwargs):  # 2**60 bytes: past any address space, so it fails at once, allocating nothing
         return torch.empty(2**60, dtype=torch.uint8), None
 
-    monkeypatch.setattr(train, "load_data", huge)
+    monkeypatch.setattr(experiment, "load_data", huge)
     assert cli.run_main(lambda: train.main(["--device", "cpu"])) == 1
     line = one_line(capsys.readouterr().err)
     assert f"error: out of memory: an allocation of {cli.byte_text(2**60)} failed (this machine has" in line

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.support import run_in_process
+from tests.support import RefusingStdout, run_in_process
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 
 INTEGERS = ["-1", "0", "-0", "1", "2", "3", "12", "13", "100", "1e3", "2.5", "nan", "inf", "", " ", "0x10",
@@ -235,34 +235,6 @@ ENVIRONMENTS = [
 STDOUTS = ["open", "closed", "full"]
 QUICK_LESSONS = [p for p in LESSONS if short_name(p.name) in
                  ("03 storage", "05 backward", "05 retain_graph", "05 detach", "07 nan_and_kinks")]
-
-
-class RefusingStdout(io.TextIOBase):
-    """A stdout that takes nothing: its reader has gone (EPIPE) or its disk is full (ENOSPC).
-
-    Like a buffered stream, what it refused stays waiting: a flush after a failed write fails too.
-    """
-
-    def __init__(self, code: int):
-        self.code, self.waiting = code, False
-
-    def writable(self) -> bool:
-        return True
-
-    def _refuse(self) -> OSError:
-        kind = BrokenPipeError if self.code == errno.EPIPE else OSError
-        return kind(self.code, os.strerror(self.code))
-
-    def write(self, text: str) -> int:
-        self.waiting = True
-        raise self._refuse()
-
-    def flush(self) -> None:
-        if self.waiting:
-            raise self._refuse()
-
-    def close(self) -> None:  # nothing to release; the real one's final flush is what the programs handle
-        pass
 
 
 def stdout_for(kind: str) -> io.TextIOBase:
