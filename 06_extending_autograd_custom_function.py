@@ -1,13 +1,8 @@
 """06 · custom Function: write forward and backward yourself, and let gradcheck judge the backward.
 
-A torch.autograd.Function is an op whose backward you write by hand. Autograd trusts it: a
-wrong backward gives wrong gradients without a word, so torch.autograd.gradcheck compares it
-with finite differences (in float64; why float32 fails shows in [3]). For a second derivative
-the backward must itself be differentiable: it must be computed from tensors autograd can
-trace back to the inputs. forward's intermediates are not (forward records no graph), whether
-kept on ctx or with save_for_backward, unless forward also returns them as outputs (the
-tutorial's fix); [5] recomputes from the saved input instead. A backward that cannot be differentiated can say so with
-@once_differentiable.
+A torch.autograd.Function is an op whose backward you write by hand. The lesson checks one with
+gradcheck, shows a wrong one that autograd trusts, gradcheck in float32, and what a backward
+needs for a second derivative: differentiable, or marked with @once_differentiable.
 """
 
 # %% Setup
@@ -23,7 +18,9 @@ lab = Lab.start("06 · custom Function", __doc__, __name__)
 
 
 # %% [1] A custom Function, checked by gradcheck
-def square_function(lab: Lab) -> dict:
+# A torch.autograd.Function is an op whose backward you write by hand. torch.autograd.gradcheck
+# compares that backward with finite differences, in float64.
+def square_function(lab: Lab) -> None:
     """Square as a custom Function: save x in forward, use it in backward; gradcheck in float64"""
     class Square(Function):
         @staticmethod
@@ -38,23 +35,25 @@ def square_function(lab: Lab) -> dict:
             grad_x = grad_y * 2 * x  # chain rule: dL/dx = dL/dy · dy/dx
             return grad_x
 
-    x = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
+    x = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True)
     y = Square.apply(x)
     y.sum().backward()
     lab.check(x.grad, [1.0, -3.0, 4.0], "2x at x = [0.5, -1.5, 2]")
-    lab.check(type(y.grad_fn).__name__, "SquareBackward", "apply() recorded a node named after the Function")
+    lab.check(type(y.grad_fn).__name__, "SquareBackward",
+              "apply() recorded a node named after the Function")
     # gradcheck calls backward with grad_y = each basis vector in turn (one Jacobian row each) and
     # compares the rows with central differences (torch/autograd/gradcheck.py).
     passed = gradcheck(Square.apply, (x,), raise_exception=False)
     lab.check(passed, True, "backward agrees with float64 central differences")
-    return {"Square": Square, "x.grad": x.grad, "passed": passed}
 
 
 lab.run(square_function)
 
 
 # %% [2] A wrong backward: autograd trusts it, gradcheck does not
-def wrong_backward(lab: Lab) -> dict:
+# Autograd trusts a Function: a wrong backward gives wrong gradients without a word, so
+# gradcheck compares it with finite differences.
+def wrong_backward(lab: Lab) -> None:
     """A backward that says 3x where 2x is right"""
     class WrongSquare(Function):
         @staticmethod
@@ -69,53 +68,66 @@ def wrong_backward(lab: Lab) -> dict:
             grad_x = grad_y * 3 * x  # wrong on purpose: d(x²)/dx is 2x
             return grad_x
 
-    x = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
+    x = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True)
     WrongSquare.apply(x).sum().backward()
-    lab.check(x.grad, [1.5, -4.5, 6.0], "3x: .backward() uses whatever your backward returns, without complaint")
+    lab.check(x.grad, [1.5, -4.5, 6.0],
+              "3x: .backward() uses whatever your backward returns, without complaint")
     with lab.expect_error("Jacobian mismatch for output 0 with respect to input 0",
-                          "finite differences give diag(2x), the backward gives diag(3x)") as caught:
+                          "finite differences give diag(2x), the backward gives diag(3x)"):
         gradcheck(WrongSquare.apply, (x,))
-    return {"WrongSquare": WrongSquare, "x.grad": x.grad, "error": caught.error}
 
 
 lab.run(wrong_backward)
 
 
 # %% [3] gradcheck in float32
-def float32_gradcheck(lab: Lab) -> dict:
+# gradcheck's finite differences are meant for float64; why float32 fails shows here.
+def float32_gradcheck(lab: Lab) -> None:
     """gradcheck in float32: a warning, a failure, and why a larger eps fixes it"""
-    x32 = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float32, requires_grad=True, device=lab.device)
-    # The defaults (eps 1e-6, atol 1e-5, rtol 1e-3) are meant for float64 (torch/autograd/gradcheck.py).
-    with lab.expect_warning("not a double precision floating point", "gradcheck warns for a float32 input"):
-        with lab.expect_error("Jacobian mismatch", "float32 finite differences with eps = 1e-6 are off by up to 5%") as caught:
+    x32 = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float32, requires_grad=True)
+    # The defaults (eps 1e-6, atol 1e-5, rtol 1e-3) are meant for float64
+    # (torch/autograd/gradcheck.py).
+    with lab.expect_warning("not a double precision floating point",
+                            "gradcheck warns for a float32 input"):
+        with lab.expect_error("Jacobian mismatch",
+                              "float32 finite differences with eps = 1e-6 are off by up to 5%"):
             gradcheck(torch.square, (x32,))
     # gradcheck writes x ± eps into the float32 input. float32 numbers are 2**-22 apart from 2 up
     # to 4, and 2**-23 apart from 1 up to 2.
-    two = torch.tensor(2.0, dtype=torch.float32, device=lab.device)
+    two = torch.tensor(2.0, dtype=torch.float32)
     step_up = (two + 1e-6) - two
-    lab.check(step_up, 4 * 2**-22, "1e-6 rounds to 4 steps of 2**-22: 4 × 2**-22 = 9.54e-7", atol=0)
+    lab.check(step_up, 4 * 2**-22, "1e-6 rounds to 4 steps of 2**-22: 4 × 2**-22 = 9.54e-7",
+              atol=0)
     step_down = two - (two - 1e-6)
     lab.check(step_down, 8 * 2**-23, "below 2, to 8 steps of 2**-23: the same 9.54e-7", atol=0)
     central_difference = (torch.square(two + 1e-6) - torch.square(two - 1e-6)) / (2 * 1e-6)
     lab.check(central_difference, 2 * 2.0 * (4 * 2**-22) / 1e-6,
-              "2x · 9.54e-7 / 1e-6 = 3.81, not 4: divided by 2e-6, but the steps taken add up to 2 × 9.54e-7", rtol=1e-6)
-    with lab.expect_warning("not a double precision floating point", "still float32, still the warning"):
-        default_eps_loose_atol = gradcheck(torch.square, (x32,), atol=1e-3, raise_exception=False)
+              "2x · 9.54e-7 / 1e-6 = 3.81, not 4: divided by 2e-6, but the steps taken add up "
+              "to 2 × 9.54e-7", rtol=1e-6)
+    with lab.expect_warning("not a double precision floating point",
+                            "still float32, still the warning"):
+        default_eps_loose_atol = gradcheck(torch.square, (x32,), atol=1e-3,
+                                           raise_exception=False)
         loose = gradcheck(torch.square, (x32,), eps=1e-3, raise_exception=False)
-    lab.check(default_eps_loose_atol, False, "atol alone does not help: the error is in the step, 0.19 at x = 2")
-    lab.check(loose, True, "eps = 1e-3 alone, default tolerances: rounding moves the step by at most 2**-23, about 1e-4 of it")
-    return {"error": caught.error, "step_up": step_up, "step_down": step_down, "central_difference": central_difference,
-            "default_eps_loose_atol": default_eps_loose_atol, "loose": loose}
+    lab.check(default_eps_loose_atol, False,
+              "atol alone does not help: the error is in the step, 0.19 at x = 2")
+    lab.check(loose, True, "eps = 1e-3 alone, default tolerances: rounding moves the step by at "
+              "most 2**-23, about 1e-4 of it")
 
 
 lab.run(float32_gradcheck)
 
 
 # %% [4] Intermediates kept on ctx: no double backward
-def intermediates_on_ctx(lab: Lab) -> dict:
+# For a second derivative the backward must itself be differentiable: it must be computed from
+# tensors autograd can trace back to the inputs. forward's intermediates are not (forward records
+# no graph), whether kept on ctx or with save_for_backward, unless forward also returns them as
+# outputs (the tutorial's fix).
+def intermediates_on_ctx(lab: Lab) -> None:
     """sinh with forward's exp(x), exp(-x) kept as ctx attributes: the gradient has no graph"""
     # The tutorial's "what NOT to do" (pytorch/tutorials, "Double Backward with Custom Functions",
-    # section "Saving Intermediate Results: What not to do"; intermediate_source/custom_function_double_backward_tutorial.rst).
+    # section "Saving Intermediate Results: What not to do";
+    # intermediate_source/custom_function_double_backward_tutorial.rst).
     class SinhOnCtx(Function):
         @staticmethod
         def forward(ctx, x):
@@ -129,24 +141,28 @@ def intermediates_on_ctx(lab: Lab) -> dict:
             grad_x = grad_y * (ctx.expx + ctx.expnegx) / 2  # cosh(x), from tensors with no graph
             return grad_x
 
-    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
     (grad_x,) = torch.autograd.grad(SinhOnCtx.apply(x).sum(), x, create_graph=True)
-    lab.check(grad_x, [math.cosh(0.5), math.cosh(-1.0), math.cosh(2.0)], "the first derivative is right: cosh(x)")
-    lab.check(grad_x.requires_grad, False, "but create_graph found nothing to record: exp(x) has no path to x")
+    lab.check(grad_x, [math.cosh(0.5), math.cosh(-1.0), math.cosh(2.0)],
+              "the first derivative is right: cosh(x)")
+    lab.check(grad_x.requires_grad, False,
+              "but create_graph found nothing to record: exp(x) has no path to x")
     with lab.expect_error("element 0 of tensors does not require grad",
-                          "a second backward has no graph to walk") as second:
+                          "a second backward has no graph to walk"):
         grad_x.sum().backward()
     with lab.expect_error("Jacobian mismatch for output 0 with respect to input 0",
-                          "the recorded graph says 0; finite differences of the backward say grad_y · sinh(x)") as caught:
+                          "the recorded graph says 0; finite differences of the backward say "
+                          "grad_y · sinh(x)"):
         gradgradcheck(SinhOnCtx.apply, (x,))
-    return {"SinhOnCtx": SinhOnCtx, "grad_x": grad_x, "second": second.error, "error": caught.error}
 
 
 lab.run(intermediates_on_ctx)
 
 
 # %% [5] Save the input, compute in backward: double backward works
-def saved_input(lab: Lab) -> dict:
+# This backward recomputes from the saved input instead: cosh(x), computed from x itself, is
+# recorded when create_graph=True, so the gradient can be differentiated again.
+def saved_input(lab: Lab) -> None:
     """sinh that saves x with save_for_backward and computes cosh(x) in backward"""
     class Sinh(Function):
         @staticmethod
@@ -161,22 +177,23 @@ def saved_input(lab: Lab) -> dict:
             grad_x = grad_y * torch.cosh(x)  # with create_graph=True, this op is recorded
             return grad_x
 
-    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
     (grad_x,) = torch.autograd.grad(Sinh.apply(x).sum(), x, create_graph=True)
     lab.check(grad_x, [math.cosh(0.5), math.cosh(-1.0), math.cosh(2.0)], "cosh(x)")
-    lab.check(type(grad_x.grad_fn).__name__, "MulBackward0", "the gradient has a graph: grad_y * cosh(x)")
+    lab.check(type(grad_x.grad_fn).__name__, "MulBackward0",
+              "the gradient has a graph: grad_y * cosh(x)")
     grad_x.sum().backward()
     lab.check(x.grad, [math.sinh(0.5), math.sinh(-1.0), math.sinh(2.0)], "d/dx cosh(x) = sinh(x)")
     passed = gradgradcheck(Sinh.apply, (x,), raise_exception=False)
     lab.check(passed, True, "second derivatives agree with finite differences of the backward")
-    return {"Sinh": Sinh, "grad_x": grad_x, "second": x.grad, "passed": passed}
 
 
 lab.run(saved_input)
 
 
 # %% [6] @once_differentiable
-def once_differentiable_backward(lab: Lab) -> dict:
+# A backward that cannot be differentiated can say so with @once_differentiable.
+def once_differentiable_backward(lab: Lab) -> None:
     """@once_differentiable: a second derivative through it raises"""
     class Square(Function):
         @staticmethod
@@ -192,15 +209,17 @@ def once_differentiable_backward(lab: Lab) -> dict:
             grad_x = grad_y * 2 * x
             return grad_x
 
-    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True, device=lab.device)
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
     y = Square.apply(x)
     z = (y**2).sum()  # so the gradient reaching Square's backward, 2y, itself requires grad
     (grad_x,) = torch.autograd.grad(z, x, create_graph=True)
-    lab.check(grad_x, [4 * 0.5**3, 4 * (-1.0) ** 3, 4 * 2.0**3], "d(x⁴)/dx = 4x³: the first derivative is fine")
-    with lab.expect_error("trying to differentiate twice a function that was marked with @once_differentiable",
-                          "its incoming gradient required grad, so the result is tied to a node that raises") as caught:
+    lab.check(grad_x, [4 * 0.5**3, 4 * (-1.0) ** 3, 4 * 2.0**3],
+              "d(x⁴)/dx = 4x³: the first derivative is fine")
+    with lab.expect_error("trying to differentiate twice a function that was marked with "
+                          "@once_differentiable",
+                          "its incoming gradient required grad, so the result is tied to a node "
+                          "that raises"):
         grad_x.sum().backward()
-    return {"grad_x": grad_x, "error": caught.error}
 
 
 lab.run(once_differentiable_backward)
@@ -208,17 +227,17 @@ lab.run(once_differentiable_backward)
 
 # %% The end
 TRIES = [
-    Try("the same values, computed on the GPU",
-        flags="--device cuda",
-        needs_cuda=True),
-    Try("y.sum() feeds backward grad_y = 1, so x.grad is still right; gradcheck feeds other grad_y and fails",
+    Try("the same values, computed on the GPU", flags="--device cuda", needs_cuda=True),
+    Try("y.sum() feeds backward grad_y = 1, so x.grad is still right; gradcheck feeds other "
+        "grad_y and fails",
         edit=("grad_x = grad_y * 2 * x  # chain rule", "grad_x = 2 * x  # chain rule"),
         where=square_function),
-    Try("the tolerance alone is not the cure: eps = 1e-6 still misses by 0.19",
+    Try("the tolerance alone is not the cure: eps = 1e-6 still misses by 0.19, and the check of "
+        "loose fails",
         edit=("(x32,), eps=1e-3, raise_exception", "(x32,), raise_exception"),
         where=float32_gradcheck),
-    Try("the gradient reaching backward is all ones and needs no grad: grad_x is 2x, not 4x³, and the second "
-        "backward fails with 'does not require grad' instead",
+    Try("the gradient reaching backward is all ones and needs no grad: grad_x is 2x, not 4x³, "
+        "and the second backward fails with 'does not require grad' instead",
         edit=("z = (y**2).sum()", "z = y.sum()"),
         where=once_differentiable_backward),
 ]

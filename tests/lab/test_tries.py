@@ -6,6 +6,7 @@ must be new, absent from the unchanged lesson's output, so that a Try which chan
 cannot pass. The edit is located by Try.apply itself, the code the learner's --try N runs.
 """
 
+import difflib
 import importlib
 import os
 
@@ -73,7 +74,8 @@ def test_try_does_what_it_says(path, index, attempt, tmp_path):
         source = path.read_text()
         edited = attempt.apply(source)  # ValueError unless the edit's text is there exactly once
         # The learner sees the edit without comments: that text must point at one place too.
-        changed = [line for line in source.splitlines() if line not in edited.splitlines()]
+        diff = difflib.ndiff(source.splitlines(), edited.splitlines())
+        changed = [line[2:] for line in diff if line.startswith("- ")]  # the lines the edit replaced
         shown = "\n".join(_code_only(line) for line in attempt.edit[0].splitlines())
         assert shown.split("; ")[0] in "\n".join(_code_only(line) for line in changed), shown
         target = tmp_path / path.name

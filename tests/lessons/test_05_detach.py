@@ -1,6 +1,8 @@
-"""05 detach: every value the lesson returns, against an oracle written here: the products and
-exponentials by hand, one shared storage and version counter, the errors by their stable
-substrings, the silent write checked against 3x + 1, and the three updates replayed in plain floats."""
+"""05 detach: every value the lesson's checks saw (and the locals its observations left), against
+an oracle written here: the products and exponentials by hand, one shared storage and version
+counter, the errors by their stable substrings, the silent write checked against 3x + 1, and the
+three updates replayed in plain floats. TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py)."""
 
 import math
 
@@ -22,14 +24,14 @@ MUTANTS = [
     ("05_gradient_computation_detach.py", "    z = y.detach()  # the same number", "    z = y  # the same number"),
     ("05_gradient_computation_detach.py", "    z = y.detach()\n    # docs, torch.Tensor.detach",
      "    z = y.detach().clone()\n    # docs, torch.Tensor.detach"),
-    ("05_gradient_computation_detach.py", "    z = y.detach()\n    z.add_(1)  # y changes",
-     "    z = y.detach().clone()\n    z.add_(1)  # y changes"),
+    ("05_gradient_computation_detach.py", "    z = y.detach()  # shares y's storage",
+     "    z = y.detach().clone()  # shares y's storage"),
     ("05_gradient_computation_detach.py", "    y = x * 3  # MulBackward0", "    y = x * 2  # MulBackward0"),
     ("05_gradient_computation_detach.py", "    with torch.inference_mode():\n        inference = x * 2",
      "    with torch.no_grad():\n        inference = x * 2"),
     ("05_gradient_computation_detach.py", "    y = x.exp()  #", "    y = x.exp() * 1  #"),
-    ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        scale = torch.ones(2, device=lab.device) * 2",
-     "    if True:\n        scale = torch.ones(2, device=lab.device) * 3"),
+    ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        scale = torch.ones(2) * 2",
+     "    if True:\n        scale = torch.ones(2) * 3"),
     ("05_gradient_computation_detach.py", "    w = w - lr * w.grad  #", "    w = w.detach() - lr * w.grad  #"),
     ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        w -= lr * w.grad",
      "    with torch.no_grad():\n        w = w - lr * w.grad"),
@@ -51,35 +53,44 @@ BLIND_MUTANTS = [
 
 
 def test_original_example(lab):
-    seen = lesson.original_example(lab)
-    assert (seen["y"], seen["z"], seen["w"], seen["u"]) == (True, False, False, False)
-    assert seen["z.grad_fn"] is None
+    seen = lab.run(lesson.original_example)
+    assert seen["(y.requires_grad, z.requires_grad, w.requires_grad)"] == (True, False, False)
+    assert seen["(u.requires_grad, u.grad_fn)"] == (False, None)
+    assert seen["(z.grad_fn, z.is_leaf)"] == (None, True)
+    names = seen.names
+    assert (names["y"].requires_grad, names["z"].requires_grad, names["w"].requires_grad,
+            names["u"].requires_grad) == (True, False, False, False)
+    assert names["z"].grad_fn is None
     x = 2.0
-    assert seen["values"] == (pytest.approx(3 * x), pytest.approx((3 * x) ** 2), pytest.approx(x**2))
+    values = (names["z"].item(), names["w"].item(), names["u"].item())
+    assert values == (pytest.approx(3 * x), pytest.approx((3 * x) ** 2), pytest.approx(x**2))
 
 
 def test_three_ways(lab):
-    seen = lesson.three_ways(lab)
-    assert [t.requires_grad for t in seen.values()] == [False, False, False]
-    assert [t.is_inference() for t in seen.values()] == [False, False, True]
-    for name, product in seen.items():
+    seen = lab.run(lesson.three_ways)
+    products = {name: seen.names[name] for name in ("detached", "no_grad", "inference")}
+    assert [t.requires_grad for t in products.values()] == [False, False, False]
+    assert [t.is_inference() for t in products.values()] == [False, False, True]
+    for name, product in products.items():
         assert product.cpu().tolist() == [2.0, 4.0], name  # 2 · [1, 2]
 
 
 def test_detach_shares_storage_and_the_version_counter(lab):
-    seen = lesson.detach_shares_storage(lab)
+    seen = lab.run(lesson.detach_shares_storage)
     assert seen["same_storage"] is True
-    assert seen["y"].detach().cpu().tolist() == pytest.approx([math.exp(0) + 1, math.exp(1) + 1])
-    assert seen["versions"] == (1, 1)  # one add_, counted once, seen by both
+    assert seen["y"].cpu().tolist() == pytest.approx([math.exp(0) + 1, math.exp(1) + 1])
+    assert seen["(y._version, z._version)"] == (1, 1)  # one add_, counted once, seen by both
+    assert seen["(z._is_view(), z._base)"] == (False, None)
     assert_caught(seen["error"], RuntimeError, "modified by an inplace operation")
 
 
 def test_a_write_nobody_saved_changes_y_silently(lab):
-    seen = lesson.write_nobody_saved(lab)
+    seen = lab.run(lesson.write_nobody_saved)
     x = [1.0, 2.0]
     assert seen["x.grad"].cpu().tolist() == [3.0, 3.0]  # d/dx Σ 3x
-    assert seen["y"].detach().cpu().tolist() == [3 * v + 1 for v in x]  # 3x, then the add_(1) through z
-    assert seen["version"] == 1
+    y, version = seen["(y, y._version)"]
+    assert y.cpu().tolist() == [3 * v + 1 for v in x]  # 3x, then the add_(1) through z
+    assert version == 1
 
 
 def test_mul_by_a_constant_and_sum_save_nothing_of_y():
@@ -92,21 +103,26 @@ def test_mul_by_a_constant_and_sum_save_nothing_of_y():
 
 
 def test_inference_tensors_cannot_be_saved(lab):
-    seen = lesson.inference_tensors(lab)
+    seen = lab.run(lesson.inference_tensors)
     assert_caught(seen["error"], RuntimeError, "Inference tensors cannot be saved for backward")
-    assert seen["grad"].cpu().tolist() == [2.0, 2.0]  # d/dx Σ 2x, once
+    assert seen["x.grad"].cpu().tolist() == [2.0, 2.0]  # d/dx Σ 2x, once
 
 
 @pytest.mark.parametrize("lr", [0.1, 0.25])
 def test_the_three_updates(lab, lr):
-    refused = lesson.update_in_place_outside_no_grad(lab, lr=lr)
-    assert_caught(refused["error"], RuntimeError, "a leaf Variable that requires grad is being used in an in-place operation")
-    assert refused["w"] == 1.0
+    refused = lab.run(lesson.update_in_place_outside_no_grad, lr=lr)
+    assert_caught(refused["error"], RuntimeError,
+                  "a leaf Variable that requires grad is being used in an in-place operation")
+    assert refused["w"].item() == 1.0
 
-    rebound = lesson.update_by_rebinding(lab, lr=lr)
-    assert rebound["w"] == pytest.approx(1.0 - lr * 2)  # w - lr · d/dw (2w)
-    assert rebound["first_w.grad"] == pytest.approx(2.0 + 2.0)  # d(2w)/dw, then d(2(w - c))/dw
+    rebound = lab.run(lesson.update_by_rebinding, lr=lr)
+    assert rebound.names["w"].item() == pytest.approx(1.0 - lr * 2)  # w - lr · d/dw (2w)
+    assert rebound.names["w"].is_leaf is False
+    assert rebound["first_w.grad"].item() == pytest.approx(2.0 + 2.0)  # d(2w)/dw, then d(2(w - c))/dw
     assert rebound["next_grad"] is None
+    assert any("is not a leaf Tensor" in w for w in rebound["warnings"])
 
-    updated = lesson.update_inside_no_grad(lab, lr=lr)
-    assert updated == {"w": pytest.approx(1.0 - lr * 2), "is_leaf": True, "same_object": True}
+    updated = lab.run(lesson.update_inside_no_grad, lr=lr)
+    assert updated["(w.item(), w.is_leaf, w is first_w)"] == (pytest.approx(1.0 - lr * 2), True, True)
+    assert updated.names["w"] is updated.names["first_w"]
+    assert updated.names["w"].item() == pytest.approx(1.0 - lr * 2)

@@ -1,9 +1,10 @@
-"""05 vjp: every value the lesson returns, against an oracle written here: vᵀ diag(2x) and vᵀW by
+"""05 vjp: every value the lesson's checks saw (and the locals its observations left), against
+an oracle written here: vᵀ diag(2x) and vᵀW by
 hand, float64 central differences of the tanh layer, their running sums for the loop traps, the
 ops each way runs counted from the shapes (the bmm's operand read back as a stride-0 expand of the
 forward's own W, transposed; vmap(vjp)'s tanh_backward fed the unit vectors and its mm fed that
 output and W), the fallback warnings by substring, and the per-sample trap against a full Jacobian
-of the model."""
+of the model. TRY_PROMISES: what each of the lesson's Try lines does (tests/lab/test_tries.py)."""
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ TRY_PROMISES = [
 ]
 
 MUTANTS = [
-    ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5], device=lab.device))",
-     "y.backward(torch.tensor([0.5, 1.0], device=lab.device))"),
+    ("05_gradient_computation_vjp.py", "y.backward(torch.tensor([1.0, 0.5]))",
+     "y.backward(torch.tensor([0.5, 1.0]))"),
     ("05_gradient_computation_vjp.py", "    y = W @ x\n", "    y = W.T @ x\n"),
     ("05_gradient_computation_vjp.py", "        x.grad.zero_()  # reset in place", "        x.grad = None  # reset in place"),
     ("05_gradient_computation_vjp.py", "            self.counts[key] = self.counts.get(key, 0) + 1", "            self.counts[key] = 1"),
@@ -38,8 +39,8 @@ MUTANTS = [
      "torch.autograd.grad(outputs.sum(), inputs, retain_graph=True)[0][i]"),
     ("05_gradient_computation_vjp.py", 'model.train(mode == "train")', 'model.train(mode == "eval")'),
     # the same Jacobian, but tanh_backward no longer gets the unit vectors themselves
-    ("05_gradient_computation_vjp.py", "    basis = torch.eye(y.numel(), device=x.device)\n    return vmap(vjp_fn)(basis)[0]",
-     "    basis = 2 * torch.eye(y.numel(), device=x.device)\n    return vmap(vjp_fn)(basis)[0] / 2"),
+    ("05_gradient_computation_vjp.py", "    basis = torch.eye(y.numel())\n    return vmap(vjp_fn)(basis)[0]",
+     "    basis = 2 * torch.eye(y.numel())\n    return vmap(vjp_fn)(basis)[0] / 2"),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -61,7 +62,8 @@ BLIND_MUTANTS = [
 
 def finite_difference_jacobian(size: int, device) -> torch.Tensor:
     """The oracle, built independently: central differences of the same seeded layer, differenced in float64."""
-    layer, x, _ = lesson.tanh_layer(size, torch.device(device))
+    with torch.device(device):  # tanh_layer makes its tensors on the default device
+        layer, x, _ = lesson.tanh_layer(size)
     layer64 = lambda v: layer(v.float()).double()  # noqa: E731 - the layer's weights are float32
     x = x.double()
     h = 1e-3
@@ -71,7 +73,7 @@ def finite_difference_jacobian(size: int, device) -> torch.Tensor:
 
 
 def test_original_example_is_v_transpose_j(lab):
-    original, not_symmetric = lesson.original_example(lab)
+    original, not_symmetric = lab.run(lesson.original_example).every("x.grad")
     jacobian = torch.diag(2 * torch.tensor([1.0, 2.0]))  # d(x²)/dx at x = [1, 2]
     assert torch.allclose(original.cpu(), torch.tensor([1.0, 1.0]) @ jacobian)
     w = [[1.0, 2.0], [3.0, 4.0]]  # d(W x)/dx = W
@@ -83,12 +85,12 @@ def test_original_example_is_v_transpose_j(lab):
 
 
 def test_tanh_layer_analytic_jacobian_matches_finite_differences():
-    _, _, analytic = lesson.tanh_layer(5, torch.device("cpu"))
+    _, _, analytic = lesson.tanh_layer(5)
     assert torch.allclose(analytic.double(), finite_difference_jacobian(5, "cpu"), atol=1e-3)
 
 
 def test_three_ways_agree_with_finite_differences(lab):
-    results = lesson.jacobian_three_ways(lab, size=4)
+    results = lab.run(lesson.jacobian_three_ways, size=4).names["results"]
     oracle = finite_difference_jacobian(4, lab.device).float()
     assert set(results) == {"grad loop", "is_grads_batched", "vmap(vjp)", "jacrev"}
     for name, jacobian in results.items():
@@ -96,7 +98,7 @@ def test_three_ways_agree_with_finite_differences(lab):
 
 
 def test_loop_traps(lab):
-    seen = lesson.loop_traps(lab, size=3)
+    seen = lab.run(lesson.loop_traps, size=3)
     oracle = finite_difference_jacobian(3, lab.device).float()
     assert torch.allclose(seen["no_reset"], oracle.cumsum(0), atol=1e-3)  # J_0, J_0 + J_1, ...
     assert seen["one_object"] is True
@@ -108,7 +110,7 @@ def test_timed_jacobians_are_right_too(lab):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # a setting other than the 1 the timing uses
     try:
-        seen = lesson.jacobian_timings(lab, size=24, repeats=1)
+        seen = lab.run(lesson.jacobian_timings, size=24, repeats=1).names
         assert torch.get_num_threads() == 2  # timed on one thread, then the setting is restored
     finally:
         torch.set_num_threads(threads)
@@ -120,9 +122,9 @@ def test_timed_jacobians_are_right_too(lab):
 
 
 def test_only_the_legacy_vmap_falls_back_for_tanh(lab):
-    seen = lesson.batched_grad_fallback(lab)
-    assert any("batching rule for aten::tanh_backward" in w for w in seen["legacy"])
-    assert seen["func"] == []
+    seen = lab.run(lesson.batched_grad_fallback)
+    assert any("batching rule for aten::tanh_backward" in w for w in seen["warnings"])
+    assert seen["func_messages"] == []
     # The switches are off again afterwards.
     assert not torch._C._debug_only_are_vmap_fallback_warnings_enabled()
 
@@ -130,11 +132,13 @@ def test_only_the_legacy_vmap_falls_back_for_tanh(lab):
 @pytest.mark.parametrize("n", [5, 8])
 def test_the_ops_each_way_runs_from_the_shapes(lab, n):
     """y = tanh(W x + b), W n×n: the forward is one mv; row i of J needs tanh' (a tanh_backward) and Wᵀ g_i."""
-    ops = lesson.batched_grad_fallback(lab, size=n)["ops"]
+    seen = lab.run(lesson.batched_grad_fallback, size=n)
     forward = {f"mv({n}×{n}, {n})": 1}
-    assert ops["grad loop"] == {f"mv({n}×{n}, {n})": 1 + n, f"tanh_backward({n}, {n})": n}
-    assert ops["is_grads_batched"] == {**forward, f"tanh_backward({n}, {n})": n, f"bmm({n}×{n}×{n}, {n}×{n}×1)": 1}
-    assert ops["vmap(vjp)"] == {**forward, f"tanh_backward({n}×{n}, {n})": 1, f"mm({n}×{n}, {n}×{n})": 1}
+    assert seen["loop_ops.counts"] == {f"mv({n}×{n}, {n})": 1 + n, f"tanh_backward({n}, {n})": n}
+    assert seen["batched_ops.counts"] == {**forward, f"tanh_backward({n}, {n})": n,
+                                          f"bmm({n}×{n}×{n}, {n}×{n}×1)": 1}
+    assert seen["func_ops.counts"] == {**forward, f"tanh_backward({n}×{n}, {n})": 1,
+                                       f"mm({n}×{n}, {n}×{n})": 1}
 
 
 class RecordMatrixProducts(TorchDispatchMode):
@@ -154,7 +158,7 @@ class RecordMatrixProducts(TorchDispatchMode):
 def test_is_grads_batched_bmm_runs_on_stride_0_views_of_w_transposed():
     """Backs [4]'s note and [5]'s why: the bmm's first operand is Wᵀ expanded N times, not a copy."""
     n = 6
-    layer, x, _ = lesson.tanh_layer(n, torch.device("cpu"))
+    layer, x, _ = lesson.tanh_layer(n)
     with RecordMatrixProducts() as recorded:
         lesson.jacobian_by_batched_grad(layer, x)
     calls = [(name, args) for name, args, _ in recorded.calls if name != "tanh_backward"]
@@ -168,7 +172,7 @@ def test_is_grads_batched_bmm_runs_on_stride_0_views_of_w_transposed():
 def test_vmap_vjp_feeds_the_unit_vectors_to_tanh_backward_then_multiplies_by_w():
     """Backs [5]'s why: tanh_backward gets the n unit vectors (and y); the mm gets its output, diag(1 - y²), and W."""
     n = 6
-    layer, x, _ = lesson.tanh_layer(n, torch.device("cpu"))
+    layer, x, _ = lesson.tanh_layer(n)
     with RecordMatrixProducts() as recorded:
         jacobian = lesson.jacobian_by_vmap_vjp(layer, x)
     (forward, (weight, _), _), (tanh_name, (grads, y), scaled), (mm_name, mm_args, product) = recorded.calls
@@ -182,7 +186,7 @@ def test_vmap_vjp_feeds_the_unit_vectors_to_tanh_backward_then_multiplies_by_w()
 
 
 def test_batchnorm_train_mode_breaks_per_sample_gradients(lab):
-    seen = lesson.per_sample_trap(lab, batch=4, features=3)
+    seen = lab.run(lesson.per_sample_trap, batch=4, features=3).names
     model, x = seen["model"], seen["x"]
     for mode in ("eval", "train"):  # eval first: a train-mode forward updates the running statistics
         model.train(mode == "train")

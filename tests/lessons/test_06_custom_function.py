@@ -1,6 +1,8 @@
-"""06 custom Function: every value the lesson returns, against oracles written here: analytic
-derivatives, gradcheck/gradgradcheck in float64 on the lesson's own Function classes, and the
-float32 rounding of x ± eps worked out with struct (IEEE single precision, not torch)."""
+"""06 custom Function: every value the lesson's checks saw (and the locals its observations left),
+against oracles written here: analytic derivatives, gradcheck/gradgradcheck in float64 on the
+lesson's own Function classes, and the float32 rounding of x ± eps worked out with struct (IEEE
+single precision, not torch). TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py)."""
 
 import math
 import struct
@@ -30,7 +32,7 @@ MUTANTS = [
     ("06_extending_autograd_custom_function.py", "grad_x = grad_y * torch.cosh(x)  # with create_graph", "grad_x = grad_y * torch.cosh(x.detach())  # with create_graph"),
     ("06_extending_autograd_custom_function.py", "grad_x = grad_y * (ctx.expx + ctx.expnegx) / 2", "grad_x = grad_y * (ctx.expx - ctx.expnegx) / 2"),
     ("06_extending_autograd_custom_function.py", "        @once_differentiable  # runs", "        # runs"),
-    ("06_extending_autograd_custom_function.py", "two = torch.tensor(2.0, dtype=torch.float32,", "two = torch.tensor(2.0, dtype=torch.float64,"),
+    ("06_extending_autograd_custom_function.py", "two = torch.tensor(2.0, dtype=torch.float32)", "two = torch.tensor(2.0, dtype=torch.float64)"),
     ("06_extending_autograd_custom_function.py", "step_down = two - (two - 1e-6)", "step_down = two - (two - 1e-6 / 2)"),
     ("06_extending_autograd_custom_function.py", "z = (y**2).sum()  # so", "z = y.sum()  # so"),
 ]
@@ -58,26 +60,31 @@ def float32(value: float) -> float:
 
 
 def test_square_function_matches_2x_and_gradcheck(lab):
-    made = lesson.square_function(lab)
-    assert made["x.grad"].cpu().tolist() == [2 * v for v in X]
-    assert made["passed"] is True
+    seen = lab.run(lesson.square_function)
+    assert seen["x.grad"].cpu().tolist() == [2 * v for v in X]
+    assert seen["type(y.grad_fn).__name__"] == "SquareBackward"
+    assert seen["passed"] is True
+    square = seen.names["Square"]
     x = torch.tensor([0.3, -2.0, 1.7, 0.0], dtype=torch.float64, requires_grad=True)
-    assert gradcheck(made["Square"].apply, (x,))
+    assert gradcheck(square.apply, (x,))
     # save_for_backward of an input keeps the backward differentiable (the tutorial's first case).
-    assert gradgradcheck(made["Square"].apply, (x,))
+    assert gradgradcheck(square.apply, (x,))
 
 
 def test_wrong_backward_gives_3x_and_fails_gradcheck(lab):
-    made = lesson.wrong_backward(lab)
-    assert made["x.grad"].cpu().tolist() == [3 * v for v in X]
-    assert_caught(made["error"], RuntimeError, "Jacobian mismatch for output 0 with respect to input 0")
+    seen = lab.run(lesson.wrong_backward)
+    assert seen["x.grad"].cpu().tolist() == [3 * v for v in X]
+    assert_caught(seen["error"], RuntimeError, "Jacobian mismatch for output 0 with respect to input 0")
     x = torch.tensor([0.7, -0.2], dtype=torch.float64, requires_grad=True)
-    assert not gradcheck(made["WrongSquare"].apply, (x,), raise_exception=False)
+    assert not gradcheck(seen.names["WrongSquare"].apply, (x,), raise_exception=False)
 
 
 def test_float32_rounding_of_the_step(lab):
-    made = lesson.float32_gradcheck(lab)
+    made = lab.run(lesson.float32_gradcheck)
     assert_caught(made["error"], RuntimeError, "Jacobian mismatch")
+    # Both blocks warned that the input is not float64.
+    assert [any("not a double precision floating point" in w for w in caught)
+            for caught in made.every("warnings")] == [True, True]
     # The steps gradcheck's x ± 1e-6 really take at 2 in float32, from IEEE rounding:
     step_up = float32(2.0 + float32(1e-6)) - 2.0
     step_down = 2.0 - float32(2.0 - float32(1e-6))
@@ -102,18 +109,20 @@ def test_float32_gradcheck_tolerances_directly():
 
 
 def test_intermediates_on_ctx_give_a_gradient_without_a_graph(lab):
-    made = lesson.intermediates_on_ctx(lab)
+    made = lab.run(lesson.intermediates_on_ctx)
     assert made["grad_x"].cpu().tolist() == pytest.approx([math.cosh(v) for v in (0.5, -1.0, 2.0)])
-    assert made["grad_x"].requires_grad is False
-    assert_caught(made["second"], RuntimeError, "element 0 of tensors does not require grad")
-    assert_caught(made["error"], RuntimeError, "Jacobian mismatch for output 0 with respect to input 0")
+    assert made.names["grad_x"].requires_grad is False
+    assert made["grad_x.requires_grad"] is False
+    second, mismatch = made.every("error")
+    assert_caught(second, RuntimeError, "element 0 of tensors does not require grad")
+    assert_caught(mismatch, RuntimeError, "Jacobian mismatch for output 0 with respect to input 0")
     x = torch.tensor([0.1, 1.3], dtype=torch.float64, requires_grad=True)
-    assert gradcheck(made["SinhOnCtx"].apply, (x,))  # first order is right
-    assert not gradgradcheck(made["SinhOnCtx"].apply, (x,), raise_exception=False)
+    assert gradcheck(made.names["SinhOnCtx"].apply, (x,))  # first order is right
+    assert not gradgradcheck(made.names["SinhOnCtx"].apply, (x,), raise_exception=False)
 
 
 def test_intermediates_saved_with_save_for_backward_fail_the_same_way():
-    """Backs the module docstring: it is where backward's tensors come from, not how they are kept."""
+    """Backs [4]'s comment: it is where backward's tensors come from, not how they are kept."""
     class SinhSavedIntermediates(Function):
         @staticmethod
         def forward(ctx, x):
@@ -133,24 +142,26 @@ def test_intermediates_saved_with_save_for_backward_fail_the_same_way():
 
 
 def test_saved_input_gives_second_derivative_sinh(lab):
-    made = lesson.saved_input(lab)
+    made = lab.run(lesson.saved_input)
     values = (0.5, -1.0, 2.0)
-    assert made["grad_x"].detach().cpu().tolist() == pytest.approx([math.cosh(v) for v in values])
-    assert made["second"].cpu().tolist() == pytest.approx([math.sinh(v) for v in values])
+    assert made["grad_x"].cpu().tolist() == pytest.approx([math.cosh(v) for v in values])
+    assert made.names["grad_x"].requires_grad is True  # it has a graph: grad_y * cosh(x)
+    assert made["x.grad"].cpu().tolist() == pytest.approx([math.sinh(v) for v in values])
     assert made["passed"] is True
+    sinh = made.names["Sinh"]
     x = torch.tensor([0.1, -1.3, 0.0], dtype=torch.float64, requires_grad=True)
-    assert gradcheck(made["Sinh"].apply, (x,)) and gradgradcheck(made["Sinh"].apply, (x,))
+    assert gradcheck(sinh.apply, (x,)) and gradgradcheck(sinh.apply, (x,))
 
 
 def test_once_differentiable_first_order_and_the_error(lab):
-    made = lesson.once_differentiable_backward(lab)
-    assert made["grad_x"].detach().cpu().tolist() == pytest.approx([4 * v**3 for v in (0.5, -1.0, 2.0)])
+    made = lab.run(lesson.once_differentiable_backward)
+    assert made["grad_x"].cpu().tolist() == pytest.approx([4 * v**3 for v in (0.5, -1.0, 2.0)])
     assert_caught(made["error"], RuntimeError,
                   "trying to differentiate twice a function that was marked with @once_differentiable")
 
 
 def test_the_printed_code_shows_the_function(lab):
-    lesson.square_function(lab)
+    lab.run(lesson.square_function)
     printed = lab.stream.getvalue()
     for line in ("class Square(Function):", "ctx.save_for_backward(x)", "(x,) = ctx.saved_tensors",
                  "y = Square.apply(x)", "y.sum().backward()"):

@@ -1,7 +1,9 @@
 """06 hooks: the values every hook saw, against oracles written here: analytic derivatives of
 x³, 5p and (2x)·3, hook orders derived by hand from the autograd notes ("Backward Hooks
 execution", docs/source/notes/autograd.rst) and, for retain_grad, from the engine
-(torch/csrc/autograd/engine.cpp, call_function), and module gradients from the layer shapes."""
+(torch/csrc/autograd/engine.cpp, call_function), and module gradients from the layer shapes. The
+values are those the lesson's checks saw (and the locals its observations left). TRY_PROMISES: what
+each of the lesson's Try lines does (tests/lab/test_tries.py)."""
 
 import pytest
 import torch
@@ -50,26 +52,28 @@ BLIND_MUTANTS = [
 
 
 def test_tensor_hook_fires_once_and_replaces_the_gradient(lab):
-    made = lesson.tensor_hook(lab)
+    made = lab.run(lesson.tensor_hook)
     x = 2.0
     assert made["seen"] == [3 * x**2]  # d(x³)/dx, one call for the three uses
     assert made["x.grad"].item() == 10 * 3 * x**2
 
 
 def test_remove_hook(lab):
-    assert lesson.remove_hook(lab)["x.grad"].item() == 3 * 2.0**2
+    made = lab.run(lesson.remove_hook)
+    # d(x³)/dx = 3x² at x = 2, scaled by the hook's 10, then, after remove(), plain.
+    assert [g.item() for g in made.every("x.grad")] == [10 * 3 * 2.0**2, 3 * 2.0**2]
 
 
 def test_hook_on_a_tensor_without_grad(lab):
-    assert_caught(lesson.hook_without_grad(lab), RuntimeError,
+    assert_caught(lab.run(lesson.hook_without_grad)["error"], RuntimeError,
                   "cannot register a hook on a tensor that doesn't require gradient")
 
 
 def test_post_accumulate_grad_hook_sees_the_running_sum(lab):
-    made = lesson.post_accumulate_grad_hook(lab)
+    made = lab.run(lesson.post_accumulate_grad_hook)
     assert made["arriving"] == [5.0, 5.0]  # d(5p)/dp per backward
     assert made["accumulated"] == [5.0, 5.0 + 5.0]
-    assert made["p.grad"].item() == 10.0
+    assert made.names["p"].grad.item() == 10.0
 
 
 def test_post_accumulate_grad_hook_refuses_a_non_leaf():
@@ -79,7 +83,7 @@ def test_post_accumulate_grad_hook_refuses_a_non_leaf():
 
 
 def test_hook_order_derived_by_hand(lab):
-    made = lesson.hook_order(lab)
+    made = lab.run(lesson.hook_order)
     # y = (2x)·3, so dy/dt = 3 arrives at t. The notes' order: (1) tensor hooks, in registration
     # order: ×10, then the recorder, which sees 30; (2) Node pre-hooks: the recorder sees 30, then
     # ×100 makes 3000; (4) the Node, MulBackward0 of t = 2x, gives 6000; (5) post-hooks see 6000.
@@ -92,7 +96,7 @@ def test_hook_order_derived_by_hand(lab):
     assert made["events"] == [("tensor hook", tensor_hook_grad, None),
                               ("Node pre-hook", tensor_hook_grad, tensor_hook_grad),
                               ("Node post-hook", node_input * 2, tensor_hook_grad)]
-    assert made["t.grad"].item() == tensor_hook_grad
+    assert made["t_grad"].item() == tensor_hook_grad
     assert made["x.grad"].item() == node_input * 2
 
 
@@ -112,20 +116,21 @@ def test_retain_grad_fires_after_the_tensor_hooks_wherever_it_is_registered():
 def test_multi_grad_hook(lab):
     # Backwards of c·3 (reaches neither a nor b), a·3 (a only), a·b (both): one call for each that reaches a or b.
     reached = [(False, False), (True, False), (True, True)]
-    assert lesson.multi_grad_hook(lab) == [[a, b] for a, b in reached if a or b]
+    assert lab.run(lesson.multi_grad_hook)["present"] == [[a, b] for a, b in reached if a or b]
 
 
 def test_module_backward_hooks_shapes_order_and_values(lab):
-    made = lesson.module_backward_hooks(lab)
+    made = lab.run(lesson.module_backward_hooks)
     rows, widths = 5, [4, 3, 3, 2]  # Linear(4, 3), Tanh on 3, Linear(3, 2)
     expected = [(str(i), [(rows, widths[i])], [(rows, widths[i + 1])]) for i in (2, 1, 0)]  # backward: last first
     assert made["shapes"] == expected
-    calls = {name: (grad_input, grad_output) for name, grad_input, grad_output in made["calls"]}
-    ones = torch.ones(rows, 2, device=made["x"].device)
+    names = made.names
+    calls = {name: (grad_input, grad_output) for name, grad_input, grad_output in names["calls"]}
+    ones = torch.ones(rows, 2, device=names["x"].device)
     assert torch.equal(calls["2"][1][0], ones)  # d sum(out) / d out
-    last = made["net"][2]
+    last = names["net"][2]
     assert torch.allclose(calls["2"][0][0], ones @ last.weight)  # through Linear(3, 2): grad_out · W
-    assert torch.allclose(calls["0"][0][0], made["x.grad"])  # the first layer's input is x
+    assert torch.allclose(calls["0"][0][0], names["x"].grad)  # the first layer's input is x
 
 
 def test_full_backward_hook_warns_when_no_input_requires_grad():
