@@ -1,4 +1,4 @@
-"""03 basics: every value the observations return, against oracles written here: dtypes from the
+"""03 basics: every value the observations' checks saw (and the locals they left), against oracles written here: dtypes from the
 documented promotion rules, uint8 sums done in Python ints modulo 256, gradients by hand, NumPy's
 own view of the shared buffers, and the image batch rebuilt in float64 NumPy from its bytes; and
 the --images / --save-grid command line (one-line errors, nothing written but the grid)."""
@@ -36,8 +36,8 @@ MUTANTS = [
     ("03_tensor_attributes_and_methods_basics.py", "nhwc = batch.permute(0, 2, 3, 1)", "nhwc = batch.permute(0, 3, 2, 1)"),
     ("03_tensor_attributes_and_methods_basics.py", "batch.contiguous(memory_format=torch.channels_last)",
      "batch.permute(0, 2, 3, 1).contiguous()"),
-    ("03_tensor_attributes_and_methods_basics.py", "    untracked = torch.ones(2, device=lab.device).to(torch.float64)",
-     "    untracked = torch.ones(2, device=lab.device, requires_grad=True).to(torch.float64)"),
+    ("03_tensor_attributes_and_methods_basics.py", "    untracked = torch.ones(2).to(torch.float64)",
+     "    untracked = torch.ones(2, requires_grad=True).to(torch.float64)"),
     ("03_tensor_attributes_and_methods_basics.py", "        w[1] = 3.0  # a write through torch", "        array[1] = 3.0  # a write through torch"),
     ("03_tensor_attributes_and_methods_basics.py", "    mean = scaled.mean(dim=(0, 2, 3), keepdim=True)",
      "    mean = scaled.mean(dim=(0, 1, 2, 3), keepdim=True)"),
@@ -65,11 +65,13 @@ BLIND_MUTANTS = [
 
 
 def test_attributes(lab):
-    seen = lesson.attributes(lab)
-    a, w, y = seen["a"], seen["w"], seen["y"]
+    seen = lab.run(lesson.attributes)
+    a, w, y = (seen.names[name] for name in ("a", "w", "y"))
     rows = [[1.0, 2.0], [3.0, 4.0]]
     assert a.cpu().tolist() == rows and a.dtype == torch.float32 and tuple(a.shape) == (2, 2)
     assert str(a.device) == {"cpu": "cpu", "cuda": "cuda:0"}[lab.device.type]
+    # made without device=: the default device, which lab.run sets to the lab's
+    assert seen["str(torch.zeros(1).device)"] == {"cpu": "cpu", "cuda": "cuda:0"}[lab.device.type]
     assert (a.requires_grad, a.is_leaf, a.grad_fn) == (False, True, None)
     assert (w.requires_grad, w.is_leaf, w.grad_fn) == (True, True, None) and w.cpu().tolist() == [1.0, 1.0]
     assert (y.requires_grad, y.is_leaf) == (True, False)
@@ -78,7 +80,7 @@ def test_attributes(lab):
 
 
 def test_dtype_promotion_follows_the_documented_rules(lab):
-    seen = lesson.dtype_promotion(lab)
+    seen = lab.run(lesson.dtype_promotion).names
     # Oracle: the rules of the "Type promotion" section of the tensor_attributes docs, by hand.
     assert seen["i"].dtype == torch.int64  # integers without dtype=
     assert seen["int_times_float"].dtype == torch.float32  # Python float -> default float dtype
@@ -92,8 +94,8 @@ def test_dtype_promotion_follows_the_documented_rules(lab):
 
 
 def test_to_makes_a_non_leaf_that_an_optimiser_refuses(lab):
-    seen = lesson.to_makes_non_leaf(lab)
-    source, converted, created = seen["source"], seen["converted"], seen["created"]
+    seen = lab.run(lesson.to_makes_non_leaf)
+    source, converted, created = (seen.names[name] for name in ("source", "converted", "created"))
     assert not converted.is_leaf and type(converted.grad_fn).__name__ == "ToCopyBackward0"
     assert converted.dtype == torch.float64 and created.dtype == torch.float64 and created.is_leaf
     assert seen["converted_grad"] is None
@@ -102,29 +104,33 @@ def test_to_makes_a_non_leaf_that_an_optimiser_refuses(lab):
     assert created.grad.dtype == torch.float64 and created.grad.cpu().tolist() == [1.0, 1.0]
     assert_caught(seen["error"], ValueError, "can't optimize a non-leaf Tensor")
     torch.optim.SGD([source, created], lr=0.1)  # the leaves are accepted
-    assert seen["same"] is source
-    assert seen["moved"].is_leaf == (lab.device.type == "cpu")
-    assert seen["moved"].device.type == lab.device.type
+    assert seen.names["same"] is source and seen["same is source"] is True
+    moved = seen.names["moved"]
+    assert moved.is_leaf == (lab.device.type == "cpu") and seen["moved.is_leaf"] == moved.is_leaf
+    assert moved.device.type == lab.device.type
     # The same conversion of a tensor that does not require grad records nothing: a plain leaf.
-    untracked = seen["untracked"]
+    untracked = seen.names["untracked"]
     assert untracked.is_leaf and untracked.grad_fn is None and not untracked.requires_grad
     assert untracked.dtype == torch.float64 and untracked.cpu().tolist() == [1.0, 1.0]
 
 
 def test_numpy_shares_memory_behind_autograds_back(lab):
-    seen = lesson.numpy_interop(lab)
+    seen = lab.run(lesson.numpy_interop)
     assert_caught(seen["error"], RuntimeError, "Can't call numpy() on Tensor that requires grad")
-    w, array = seen["w"], seen["array"]
+    w, array = seen.names["w"], seen.names["array"]
     assert np.shares_memory(array, w.detach().numpy())  # NumPy's own answer, not a value compared
     assert seen["after_numpy_write"] == ([5.0, 1.0], 0)  # written through NumPy: not counted
+    assert seen["w.grad"].tolist() == [2 * 5.0, 2 * 1.0]
     # y = w * w was built at w = 1, but backward read the saved w after the write: 2 · [5, 1].
     assert w.grad.tolist() == [2 * 5.0, 2 * 1.0]
     assert w.tolist() == [5.0, 3.0] and w._version == 1  # then one write through torch: counted once
-    shared, copied, numbers = seen["shared"], seen["copied"], seen["numbers"]
+    shared, copied, numbers = (seen.names[name] for name in ("shared", "copied", "numbers"))
     assert shared.dtype == torch.float32 and np.shares_memory(shared.numpy(), numbers)
-    assert not np.shares_memory(copied.numpy(), numbers)
+    # torch.tensor copies: on the CPU, into memory of its own; on a GPU, trivially
+    assert copied.device.type != "cpu" or not np.shares_memory(copied.numpy(), numbers)
     assert numbers.tolist() == [5.0, 7.0, 0.0] and shared.tolist() == [5.0, 7.0, 0.0]
-    assert copied.tolist() == [0.0, 0.0, 0.0]
+    assert copied.cpu().tolist() == [0.0, 0.0, 0.0] and seen["copied"].tolist() == [0.0, 0.0, 0.0]
+    assert seen["shared"].tolist() == [5.0, 0.0, 0.0]  # as its check saw it, before shared[1] = 7
 
 
 def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
@@ -132,7 +138,8 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
 
     n = 5
     grid = tmp_path / "grid.png"
-    seen = lesson.image_batch(lab, n, grid, root=str(tmp_path / "no-download"))
+    run = lab.run(lesson.image_batch, n, grid, root=str(tmp_path / "no-download"))
+    seen = run.names
     offline = f"random crops and flips of one photo, chelsea.png (no CIFAR-10 download in {tmp_path / 'no-download'})"
     assert offline in lab.stream.getvalue()  # offline, it says what the batch is
     batch = seen["batch"]
@@ -177,7 +184,7 @@ def test_image_batch_against_a_float64_numpy_oracle(lab, tmp_path):
     lesson_mean, lesson_std = (seen[k].cpu().double().numpy() for k in ("mean", "std"))
     by_formula = (seen["scaled"].cpu().double().numpy() - lesson_mean) / lesson_std
     assert np.all(np.abs(seen["normalized"].cpu().double().numpy() - by_formula) <= 3 * u * np.abs(by_formula))
-    assert_caught(seen["error"], RuntimeError, "The size of tensor a (32) must match the size of tensor b (3)")
+    assert_caught(run["error"], RuntimeError, "The size of tensor a (32) must match the size of tensor b (3)")
 
     # make_grid: up to 8 tiles a row, 2 pixels of padding around each: n tiles in one row here.
     with Image.open(grid) as image:

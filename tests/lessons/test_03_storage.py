@@ -1,4 +1,4 @@
-"""03 storage: every value the observations return, against oracles written here: the block's raw
+"""03 storage: every value the observations' checks saw and the locals they left, against oracles written here: the block's raw
 bytes read back with NumPy, every view's elements looked up in those bytes at a hand-computed
 offset + i·stride(0) + j·stride(1), values of the 3×4 arange written out by hand, byte counts from
 shapes, and the version counter's steps counted by hand."""
@@ -21,8 +21,8 @@ TRY_PROMISES = [
 ]
 
 MUTANTS = [
-    ("03_tensor_attributes_and_methods_storage.py", "    base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1",
-     "    base = torch.arange(12.0, device=lab.device).reshape(4, 3).t()  # 0, 1"),
+    ("03_tensor_attributes_and_methods_storage.py", "    base = torch.arange(12.0).reshape(3, 4)  # 0, 1",
+     "    base = torch.arange(12.0).reshape(4, 3).t()  # 0, 1"),
     ("03_tensor_attributes_and_methods_storage.py", "    corner = base[1:, 1:]\n    lab.check(corner.untyped", "    corner = base[1:, :3]\n    lab.check(corner.untyped"),
     ("03_tensor_attributes_and_methods_storage.py", "    reshaped = base.view(4, 3)", "    reshaped = base.view(3, 4)"),
     ("03_tensor_attributes_and_methods_storage.py", "    permuted = base.permute(1, 0)", "    permuted = base.view(4, 3)"),
@@ -36,11 +36,11 @@ MUTANTS = [
     ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0", "    h[1:].clone()[0] = 5.0"),
     # the same write, but not through a view: h's grad_fn is IndexFillBackward0, not CopySlices
     ("03_tensor_attributes_and_methods_storage.py", "    h[1:][0] = 5.0",
-     "    h.index_fill_(0, torch.tensor([1], device=lab.device), 5.0)"),
+     "    h.index_fill_(0, torch.tensor([1]), 5.0)"),
     # [2]'s base made as a copy: no longer a view of arange's result
     ("03_tensor_attributes_and_methods_storage.py",
-     "    base = torch.arange(12.0, device=lab.device).reshape(3, 4)\n    block = base.untyped_storage().data_ptr()  # where",
-     "    base = torch.arange(12.0, device=lab.device).reshape(3, 4).clone()\n    block = base.untyped_storage().data_ptr()  # where"),
+     "    base = torch.arange(12.0).reshape(3, 4)\n    block = base.untyped_storage().data_ptr()  # where",
+     "    base = torch.arange(12.0).reshape(3, 4).clone()\n    block = base.untyped_storage().data_ptr()  # where"),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -54,7 +54,7 @@ BLIND_MUTANTS = [
     # write_through_view(): detach() instead of clone(): copy shares memory and counter, version_of_new_copy = 1, base[0,0] = -1
     ('03_tensor_attributes_and_methods_storage.py', '    copy = base.clone()\n    version_of_new_copy = copy._version', '    copy = base.detach()\n    version_of_new_copy = copy._version'),
     # storage_anatomy(): rows of 3 instead of rows of 4: base stride (3, 1), base[2, 1] = 7
-    ('03_tensor_attributes_and_methods_storage.py', 'base = torch.arange(12.0, device=lab.device).reshape(3, 4)  # 0, 1, ..., 11 in rows of 4', 'base = torch.arange(12.0, device=lab.device).reshape(4, 3)  # 0, 1, ..., 11 in rows of 4'),
+    ('03_tensor_attributes_and_methods_storage.py', 'base = torch.arange(12.0).reshape(3, 4)  # 0, 1, ..., 11 in rows of 4', 'base = torch.arange(12.0).reshape(4, 3)  # 0, 1, ..., 11 in rows of 4'),
 ]
 
 ARANGE_3x4 = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0]]
@@ -80,17 +80,17 @@ def assert_view_reads(tensor: torch.Tensor, offset: int, strides: tuple[int, int
 
 
 def test_storage_anatomy(lab):
-    seen = lesson.storage_anatomy(lab)
-    base = seen["base"]
+    seen = lab.run(lesson.storage_anatomy)
+    base = seen.names["base"]
     assert base.dtype == torch.float32 and base.cpu().tolist() == ARANGE_3x4
     assert block(base).tolist() == list(range(12))  # the block holds 0..11 in order
-    assert seen["nbytes"] == 12 * 4
+    assert seen["storage.nbytes()"] == 12 * 4
     assert base.stride() == (4, 1) and base.storage_offset() == 0 and base.is_contiguous()
     assert_view_reads(base, 0, (4, 1))
 
 
 def test_views_share_the_block_at_hand_computed_offsets_and_strides(lab):
-    seen = lesson.views(lab)
+    seen = lab.run(lesson.views).names
     base = seen["base"]
     assert base.cpu().tolist() == ARANGE_3x4
 
@@ -124,9 +124,10 @@ def test_views_share_the_block_at_hand_computed_offsets_and_strides(lab):
 
 
 def test_copies_and_the_impossible_view(lab):
-    seen = lesson.copies(lab)
+    run = lab.run(lesson.copies)
+    seen = run.names
     base = seen["base"]
-    assert_caught(seen["error"], RuntimeError, "view size is not compatible with input tensor's size and stride")
+    assert_caught(run["error"], RuntimeError, "view size is not compatible with input tensor's size and stride")
     # The transpose of [[0..3], [4..7], [8..11]] read row by row, written out by hand.
     by_columns = [0.0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
     flat = seen["flat"]
@@ -147,7 +148,8 @@ def test_copies_and_the_impossible_view(lab):
 
 
 def test_write_through_a_view_and_the_version_counter(lab):
-    seen = lesson.write_through_view(lab)
+    run = lab.run(lesson.write_through_view)
+    seen = run.names
     base, corner, copy = seen["base"], seen["corner"], seen["copy"]
     written = [row[:] for row in ARANGE_3x4]
     written[1][1] = 100.0  # the corner's [0, 0] is base's [1, 1]
@@ -157,12 +159,13 @@ def test_write_through_a_view_and_the_version_counter(lab):
     cloned_then_written[0][0] = -1.0
     assert copy.cpu().tolist() == cloned_then_written and not same_block(copy, base)
     assert seen["version_of_new_copy"] == 0 and copy._version == 1  # made fresh, then written once
+    assert run["version_of_new_copy"] == 0 and run["base[1, 1]"].item() == 100.0
 
     assert seen["h"].cpu().tolist() == [2.0, 5.0, 2.0]  # leaf * 2, then h[1] = 5 through a view
     assert seen["h"]._version == 1
     assert type(seen["h"].grad_fn).__name__ == "CopySlices"  # the grad_fn of a tensor written through a view
-    assert_caught(seen["error"], RuntimeError, "which is output 0 of torch::autograd::CopySlices")
-    assert_caught(seen["error"], RuntimeError, "is at version 1; expected version 0 instead")
+    assert_caught(run["error"], RuntimeError, "which is output 0 of torch::autograd::CopySlices")
+    assert_caught(run["error"], RuntimeError, "is at version 1; expected version 0 instead")
     assert seen["leaf"].grad is None  # backward stopped before reaching the leaf
 
 

@@ -1,5 +1,7 @@
-"""05 backward: every value the lesson returns, against an oracle written here: the analytic
-derivative, gradcheck, float64 finite differences, and the graph of y = x**2 + 2x by hand."""
+"""05 backward: every value the lesson's checks saw (and the locals its observations left),
+against an oracle written here: the analytic derivative, gradcheck, float64 finite differences,
+and the graph of y = x**2 + 2x by hand. TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py)."""
 
 import math
 
@@ -14,8 +16,8 @@ lesson = load_lesson("05_gradient_computation_backward.py")
 TRY_PROMISES = [
     Promise(shows=("device cuda",)),
     Promise(exit=1, shows=("FAIL  h.grad = None",)),
-    Promise(exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, AccumulateGrad, "
-                       "AccumulateGrad]",)),
+    Promise(exit=1, shows=("FAIL  names = [AddBackward0, PowBackward0, AccumulateGrad, MulBackward0, "
+                           "AccumulateGrad, AccumulateGrad]",)),
 ]
 
 MUTANTS = [
@@ -26,14 +28,15 @@ MUTANTS = [
      "    for next_fn, _input_index in grad_fn.next_functions[:1]:"),
     ("05_gradient_computation_backward.py", "        lines += graph_lines(next_fn, depth + 1)",
      "        lines += graph_lines(next_fn, depth)"),
-    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
-     "    y = x**2 + x * torch.tensor(2.0, requires_grad=True)\n    lines = graph_lines"),
-    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x\n    lines = graph_lines",
-     "    y = x**3 + 2 * x\n    lines = graph_lines"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x  # its graph is printed below\n    lines = graph_lines",
+     "    y = x**2 + x * torch.tensor(2.0, requires_grad=True)  # its graph is printed below\n"
+     "    lines = graph_lines"),
+    ("05_gradient_computation_backward.py", "    y = x**2 + 2 * x  # its graph is printed below\n    lines = graph_lines",
+     "    y = x**3 + 2 * x  # its graph is printed below\n    lines = graph_lines"),
     ("05_gradient_computation_backward.py", "    y = u**3", "    y = u**2"),
     ("05_gradient_computation_backward.py", "    y = x * 2\n", "    y = (x * 2).sum()\n"),
-    ("05_gradient_computation_backward.py", "    x = torch.tensor(3.0, device=lab.device)  # requires_grad defaults",
-     "    x = torch.tensor(3.0, device=lab.device, requires_grad=True)  # requires_grad defaults"),
+    ("05_gradient_computation_backward.py", "    x = torch.tensor(3.0)  # requires_grad defaults",
+     "    x = torch.tensor(3.0, requires_grad=True)  # requires_grad defaults"),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -53,7 +56,9 @@ BLIND_MUTANTS = [
 
 def test_original_example_matches_the_analytic_derivative(lab):
     x = 3.0
-    assert lesson.original_example(lab).item() == pytest.approx(2 * x + 2)
+    seen = lab.run(lesson.original_example)
+    assert seen["x.grad"].item() == pytest.approx(2 * x + 2)
+    assert seen["type(y.grad_fn).__name__"] == "AddBackward0"  # the last op of x**2 + 2*x is the +
 
 
 def test_the_original_example_is_in_the_original_description():
@@ -70,22 +75,27 @@ def test_original_function_passes_gradcheck():
 
 
 def test_leaf_and_non_leaf(lab):
-    grads = lesson.leaf_and_non_leaf(lab)
+    seen = lab.run(lesson.leaf_and_non_leaf)
     x = 3.0
-    assert grads["x.grad"].item() == pytest.approx(2 * x + 2 * x + 2)  # d/dx (x² + x² + 2x)
-    assert grads["h.grad"].item() == 1.0  # d/dh (h + u + 2x)
-    assert grads["u.grad"] is None
+    assert seen["x.grad"].item() == pytest.approx(2 * x + 2 * x + 2)  # d/dx (x² + x² + 2x)
+    assert seen["h.grad"].item() == 1.0  # d/dh (h + u + 2x)
+    assert seen["u_grad"] is None
+    assert seen["(x.is_leaf, h.is_leaf, u.is_leaf)"] == (True, False, False)
+    assert any("is not a leaf Tensor" in w for w in seen["warnings"])
 
 
 def test_graph_walk_reaches_every_leaf_and_constant(lab):
-    seen = lesson.real_graph(lab)
+    seen = lab.run(lesson.real_graph)
     # y = x**2 + 2*x: Add(Pow(x), Mul(x, 2)), drawn two spaces deeper per level. pow has one input, x
     # (its exponent is an argument); mul has two, x and the 2, which needs no gradient: a None edge.
-    assert seen["lines"] == ["AddBackward0",
-                             "  PowBackward0", "    AccumulateGrad -> leaf of shape ()",
-                             "  MulBackward0", "    AccumulateGrad -> leaf of shape ()", "    None"]
-    assert seen["pow_edges"] == 1 and seen["mul_edges"] == 2
-    assert seen["exponent"] == 2 and not isinstance(seen["exponent"], torch.Tensor)
+    assert seen.names["lines"] == ["AddBackward0",
+                                   "  PowBackward0", "    AccumulateGrad -> leaf of shape ()",
+                                   "  MulBackward0", "    AccumulateGrad -> leaf of shape ()", "    None"]
+    assert seen["names"] == ["AddBackward0", "PowBackward0", "AccumulateGrad",
+                             "MulBackward0", "AccumulateGrad", "None"]
+    pow_edges, exponent = seen["(len(power.next_functions), power._saved_exponent)"]
+    assert pow_edges == 1 and seen["len(product.next_functions)"] == 2
+    assert exponent == 2 and not isinstance(exponent, torch.Tensor)
 
 
 def test_graph_walk_turns_none_into_accumulate_grad_for_a_second_leaf():
@@ -96,22 +106,25 @@ def test_graph_walk_turns_none_into_accumulate_grad_for_a_second_leaf():
 
 
 def test_chain_rule_matches_float64_finite_differences(lab):
-    grad = lesson.chain_rule(lab).item()
+    grad = lab.run(lesson.chain_rule)["x.grad"].item()
     x, h = 0.5, 1e-6
     f = lambda t: math.sin(t) ** 3  # noqa: E731
     assert grad == pytest.approx((f(x + h) - f(x - h)) / (2 * h), rel=1e-5)
 
 
 def test_backward_errors_are_caught_and_named(lab):
-    assert_caught(lesson.non_scalar_backward(lab), RuntimeError, "grad can be implicitly created only for scalar outputs")
-    assert_caught(lesson.no_grad_backward(lab), RuntimeError, "element 0 of tensors does not require grad")
+    assert_caught(lab.run(lesson.non_scalar_backward)["error"], RuntimeError,
+                  "grad can be implicitly created only for scalar outputs")
+    seen = lab.run(lesson.no_grad_backward)
+    assert seen["(y.requires_grad, y.grad_fn)"] == (False, None)  # x did not ask for a gradient
+    assert_caught(seen["error"], RuntimeError, "element 0 of tensors does not require grad")
 
 
 def test_the_printed_code_is_the_lesson_source(lab):
     """What the learner reads is the code that ran, line for line (the lab reads it back from the file)."""
-    lesson.leaf_and_non_leaf(lab)
+    lab.run(lesson.leaf_and_non_leaf)
     printed = lab.stream.getvalue()
-    for line in ("x = torch.tensor(3.0, requires_grad=True, device=lab.device)", "h.retain_grad()",
+    for line in ("x = torch.tensor(3.0, requires_grad=True)", "h.retain_grad()",
                  "y = h + u + 2 * x", "y.backward()", "u_grad = u.grad"):
         assert f"\n    {line}" in printed, line
     assert "lab.check" not in printed and "lab.expect_warning" not in printed

@@ -1,6 +1,7 @@
-"""05 retain_graph: every value the lesson returns, against an oracle written here: 3x² and 6x by
-hand, gradgradcheck, the saved tensors each node needs (from its derivative formula), and the
-errors by their stable substrings."""
+"""05 retain_graph: every value the lesson's checks saw (and the locals its observations left),
+against an oracle written here: 3x² and 6x by hand, gradgradcheck, the saved tensors each node
+needs (from its derivative formula), and the errors by their stable substrings. TRY_PROMISES: what
+each of the lesson's Try lines does (tests/lab/test_tries.py)."""
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ MUTANTS = [
      "    y.backward(retain_graph=True)  # the default"),
     ("05_gradient_computation_retain_graph.py", "    y.backward(retain_graph=False)  # the default",
      "    y.backward(create_graph=True)  # the default"),
-    ("05_gradient_computation_retain_graph.py", "next call\" if call == 1 else", "next call\" if call <= 2 else"),
+    ("05_gradient_computation_retain_graph.py", "if call == 1 else", "if call <= 2 else"),
     ("05_gradient_computation_retain_graph.py", "    y = x + 1\n", "    y = x * 1.0\n"),
     ("05_gradient_computation_retain_graph.py", "    y.backward()  # no error: no saved tensor to free\n", ""),
     ("05_gradient_computation_retain_graph.py", 'name.startswith("_saved_") and isinstance', 'name.startswith("_saved_") or isinstance'),
@@ -49,7 +50,9 @@ BLIND_MUTANTS = [
 
 def test_original_loop_accumulates_12_then_24(lab):
     x = 2.0
-    assert lesson.original_loop(lab) == [pytest.approx(3 * x**2), pytest.approx(2 * 3 * x**2)]
+    seen = lab.run(lesson.original_loop)
+    assert [seen[f"call {call}: x.grad"].item() for call in (1, 2)] == [
+        pytest.approx(3 * x**2), pytest.approx(2 * 3 * x**2)]
     printed = lab.stream.getvalue()
     assert printed.count("into an empty .grad") == 1 and printed.count(".grad added to what it held") == 1
 
@@ -63,19 +66,26 @@ def test_the_original_loop_is_in_the_original_description():
 
 
 def test_backward_frees_the_saved_x(lab):
-    seen = lesson.what_backward_frees(lab)
-    assert seen["grad"] == pytest.approx(3 * 2.0**2)  # once, not twice
-    assert seen["x"].item() == 2.0 and seen["x"].is_leaf  # the leaf itself, as it was made
-    assert_caught(seen["read_error"], RuntimeError, "after they have already been freed")
-    assert_caught(seen["backward_error"], RuntimeError, "Trying to backward through the graph a second time")
+    seen = lab.run(lesson.what_backward_frees)
+    assert seen["y.grad_fn._saved_self is x"] is True  # d x³ = 3x² dx needs x: pow saved x itself
+    # 3x² after the first backward, and still once, not twice, after the failed second one
+    assert [g.item() for g in seen.every("x.grad")] == [pytest.approx(3 * 2.0**2)] * 2
+    assert seen["x"].item() == 2.0  # untouched
+    x = seen.names["x"]
+    assert x.item() == 2.0 and x.is_leaf and x.requires_grad  # the leaf itself, as it was made
+    read_error, backward_error = seen.every("error")
+    assert_caught(read_error, RuntimeError, "after they have already been freed")
+    assert_caught(backward_error, RuntimeError, "Trying to backward through the graph a second time")
 
 
 def test_graph_without_saved_tensors_doubles_silently(lab):
-    seen = lesson.nothing_saved(lab)
+    seen = lab.run(lesson.nothing_saved)
     assert seen["x.grad"].item() == 2.0  # d/dx (x + 1) = 1, twice
     assert seen["v.grad"].cpu().tolist() == [2.0, 2.0, 2.0]  # d/dv sum(v) = ones, twice
     # d(x + 1) and d sum(v) use no forward value; d x³ = 3x² uses x (its `self`).
-    assert seen["saved"] == {"add": [], "sum": [], "pow": ["_saved_self"]}
+    assert {name: seen.names[f"{name}_saved"] for name in ("add", "sum", "pow")} == {
+        "add": [], "sum": [], "pow": ["_saved_self"]}
+    assert seen["(sum_saved, list(s.grad_fn._saved_self_sym_sizes))"] == ([], [3])  # v's shape
 
 
 def test_saved_tensor_names_reads_real_nodes():
@@ -87,12 +97,17 @@ def test_saved_tensor_names_reads_real_nodes():
 
 
 def test_second_derivative_matches_analytic_and_gradgradcheck(lab):
-    seen = lesson.second_derivative(lab)
+    seen = lab.run(lesson.second_derivative)
     x = 2.0
-    assert seen["plain"].item() == pytest.approx(3 * x**2) and not seen["plain"].requires_grad
-    assert seen["dy"].item() == pytest.approx(3 * x**2) and seen["dy"].grad_fn is not None
+    plain, dy = seen.names["plain"], seen.names["dy"]
+    assert plain.item() == pytest.approx(3 * x**2) and not plain.requires_grad
+    assert seen["(plain, plain.requires_grad)"][1] is False
+    assert dy.item() == pytest.approx(3 * x**2) and dy.grad_fn is not None
+    assert seen["(dy, dy.grad_fn is not None)"][1] is True
     assert seen["d2y"].item() == pytest.approx(6 * x)
-    assert seen["x.grad"].item() == pytest.approx(3 * x**2)  # only the final y.backward() wrote it
+    # autograd.grad left .grad alone; only the final y.backward() wrote it
+    before, after = seen.every("x.grad")
+    assert before is None and after.item() == pytest.approx(3 * x**2)
     assert_caught(seen["error"], RuntimeError, "element 0 of tensors does not require grad")
     t = torch.tensor([2.0, -0.7], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda v: v**3, (t,))
