@@ -1,7 +1,8 @@
-"""06 saved tensors: every value the lesson returns, against oracles written here: analytic
-gradients, a hand-written float64 backprop through the tanh layers, pack/unpack and saved-element
-counts from the layer shapes; and bench row 7 (checkpointing), at tiny sizes, against the same
-shape arithmetic (no timing is asserted)."""
+"""06 saved tensors: every value the lesson's checks saw (and the locals its observations left),
+against oracles written here: analytic gradients, a hand-written float64 backprop through the tanh
+layers, pack/unpack and saved-element counts from the layer shapes; and bench row 7
+(checkpointing), at tiny sizes, against the same shape arithmetic (no timing is asserted).
+TRY_PROMISES: what each of the lesson's Try lines does (tests/lab/test_tries.py)."""
 
 import math
 
@@ -73,7 +74,8 @@ def hand_backprop(layers: torch.nn.Sequential, x: torch.Tensor) -> list[torch.Te
 
 
 def test_what_is_saved(lab):
-    made = lesson.what_is_saved(lab)
+    seen = lab.run(lesson.what_is_saved)
+    made = seen.names
     assert made["y"].grad_fn._saved_self is made["a"] and made["y"].grad_fn._saved_other is made["b"]
     assert made["saved"] is not made["e"]
     assert made["saved"].cpu().tolist() == pytest.approx([math.exp(v) for v in (1.0, 2.0, 3.0)])
@@ -81,51 +83,61 @@ def test_what_is_saved(lab):
 
 
 def test_pack_unpack_counts(lab):
-    made = lesson.pack_unpack_counts(lab)
-    assert made["packs"] == [(3,), (3,)] and made["unpacks"] == [(3,), (3,)]  # mul saves a and b, each read once
-    assert made["a.grad"].cpu().tolist() == [4.0, 5.0, 6.0]  # dy/da = b
-    assert made["b.grad"].cpu().tolist() == [1.0, 2.0, 3.0]  # dy/db = a
+    seen = lab.run(lesson.pack_unpack_counts)
+    made = seen.names
+    # mul saves a and b, each read once, and only in the backward
+    assert made["packs"] == [(3,), (3,)] and made["unpacks"] == [(3,), (3,)]
+    assert seen.every("(len(packs), len(unpacks))") == [(2, 0), (2, 2)]
+    a_grad, b_grad = seen["(a.grad, b.grad)"]
+    assert a_grad.cpu().tolist() == [4.0, 5.0, 6.0]  # dy/da = b
+    assert b_grad.cpu().tolist() == [1.0, 2.0, 3.0]  # dy/db = a
 
 
 def test_divide_and_multiply_keeps_x_over_4_and_2x(lab):
-    made = lesson.divide_and_multiply(lab)
+    seen = lab.run(lesson.divide_and_multiply)
     x = [1.0, 2.0, 3.0]
-    assert [t.cpu().tolist() for t in made["kept"]] == [[v / 4 for v in x]]  # pow saves x once, packed as x / 4
-    assert made["x.grad"].cpu().tolist() == [2 * v for v in x]
+    # pow saves x once, packed as x / 4
+    assert [t.cpu().tolist() for t in seen["kept"]] == [[v / 4 for v in x]]
+    assert seen["x.grad"].cpu().tolist() == [2 * v for v in x]
 
 
 def test_offload_bytes_and_gradient(lab):
-    made = lesson.offload_to_cpu(lab)
+    seen = lab.run(lesson.offload_to_cpu)
+    made = seen.names
     assert [tuple(t.shape) for t in made["held"]] == [(32, 64), (32, 64)]
+    assert seen["held_bytes"] == 2 * 32 * 64 * 4
     assert sum(t.numel() * t.element_size() for t in made["held"]) == 2 * 32 * 64 * 4
     assert all(t.device.type == "cpu" for t in made["held"])
     h, w = made["h"].double().cpu(), made["w"].detach().double().cpu()
     analytic = h.T @ (1 - torch.tanh(h @ w) ** 2)  # d sum(tanh(h w)) / dw
-    assert torch.allclose(made["w.grad"].double().cpu(), analytic, atol=1e-4)
+    assert torch.allclose(seen["w.grad"].double().cpu(), analytic, atol=1e-4)
 
 
 def test_mutation_on_saved(lab):
-    made = lesson.mutation_on_saved(lab)
-    assert_caught(made["error"], RuntimeError, "modified by an inplace operation")
-    assert made["a.grad"].cpu().tolist() == [2.0, 4.0, 6.0]  # d sum(a²)/da with the saved, unmutated b = a
-    assert made["b"].detach().cpu().tolist() == pytest.approx([math.sin(v) for v in (1.0, 2.0, 3.0)])
+    seen = lab.run(lesson.mutation_on_saved)
+    assert_caught(seen["error"], RuntimeError, "modified by an inplace operation")
+    # d sum(a²)/da with the saved, unmutated b = a
+    assert seen["a.grad"].cpu().tolist() == [2.0, 4.0, 6.0]
+    assert seen["b"].cpu().tolist() == pytest.approx([math.sin(v) for v in (1.0, 2.0, 3.0)])
 
 
 def test_checkpoint_saves_from_the_shapes(lab):
-    made = lesson.checkpoint_saves(lab)
+    seen = lab.run(lesson.checkpoint_saves)
     layers, batch, width = 4, 32, 64
-    # Per layer: the matmul saves its input (batch × width) and the weight (width × width), tanh its output.
-    assert made["plain"] == (3 * layers, layers * (batch * width + width * width + batch * width))
-    assert made["plain"] == (12, 32768)
-    assert made["checkpointed"] == (1, batch * width)
-    assert made["packed"][0] is made["x"]
-    # Storages: every weight, x, and each layer's tanh output (the next layer's input is that same output).
-    assert made["storages"] == (layers + 1 + layers, 1 + layers)
+    # Per layer: the matmul saves its input (batch × width) and the weight (width × width), tanh
+    # its output.
+    assert seen["plain"] == (3 * layers, layers * (batch * width + width * width + batch * width))
+    assert seen["plain"] == (12, 32768)
+    assert seen["checkpointed"] == (1, batch * width)
+    assert seen.names["packed"][0] is seen.names["x"]
+    # Storages: every weight, x, and each layer's tanh output (the next layer's input is that same
+    # output).
+    assert seen["(len(storages), len(storages - weights))"] == (layers + 1 + layers, 1 + layers)
 
 
 def test_pack_calls_count_references_not_storages():
     """Backs the lesson's note: 12 packs, but the activations held are x and the 4 tanh outputs."""
-    layers = lesson.tanh_layers(4, 64, "cpu")
+    layers = lesson.tanh_layers(4, 64)
     x = torch.randn(32, 64, requires_grad=True)
     packed = []
     with saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
@@ -138,25 +150,31 @@ def test_pack_calls_count_references_not_storages():
 
 
 def test_checkpoint_recomputes_and_matches_hand_backprop(lab):
-    made = lesson.checkpoint_recomputes(lab)
-    assert made["runs"] == ["forward"] * 3  # the checkpointed forward, its recompute, then the plain forward
+    seen = lab.run(lesson.checkpoint_recomputes)
+    made = seen.names
+    assert seen.every("len(runs)") == [1, 2]
+    # the checkpointed forward, its recompute, then the plain forward
+    assert made["runs"] == ["forward"] * 3
     expected = hand_backprop(made["layers"], made["x"])
-    for checkpointed, plain, oracle in zip(made["checkpointed"], made["plain"], expected):
+    for checkpointed, plain, oracle in zip(made["checkpointed_grads"], made["plain_grads"],
+                                           expected, strict=True):
         assert torch.allclose(checkpointed.double().cpu(), oracle, atol=1e-5)
         assert torch.allclose(plain.double().cpu(), oracle, atol=1e-5)
 
 
 def test_reentrant_checkpoint_and_grad(lab):
-    made = lesson.reentrant_and_grad(lab)
-    assert_caught(made["error"], RuntimeError, "torch.utils.checkpoint is incompatible with .grad()")
+    seen = lab.run(lesson.reentrant_and_grad)
+    made = seen.names
+    assert_caught(seen["error"], RuntimeError, "torch.utils.checkpoint is incompatible with .grad()")
     expected_x_grad = hand_backprop(made["layers"], made["x"])[0]
-    assert torch.allclose(made["x.grad"].double().cpu(), expected_x_grad, atol=1e-5)
-    assert made["node"] == "CheckpointFunctionBackward"
+    assert torch.allclose(made["x"].grad.double().cpu(), expected_x_grad, atol=1e-5)
+    assert seen["x.grad.shape"] == (32, 64)
+    assert seen["type(out.grad_fn).__name__"] == "CheckpointFunctionBackward"
 
 
 def test_checkpoint_without_use_reentrant_warns_and_falls_back_to_the_reentrant_variant():
     """Backs [8]'s comment: no use_reentrant means a warning, then the custom Function of use_reentrant=True."""
-    layers = lesson.tanh_layers(2, 8, "cpu")
+    layers = lesson.tanh_layers(2, 8)
     x = torch.randn(4, 8, requires_grad=True)
     with pytest.warns(UserWarning, match="the use_reentrant parameter should be passed explicitly"):
         out = torch.utils.checkpoint.checkpoint(layers, x)
@@ -186,7 +204,7 @@ def test_row_counts_saved_bytes_from_the_shapes(layers):
 def test_row_recomputes_the_checkpointed_segments_only():
     """Backs the row's comment: backward runs the checkpointed segments' forwards again, not the last one's."""
     layers, segments = 4, 2
-    model = lesson.tanh_layers(layers, 8, "cpu")
+    model = lesson.tanh_layers(layers, 8)
     calls = []
     for index, module in enumerate(model):
         if isinstance(module, torch.nn.Linear):

@@ -1,6 +1,8 @@
-"""07 clipping and scaling: every value the lesson returns, against an oracle written here: the
-Euclidean norm by math.hypot, clipping as rescaling to max_norm, clamping by min/max, the scale
-as a power of two, float16's largest value from its bit layout, and SGD's update by hand."""
+"""07 clipping and scaling: every value the lesson's checks saw (and the locals its observations
+left), against an oracle written here: the Euclidean norm by math.hypot, clipping as rescaling to
+max_norm, clamping by min/max, the scale as a power of two, float16's largest value from its bit
+layout, and SGD's update by hand. TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py)."""
 
 import math
 
@@ -59,54 +61,61 @@ def close(observed: list[float], expected: list[float], rel: float = 1e-6) -> bo
 
 
 def test_clip_by_norm_returns_the_norm_before_and_rescales_to_max_norm(lab):
-    result = lesson.clip_by_norm(lab)
+    seen = lab.run(lesson.clip_by_norm)
     # Exact on every machine: 3² + 4² = 25 and √25 = 5 are exact in float32 in any order of the adds
     # (and √ is correctly rounded), so no CPU can round this norm differently. So is 65536 · 5 below.
-    assert result["total_norm"].item() == NORM == 5.0
-    assert close(as_list(result["w.grad"]), [g / NORM for g in GRADS])  # [0.6, 0.8], same direction, norm 1
+    assert seen["total_norm"].item() == NORM == 5.0
+    assert close(as_list(seen["w.grad"]), [g / NORM for g in GRADS])  # [0.6, 0.8], same direction, norm 1
 
 
 def test_clip_by_value_clamps_each_entry(lab):
-    assert as_list(lesson.clip_by_value(lab)["w.grad"]) == [min(max(g, -1.0), 1.0) for g in GRADS]
+    seen = lab.run(lesson.clip_by_value)
+    assert as_list(seen["w.grad"]) == [min(max(g, -1.0), 1.0) for g in GRADS]
+    assert seen["returned"] is None
 
 
 def test_nonfinite_norm_raises_with_the_flag_and_gives_nan_without(lab):
-    result = lesson.nonfinite_norm(lab)
-    assert_caught(result["error"], RuntimeError, "is non-finite, so it cannot be clipped")
-    assert result["total_norm"].item() == math.inf  # hypot(inf, 4)
-    grad = as_list(result["w.grad"])
-    assert math.isnan(grad[0]) and grad[1] == 0.0  # both multiplied by 1 / inf = 0
+    seen = lab.run(lesson.nonfinite_norm)
+    assert_caught(seen["error"], RuntimeError, "is non-finite, so it cannot be clipped")
+    assert seen["total_norm"].item() == math.inf  # hypot(inf, 4)
+    untouched, clipped = (as_list(g) for g in seen.every("w.grad"))
+    assert untouched == [math.inf, GRADS[1]]  # the error came before any change
+    assert math.isnan(clipped[0]) and clipped[1] == 0.0  # both multiplied by 1 / inf = 0
 
 
 def test_grad_scaler_scales_unscales_once(lab):
-    result = lesson.grad_scaler(lab)
-    assert_caught(result["error"], RuntimeError, "unscale_() has already been called")
-    assert result["scale"] == SCALE
-    assert as_list(result["scaled"]) == [SCALE * g for g in GRADS] == [196608.0, 262144.0]
-    assert as_list(result["w.grad"]) == list(GRADS)
+    seen = lab.run(lesson.grad_scaler)
+    assert_caught(seen["error"], RuntimeError, "unscale_() has already been called")
+    assert seen["scaler.get_scale()"] == SCALE
+    assert seen.names["scaler"].get_scale() == SCALE
+    assert as_list(seen["scaled"]) == [SCALE * g for g in GRADS] == [196608.0, 262144.0]
+    # and still, after unscale_: scaled is a copy, not another name for w.grad
+    assert as_list(seen.names["scaled"]) == [SCALE * g for g in GRADS]
+    assert [as_list(g) for g in seen.every("w.grad")] == [list(GRADS)] * 2
 
 
 def test_clipping_before_unscale_applies_a_step_scale_times_too_small(lab):
-    result = lesson.clip_before_unscale(lab)
-    assert result["norm_seen"].item() == SCALE * NORM
+    seen = lab.run(lesson.clip_before_unscale)
+    assert seen["norm_seen"].item() == SCALE * NORM
     applied = [g / NORM / SCALE for g in GRADS]  # clipped to norm 1 in scaled units, then divided by the scale
-    assert close(as_list(result["w.grad"]), applied, rel=1e-4)
-    assert close(as_list(result["w"]), [1.0 - g for g in applied], rel=1e-6)  # SGD, lr = 1
+    assert close(as_list(seen["w.grad"]), applied, rel=1e-4)
+    assert close(as_list(seen.names["w"]), [1.0 - g for g in applied], rel=1e-6)  # SGD, lr = 1
 
 
 def test_unscale_then_clip_applies_the_intended_step(lab):
-    result = lesson.unscale_then_clip(lab)
-    assert math.isclose(result["norm_seen"].item(), NORM, rel_tol=1e-6)
+    seen = lab.run(lesson.unscale_then_clip)
+    assert math.isclose(seen["norm_seen"].item(), NORM, rel_tol=1e-6)
     clipped = [g / NORM for g in GRADS]
-    assert close(as_list(result["w.grad"]), clipped)
-    assert close(as_list(result["w"]), [1.0 - g for g in clipped])  # SGD, lr = 1: [0.4, 0.2]
+    assert close(as_list(seen["w.grad"]), clipped)
+    assert close(as_list(seen["w"]), [1.0 - g for g in clipped])  # SGD, lr = 1: [0.4, 0.2]
 
 
 def test_float16_overflow_skips_the_step_and_halves_the_scale(lab):
-    result = lesson.overflow_skips_the_step(lab)
+    seen = lab.run(lesson.overflow_skips_the_step)
     float16_max = (2 - 2.0**-10) * 2.0**15  # 10 fraction bits, largest exponent 15
     assert float16_max == 65504.0 and SCALE > float16_max
-    assert result["loss.grad"].item() == math.inf
-    assert as_list(result["w.grad"]) == [math.inf, math.inf]
-    assert as_list(result["w"]) == [1.0, 1.0]  # no step
-    assert result["scale"] == SCALE * 0.5  # backoff_factor's default
+    assert seen["torch.finfo(torch.float16).max"] == float16_max
+    assert seen["loss.grad"].item() == math.inf
+    assert as_list(seen["w.grad"]) == [math.inf, math.inf]
+    assert as_list(seen["w"]) == [1.0, 1.0]  # no step
+    assert seen["scaler.get_scale()"] == SCALE * 0.5  # backoff_factor's default

@@ -1,6 +1,8 @@
-"""07 in-place and anomaly: every value the lesson returns, against an oracle written here: version
-numbers counted by hand from the in-place ops, analytic derivatives with float64 gradcheck and
-finite differences, and the line numbers of the lesson's own source read with inspect."""
+"""07 in-place and anomaly: every value the lesson's checks saw (and the locals its observations
+left), against an oracle written here: version numbers counted by hand from the in-place ops,
+analytic derivatives with float64 gradcheck and finite differences, and the line numbers of the
+lesson's own source read with inspect. TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py)."""
 
 import inspect
 import math
@@ -66,11 +68,11 @@ def float_tensor_type(device: torch.device) -> str:
 
 
 def test_the_classic_error_names_the_tensor_the_saver_and_both_versions(lab):
-    result = lesson.inplace_error(lab)
-    assert_caught(result["error"], RuntimeError, "has been modified by an inplace operation")
+    seen = lab.run(lesson.inplace_error)
+    assert_caught(seen["error"], RuntimeError, "has been modified by an inplace operation")
     # One in-place op (x += z) after the save: saved at 0, now 1. sigmoid saved its own output 0.
-    assert result["versions"] == (0, 1)
-    assert result["parts"] == {"type": float_tensor_type(lab.device), "shape": "3", "output": 0, "node": "Sigmoid",
+    assert seen["(version_when_saved, version_now)"] == (0, 1)
+    assert seen.names["parts"] == {"type": float_tensor_type(lab.device), "shape": "3", "output": 0, "node": "Sigmoid",
                                "now": 1, "saved": 0}
 
 
@@ -91,20 +93,22 @@ def test_message_parts_reads_another_shape_and_version(lab):
 
 
 def test_a_saved_input_names_the_inplace_op_and_anomaly_names_the_saver(lab):
-    result = lesson.which_op_saved_it(lab)
-    assert_caught(result["error"], RuntimeError, "is at version 1; expected version 0")
+    seen = lab.run(lesson.which_op_saved_it)
+    result = seen.names
+    assert_caught(seen["error"], RuntimeError, "is at version 1; expected version 0")
     assert result["parts"]["node"] == "Add" and result["parts"]["output"] == 0
-    assert any("Error detected in PowBackward0" in text for text in result["warnings"])
+    assert any("Error detected in PowBackward0" in text for text in seen["warnings"])
     assert result["file"] == inspect.getsourcefile(lesson.which_op_saved_it)
     assert result["line"] == line_of(lesson.which_op_saved_it, "squares = x.pow(2)")
 
 
 def test_the_fix_gives_the_analytic_gradient(lab):
-    result = lesson.out_of_place_fix(lab)
+    seen = lab.run(lesson.out_of_place_fix)
     z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     s = 1 / (1 + torch.exp(-z))
-    assert torch.allclose(result["z.grad"].cpu().double(), s * (1 - s) + 1, rtol=1e-6)
-    assert result["saved._version"] == 0
+    assert torch.allclose(seen["z.grad"].cpu().double(), s * (1 - s) + 1, rtol=1e-6)
+    assert seen.names["saved"]._version == 0
+    assert seen["(x is saved, saved._version)"] == (False, 0)
 
 
 def test_the_fixed_function_passes_gradcheck():
@@ -113,8 +117,9 @@ def test_the_fixed_function_passes_gradcheck():
 
 
 def test_safe_inplace_ops_count_versions_and_keep_the_gradient(lab):
-    result = lesson.safe_inplace(lab)
-    assert result["versions"] == [0, 1, 2]  # h += 1, then h.mul_(3)
+    seen = lab.run(lesson.safe_inplace)
+    result = seen.names
+    assert seen["versions"] == [0, 1, 2]  # h += 1, then h.mul_(3)
     # By hand: exp saves its output exp(2w); a multiply by a constant saves only the constant (the
     # other factor is needed only for the constant's gradient, and a constant needs none); add saves none.
     saved = result["saved"]
@@ -128,7 +133,8 @@ def test_safe_inplace_ops_count_versions_and_keep_the_gradient(lab):
     f = lambda v: math.exp(2 * v) + 3 * (2 * v + 1)  # noqa: E731
     h = 1e-6
     expected = [(f(v + h) - f(v - h)) / (2 * h) for v in (0.0, 0.5, 1.0)]
-    assert torch.allclose(result["w.grad"].cpu().double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(seen["w.grad"].cpu().double(), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-5)
 
 
 def test_saved_by_graph_finds_a_saved_input_and_a_view_of_its_memory():
@@ -143,17 +149,18 @@ def test_saved_by_graph_finds_a_saved_input_and_a_view_of_its_memory():
 
 
 def test_a_change_through_data_is_unseen_and_gives_a_wrong_gradient(lab):
-    result = lesson.change_through_data(lab)
-    assert result["version"] == 0  # .data has a version counter of its own: e's did not move
+    seen = lab.run(lesson.change_through_data)
+    assert seen["e._version"] == 0  # .data has a version counter of its own: e's did not move
+    assert seen.names["e"]._version == 0
     # exp's backward is grad * result; the result was zeroed, so 1 * 0 = 0 where exp(w) is the truth.
-    assert result["w.grad"].cpu().tolist() == [0.0, 0.0, 0.0]
+    assert seen["w.grad"].cpu().tolist() == [0.0, 0.0, 0.0]
     assert [math.exp(v) for v in (0.0, 0.5, 1.0)] != [0.0, 0.0, 0.0]
 
 
 def test_the_nan_is_silent_without_anomaly_mode(lab):
-    result = lesson.silent_nan(lab)
-    assert result["y"].item() == 0.0
-    grad = result["x.grad"].cpu()
+    seen = lab.run(lesson.silent_nan)
+    assert seen["y"].item() == 0.0
+    grad = seen["x.grad"].cpu()
     # sqrt's backward divides the incoming gradient (0 here) by 2·sqrt(x): 0 / 0 at x = 0, 0 elsewhere.
     x = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
     by_formula = torch.zeros(3, dtype=torch.float64) / (2 * torch.sqrt(x))
@@ -162,11 +169,15 @@ def test_the_nan_is_silent_without_anomaly_mode(lab):
 
 
 def test_anomaly_mode_raises_and_names_the_sqrt_line(lab):
-    result = lesson.anomaly_names_the_line(lab)
-    assert_caught(result["error"], RuntimeError, "Function 'SqrtBackward0' returned nan values in its 0th output.")
+    seen = lab.run(lesson.anomaly_names_the_line)
+    result = seen.names
+    assert_caught(seen["error"], RuntimeError,
+                  "Function 'SqrtBackward0' returned nan values in its 0th output.")
+    assert any("Traceback of forward call that caused the error" in text
+               for text in seen["warnings"])
     assert result["file"] == inspect.getsourcefile(lesson.anomaly_names_the_line)
     assert result["line"] == line_of(lesson.anomaly_names_the_line, "y = (torch.sqrt(x)")
-    assert result["x.grad"] is None
+    assert seen["x.grad"] is None and result["x"].grad is None
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -174,7 +185,7 @@ def test_anomaly_cost_measures_both(device):
     # The timing is printed, never checked (it depends on the machine and its load): the one check
     # left is the traceback's, and it must agree.
     lab = quiet_lab(device)
-    result = lesson.anomaly_cost(lab)
+    result = lab.run(lesson.anomaly_cost).names
     assert result["off"] > 0 and result["on"] > 0  # the ratio itself is printed, not asserted
     assert lab.passed == 1 and lab.failed == [], lab.stream.getvalue()
     assert f"{result['on'] / result['off']:.1f}×" in lab.stream.getvalue()
