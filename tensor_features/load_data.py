@@ -27,9 +27,11 @@ def load_data(n: int = 100, noise: float = 0.1, seed: int = 0, device: torch.dev
     own generator, so the same seed gives the same data on every run and device.
     """
     generator = torch.Generator().manual_seed(seed)
-    x = torch.linspace(-1, 1, n, dtype=dtype).unsqueeze(1)
+    # Made on the CPU, where the generator is, whatever the default device (a lesson's lab sets
+    # it), then moved: the same numbers on every device.
+    x = torch.linspace(-1, 1, n, dtype=dtype, device="cpu").unsqueeze(1)
     # y = x**2 + noise · N(0, 1), built in place: at n = 2**22 every temporary is 16 MB.
-    y = torch.randn(x.shape, generator=generator, dtype=dtype).mul_(noise).add_(x**2)
+    y = torch.randn(x.shape, generator=generator, dtype=dtype, device="cpu").mul_(noise).add_(x**2)
     return x.to(device), y.to(device)
 
 

@@ -598,17 +598,22 @@ class Lab:
         self._print(f"\n[{self.observation}] {title}")
         self._cursor = None
         self.seen = Seen()
-        self._ran = _Trace(observation.__code__, lines=_may_skip_lines(observation))
+        # A decorated observation (09's on_every_rank) is traced as the lesson wrote it; where it
+        # runs elsewhere (another process), whatever the decorator put in seen.names stays.
+        function = inspect.unwrap(observation)
+        self._ran = _Trace(function.__code__,
+                           lines=function is observation and _may_skip_lines(observation))
         try:
             with self._ran, self.on_device():
                 observation(self, *args, **kwargs)
         finally:
             self._flush_code(to_end=True)
-            self.seen.names = self._ran.locals
+            if self._ran.locals or not self.seen.names:
+                self.seen.names = self._ran.locals
             self._ran = None
             self._cursor = None
             if self.publish:
-                self._publish(getattr(observation, "__globals__", {}), self.seen.names)
+                self._publish(getattr(function, "__globals__", {}), self.seen.names)
         return self.seen
 
     def on_device(self) -> contextlib.AbstractContextManager:

@@ -1,6 +1,8 @@
-"""08 forward mode: every value the lesson returns, against an oracle written here: the derivative
-2x, the Jacobian of (x0·x1, sin x0, x1²) by hand and by float64 central differences, and
-diag(1 − tanh²(W x + b)) W in float64 for the timed layers; and bench row 8 at tiny sizes.
+"""08 forward mode: every value the lesson's checks saw (and the locals its observations left),
+against an oracle written here: the derivative 2x, the Jacobian of (x0·x1, sin x0, x1²) by hand
+and by float64 central differences, and diag(1 − tanh²(W x + b)) W in float64 for the timed
+layers; and bench row 8 at tiny sizes. TRY_PROMISES: what each of the lesson's Try lines does
+(tests/lab/test_tries.py).
 
 This file asserts no timing: the cost rule is run with a lab of the test's own, and only its
 agreement checks must hold. (The lesson prints its timings as notes;
@@ -28,20 +30,20 @@ TRY_PROMISES = [
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 MUTANTS = [
-    ("08_higher_order_forward_mode.py", "make_dual(x, torch.tensor(1.0, device=lab.device))  # x's value",
-     "make_dual(x, torch.tensor(2.0, device=lab.device))  # x's value"),
+    ("08_higher_order_forward_mode.py", "dual_x = fwAD.make_dual(x, torch.tensor(1.0))\n",
+     "dual_x = fwAD.make_dual(x, torch.tensor(2.0))\n"),
     ("08_higher_order_forward_mode.py", "        y = dual_x**2\n", "        y = dual_x**3\n"),
     ("08_higher_order_forward_mode.py",
      "        inside = fwAD.unpack_dual(y).tangent\n    after = fwAD.unpack_dual(y)\n",
      "        inside = fwAD.unpack_dual(y).tangent\n        after = fwAD.unpack_dual(y)\n"),
     ("08_higher_order_forward_mode.py",
-     "        fwAD.make_dual(x, torch.tensor(1.0, device=lab.device))\n    return caught.error",
-     "        fwAD.unpack_dual(x)\n    return caught.error"),
+     "        fwAD.make_dual(x, torch.tensor(1.0))\n\n\nlab.run(make_dual_outside_a_level)",
+     "        fwAD.unpack_dual(x)\n\n\nlab.run(make_dual_outside_a_level)"),
     ("08_higher_order_forward_mode.py", "torch.stack([x[0] * x[1], torch.sin(x[0]), x[1] ** 2])",
      "torch.stack([x[0] * x[1], torch.cos(x[0]), x[1] ** 2])"),
     ("08_higher_order_forward_mode.py", "[math.cos(x0), 0.0]", "[math.sin(x0), 0.0]"),
     ("08_higher_order_forward_mode.py", "(uj,) = vjp_fn(u)",
-     "(uj,) = vjp_fn(torch.tensor([1.0, 0.0, 0.0], device=lab.device))"),
+     "(uj,) = vjp_fn(torch.tensor([1.0, 0.0, 0.0]))"),
     ("08_higher_order_forward_mode.py", "torch.stack(columns, dim=1)", "torch.stack(columns)"),
     ("08_higher_order_forward_mode.py", '{"tall": (small, big), "wide": (big, small)}',
      '{"tall": (big, small), "wide": (small, big)}'),
@@ -62,7 +64,7 @@ BLIND_MUTANTS = [
     # cost_rule(): tall and wide swapped: results['tall'] is ℝ²⁰⁴⁸ → ℝ⁴
     ('08_higher_order_forward_mode.py', '{"tall": (small, big), "wide": (big, small)}', '{"tall": (big, small), "wide": (small, big)}'),
     # dual_numbers(): the tangent direction is 2 instead of 1: tangent 12 instead of 6
-    ('08_higher_order_forward_mode.py', '        dual_x = fwAD.make_dual(x, torch.tensor(1.0, device=lab.device))', '        dual_x = fwAD.make_dual(x, torch.tensor(2.0, device=lab.device))'),
+    ('08_higher_order_forward_mode.py', '        dual_x = fwAD.make_dual(x, torch.tensor(1.0))', '        dual_x = fwAD.make_dual(x, torch.tensor(2.0))'),
 ]
 
 
@@ -72,22 +74,24 @@ def jacobian_of_small_map(x0: float, x1: float) -> torch.Tensor:
 
 
 def test_dual_numbers_carry_the_derivative(lab):
-    out = lesson.dual_numbers(lab)
+    seen = lab.run(lesson.dual_numbers)
     x, v = 3.0, 1.0
-    assert out["value"].item() == x**2
-    assert out["tangent"].item() == pytest.approx(2 * x * v)  # f′(x)·v
-    assert out["requires_grad"] is False
+    assert seen["value"].item() == x**2
+    assert seen["tangent"].item() == pytest.approx(2 * x * v)  # f′(x)·v
+    requires_grad, grad_fn = seen["(y.requires_grad, y.grad_fn)"]
+    assert requires_grad is False and grad_fn is None
 
 
 def test_the_tangent_is_gone_after_the_level(lab):
-    out = lesson.tangent_after_the_level(lab)
-    assert out["inside"].item() == pytest.approx(2 * 3.0)
-    assert out["after.tangent"] is None
-    assert out["after.primal"].item() == 9.0
+    seen = lab.run(lesson.tangent_after_the_level)
+    assert seen["inside"].item() == pytest.approx(2 * 3.0)
+    assert seen["after.tangent"] is None
+    assert seen["after.primal"].item() == 9.0
 
 
 def test_make_dual_outside_a_level_raises(lab):
-    assert_caught(lesson.make_dual_outside_a_level(lab), RuntimeError, "no level exists")
+    seen = lab.run(lesson.make_dual_outside_a_level)
+    assert_caught(seen["error"], RuntimeError, "no level exists")
 
 
 def test_small_map_and_its_hand_jacobian_match_central_differences():
@@ -101,28 +105,29 @@ def test_small_map_and_its_hand_jacobian_match_central_differences():
 
 
 def test_jvp_is_j_times_v_and_vjp_is_u_times_j(lab):
-    out = lesson.jvp_beside_vjp(lab)
+    seen = lab.run(lesson.jvp_beside_vjp)
     jacobian = jacobian_of_small_map(1.0, 2.0)
     v, u = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    assert torch.equal(out["v"].cpu().double(), v) and torch.equal(out["u"].cpu().double(), u)
-    assert out["jv"].shape == (3,) and out["uj"].shape == (2,)  # one per output, one per input
-    assert torch.allclose(out["jv"].cpu().double(), jacobian @ v, atol=1e-6)  # (1, cos 1, −4)
-    assert torch.allclose(out["uj"].cpu().double(), u @ jacobian, atol=1e-6)  # (2 + cos 1, 5)
+    names = seen.names
+    assert torch.equal(names["v"].cpu().double(), v) and torch.equal(names["u"].cpu().double(), u)
+    assert seen["jv"].shape == (3,) and seen["uj"].shape == (2,)  # one per output, one per input
+    assert torch.allclose(seen["jv"].cpu().double(), jacobian @ v, atol=1e-6)  # (1, cos 1, −4)
+    assert torch.allclose(seen["uj"].cpu().double(), u @ jacobian, atol=1e-6)  # (2 + cos 1, 5)
 
 
 def test_columns_and_rows_rebuild_the_jacobian(lab):
-    out = lesson.columns_and_rows(lab)
+    seen = lab.run(lesson.columns_and_rows)
     jacobian = jacobian_of_small_map(1.0, 2.0)
-    for name in ("from_columns", "from_rows", "jacfwd", "jacrev"):
-        assert out[name].shape == (3, 2), name
-        assert torch.allclose(out[name].cpu().double(), jacobian, atol=1e-6), name
+    for name in ("from_columns", "from_rows", "jacfwd(small_map)(x)", "jacrev(small_map)(x)"):
+        assert seen[name].shape == (3, 2), name
+        assert torch.allclose(seen[name].cpu().double(), jacobian, atol=1e-6), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_cost_rule_jacobians_are_diag_one_minus_tanh_squared_times_w(device):
     lab = quiet_lab(device)
     threads = torch.get_num_threads()
-    results = lesson.cost_rule(lab)
+    results = lab.run(lesson.cost_rule).names["results"]
     assert torch.get_num_threads() == threads  # fastest_seconds times on one thread, then restores the setting
     agreement = [line for line in lab.failed if "max |" in line]
     assert agreement == [], lab.stream.getvalue()

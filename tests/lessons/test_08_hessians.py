@@ -1,8 +1,9 @@
-"""08 Hessians: every value the lesson returns, against an oracle written here: the derivatives of
-sin (cos, −sin) and gradgradcheck; H = Wᵀ diag(tanh″(W x + b)) W in float64 for the larger
-function; for the trainer's loss, the closed form 2ΦᵀΦ/n with Φ = [x, x², x³] built here in
-float64, its eigenvalues, and the trainer's own printout (its first loss and the figures it
-derives from the eigenvalues).
+"""08 Hessians: every value the lesson's checks saw (and the locals its observations left),
+against an oracle written here: the derivatives of sin (cos, −sin) and gradgradcheck;
+H = Wᵀ diag(tanh″(W x + b)) W in float64 for the larger function; for the trainer's loss, the
+closed form 2ΦᵀΦ/n with Φ = [x, x², x³] built here in float64, its eigenvalues, and the trainer's
+own printout (its first loss and the figures it derives from the eigenvalues). TRY_PROMISES: what
+each of the lesson's Try lines does (tests/lab/test_tries.py).
 
 This file asserts no timing: that observation is run with a lab of the test's own, and only its
 agreement checks must hold. (The lesson prints its timings as notes;
@@ -83,10 +84,10 @@ def test_sine_sum_passes_gradgradcheck():
 
 
 def test_hessian_three_ways_is_diag_minus_sin(lab):
-    out = lesson.hessian_three_ways(lab)
-    for name in ("functional", "func", "double_backward"):
-        assert out[name].shape == (3, 3), name
-        assert torch.allclose(out[name].cpu().double(), diag_minus_sin(), atol=1e-6), name
+    seen = lab.run(lesson.hessian_three_ways)
+    for name in ("by_functional", "by_func", "by_double_backward"):
+        assert seen[name].shape == (3, 3), name
+        assert torch.allclose(seen[name].cpu().double(), diag_minus_sin(), atol=1e-6), name
 
 
 def coupled_hessian(x: torch.Tensor) -> torch.Tensor:
@@ -102,44 +103,49 @@ def coupled_hessian(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_torch_func_hessian_is_jacfwd_of_jacrev_bit_for_bit(lab):
-    out = lesson.which_composition(lab)
+    seen = lab.run(lesson.which_composition)
+    out = seen.names
     x = out["x"].cpu().double()
     oracle = coupled_hessian(x)
     off_diagonal = oracle[~torch.eye(3, dtype=torch.bool)]
     assert off_diagonal.abs().min() > 0.1  # cross terms everywhere
-    for name, h in {"hessian": out["hessian"], **out["routes"]}.items():
+    for name, h in {"hessian": out["by_hessian"], **out["routes"]}.items():
         assert torch.allclose(h.cpu().double(), oracle, atol=1e-5), name
     # Exact equality only here: torch.func.hessian(g) is literally jacfwd(jacrev(g, 0), 0) (the source
     # line below), so both run the same ops in the same order on the same x in this process, and no CPU
     # can round one differently from the other. The other routes run other ops: checked within atol.
-    assert torch.equal(out["hessian"], out["routes"]["jacfwd(jacrev)"])
+    assert torch.equal(out["by_hessian"], out["routes"]["jacfwd(jacrev)"])
     # The cited line of torch/_functorch/eager_transforms.py, in the installed torch.
     assert "return jacfwd(jacrev(func, argnums), argnums)" in inspect.getsource(hessian)
 
 
 def test_without_create_graph_the_gradient_is_plain_cos(lab):
-    out = lesson.without_create_graph(lab)
-    assert torch.allclose(out["gradient"].cpu().double(), torch.tensor([math.cos(t) for t in X], dtype=torch.float64))
-    assert out["gradient"].requires_grad is False
-    assert_caught(out["error"], RuntimeError, "element 0 of tensors does not require grad")
+    seen = lab.run(lesson.without_create_graph)
+    gradient = seen.names["gradient"]
+    assert torch.allclose(gradient.cpu().double(), torch.tensor([math.cos(t) for t in X], dtype=torch.float64))
+    assert gradient.requires_grad is False
+    requires_grad, grad_fn = seen["(gradient.requires_grad, gradient.grad_fn)"]
+    assert requires_grad is False and grad_fn is None
+    assert_caught(seen["error"], RuntimeError, "element 0 of tensors does not require grad")
 
 
 def test_hvp_two_ways_is_minus_sin_times_v(lab):
-    out = lesson.hvp_two_ways(lab)
+    seen = lab.run(lesson.hvp_two_ways)
     v = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     for name in ("forward_over_reverse", "reverse_over_reverse"):
-        assert torch.allclose(out[name].cpu().double(), diag_minus_sin() @ v, atol=1e-6), name
+        assert torch.allclose(seen[name].cpu().double(), diag_minus_sin() @ v, atol=1e-6), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_hvp_on_the_larger_function_matches_w_t_diag_w(device):
     lab = quiet_lab(device)
     threads = torch.get_num_threads()
-    out = lesson.hvp_against_forming_h(lab)
+    seen = lab.run(lesson.hvp_against_forming_h)
     assert torch.get_num_threads() == threads  # fastest_seconds times on one thread, then restores the setting
     assert [line for line in lab.failed if "max |" in line or "bytes" in line] == [], lab.stream.getvalue()
+    out = seen.names
     n = out["n"]
-    f, x, v, weight, bias = lesson.summed_layer(n, 64, "cpu")
+    f, x, v, weight, bias = lesson.summed_layer(n, 64)  # outside an observation: on the CPU
     x, v, weight, bias = x.double(), v.double(), weight.double(), bias.double()
     assert f(x.float()).item() == pytest.approx(torch.tanh(weight @ x + bias).sum().item(), rel=1e-5)
     t = torch.tanh(weight @ x + bias)
@@ -148,7 +154,7 @@ def test_hvp_on_the_larger_function_matches_w_t_diag_w(device):
     for name in ("hvp_by_hand", "from_h", "forward_over_reverse", "reverse_over_reverse"):
         assert out[name].shape == (n,), name
         assert torch.allclose(out[name].cpu().double(), oracle_h @ v, atol=1e-5), name
-    assert (out["h_bytes"], out["hvp_bytes"]) == (n * n * 4, n * 4)  # float32: 4 bytes a number
+    assert seen["(h_bytes, hvp_bytes)"] == (n * n * 4, n * 4)  # float32: 4 bytes a number
     assert set(out["seconds"]) == {"forming H, then H @ v", "jvp of grad", "vjp of grad"}
 
 
@@ -161,18 +167,18 @@ def trainer_problem():
 
 
 def test_trainer_hessian_is_two_phi_t_phi_over_n(lab):
-    out = lesson.trainer_hessian(lab)
+    seen = lab.run(lesson.trainer_hessian)
     phi, y = trainer_problem()
     n = phi.shape[0]
     closed_form = 2 * phi.T @ phi / n  # ∇²_w mean((Φw − y)²)
-    assert torch.allclose(out["phi"].cpu().double(), phi, atol=1e-6)
-    assert torch.allclose(out["hessian"].cpu().double(), closed_form, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(seen.names["phi"].cpu().double(), phi, atol=1e-6)
+    assert torch.allclose(seen["by_autograd"].cpu().double(), closed_form, rtol=1e-5, atol=1e-6)
     v = torch.tensor([[1.0], [-1.0], [0.5]], dtype=torch.float64)
-    assert torch.allclose(out["hvp"].cpu().double(), closed_form @ v, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(seen["hvp"].cpu().double(), closed_form @ v, rtol=1e-5, atol=1e-6)
     eigenvalues = torch.linalg.eigvalsh(closed_form)
-    assert torch.allclose(out["eigenvalues"].cpu().double(), eigenvalues, rtol=1e-4)
-    assert out["stability_limit"] == pytest.approx(2 / eigenvalues[-1].item(), rel=1e-4)
-    assert out["condition_number"] == pytest.approx((eigenvalues[-1] / eigenvalues[0]).item(), rel=1e-4)
+    assert torch.allclose(seen["eigenvalues"].cpu().double(), eigenvalues, rtol=1e-4)
+    assert seen["stability_limit"] == pytest.approx(2 / eigenvalues[-1].item(), rel=1e-4)
+    assert seen["condition_number"] == pytest.approx((eigenvalues[-1] / eigenvalues[0]).item(), rel=1e-4)
 
 
 def test_the_hessian_of_the_loss_is_the_same_at_every_w_and_y():
@@ -189,7 +195,7 @@ def test_the_hessian_of_the_loss_is_the_same_at_every_w_and_y():
 def test_the_trainer_prints_what_the_lesson_derives(capsys):
     """The trainer's own run: its first loss is the lesson's loss at w0, and the step-size limit and
     condition number it prints are those of 2ΦᵀΦ/n built here."""
-    lesson_out = lesson.trainer_hessian(quiet_lab())
+    lesson_out = quiet_lab().run(lesson.trainer_hessian).names
     train.main(["--device", "cpu", "--epochs", "1", "--update", "manual"])
     printed = capsys.readouterr().out
     phi, y = trainer_problem()
@@ -222,7 +228,7 @@ def test_each_named_route_is_the_composition_that_ran(monkeypatch):
     for name in ("hessian", "jacfwd", "jacrev"):
         monkeypatch.setattr(lesson, name, spy(name, getattr(torch.func, name)))
     lab = quiet_lab()
-    lesson.which_composition(lab)
+    lab.run(lesson.which_composition)
     assert made == ["hessian(g)", "jacrev(g)", "jacfwd(jacrev(g))", "jacrev(g)", "jacrev(jacrev(g))",
                     "jacfwd(g)", "jacfwd(jacfwd(g))"]
     assert lab.failed == []

@@ -1,4 +1,5 @@
-"""09 DDP: every value the lesson returns, from both ranks, against oracles written here: the
+"""09 DDP: every value the lesson's checks saw (and the locals its observations left), on both
+ranks (lab.run(...).ranks, one Seen per rank), against oracles written here: the
 gradient of one process on the full batch (autograd on a plain model in this process) and the
 mean-squared-error gradient by hand, (2/n)·Σ (x·w + b − y)·x, for each shard; the sum and
 uneven-shard traps by that arithmetic; a disagreement on rank 1 alone, and a rank that raises,
@@ -7,6 +8,7 @@ still run a gloo thread when it exits; RANK, WORLD_SIZE, ... set by hand end wit
 exit code 2.
 
 The observations run in one world of 2 worker processes (gloo, CPU) that this file starts once.
+TRY_PROMISES: what each of the lesson's Try lines does (tests/lab/test_tries.py).
 """
 
 import io
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.support import Promise, ROOT, load_lesson, quiet_lab, run_script
+from tensor_features import ranks
 from tensor_features.lab import distributed
 from tensor_features.lab.distributed import World
 from tensor_features.lab.core import FORCE_AGREE_ENV, Lab
@@ -48,7 +51,7 @@ MUTANTS = [
     ("09_distributed_gradients_ddp.py", "* dist.get_world_size() / len(X)", "/ len(X)"),
     ("09_distributed_gradients_ddp.py", "    torch.manual_seed(dist.get_rank())", "    torch.manual_seed(0)"),
     ("09_distributed_gradients_ddp.py", "    model.register_comm_hook(seen, record_then_all_reduce)", "    pass"),
-    ("09_distributed_gradients_ddp.py", 'all_reduce["grads"]) if p is weight)', 'all_reduce["grads"]) if p is bias)'),
+    ("09_distributed_gradients_ddp.py", '                            if p is weight)', '                            if p is bias)'),
     ("09_distributed_gradients_ddp.py", "    bias.register_post_accumulate_grad_hook(lambda b: seen.append((\"bias.grad written\", None)))\n",
      ""),
 ]
@@ -110,11 +113,14 @@ def test_the_oracles_agree_with_each_other():
 
 
 def test_two_processes_and_the_broadcast_of_rank_0s_weights(lab):
-    ranks = lesson.two_processes(lab)
-    assert len(ranks) == 2
-    pids = [int(p) for p in ranks[0]["pids"]]
+    seen = lab.run(lesson.two_processes)
+    assert len(seen.ranks) == 2
+    assert [rank["dist.get_world_size()"] for rank in seen.ranks] == [2, 2]
+    names = seen.ranks[0].names
+    pids = [int(p) for p in names["pids"]]
     assert len(set(pids)) == 2 and os.getpid() not in pids  # two workers, neither of them this process
-    before, after = ranks[0]["before"], ranks[0]["after"]
+    assert [int(p) for p in seen.ranks[1].names["pids"]] == pids  # both ranks gathered the same two
+    before, after = names["before"], names["after"]
     assert not torch.equal(before[0], before[1])
     # Seeds 0 and 1, as torch.nn.Linear(3, 1) draws them in one process here.
     for rank in (0, 1):
@@ -124,66 +130,77 @@ def test_two_processes_and_the_broadcast_of_rank_0s_weights(lab):
 
 
 def test_local_gradients_differ_and_their_mean_is_the_full_batch(lab):
-    ranks = lesson.local_gradients(lab)
-    local = ranks[0]["local"]
+    seen = lab.run(lesson.local_gradients)
+    local = [seen["local[0]"], seen["local[1]"]]  # rank 0's checks: both ranks' gradients
     for rank in (0, 1):
         assert torch.allclose(local[rank], by_hand(HALVES[rank]), **EXACT)
-        assert torch.allclose(ranks[rank]["averaged"], one_process_gradient()[0], **EXACT)
+        assert torch.allclose(seen.ranks[rank]["model.weight.grad"], one_process_gradient()[0], **EXACT)
     assert not torch.allclose(local[0], local[1])
 
 
 def test_ddp_gradient_equals_one_process_on_the_full_batch(lab):
     full_weight, full_bias = one_process_gradient()
-    for rank, report in enumerate(lesson.ddp_gradient(lab)):
+    seen = lab.run(lesson.ddp_gradient)
+    assert len(seen.ranks) == 2
+    for rank, report in enumerate(seen.ranks):
         assert torch.allclose(report["weight_grad"], full_weight, **EXACT)
         assert torch.allclose(report["bias_grad"], full_bias, **EXACT)
-        assert torch.equal(report["every_rank"][0], report["every_rank"][1])
+        gathered = report.names["gathered"]
+        assert torch.equal(gathered[0], gathered[1])
         # What was gathered is DDP's gradient itself (all_gather copies it bit for bit), not the
         # one-process oracle, which may differ from it in the last bit.
-        assert torch.equal(report["every_rank"][rank], report["weight_grad"])
+        assert torch.equal(gathered[rank], report["weight_grad"])
 
 
 def test_no_sync_accumulation(lab):
-    ranks = lesson.accumulate_with_no_sync(lab)
-    after_first = ranks[0]["after_first"]
+    seen = lab.run(lesson.accumulate_with_no_sync)
+    after_first = seen.ranks[0].names["after_first"]
     # Inside no_sync each rank kept its own: the mean over its first 2 rows, halved.
     assert torch.allclose(after_first[0], by_hand(slice(0, 2)) / 2, **EXACT)
     assert torch.allclose(after_first[1], by_hand(slice(4, 6)) / 2, **EXACT)
-    for report in ranks:
-        assert torch.allclose(report["weight_grad"], one_process_gradient()[0], **EXACT)
+    assert len(seen.ranks) == 2
+    for report in seen.ranks:
+        assert torch.allclose(report["model.module.weight.grad"], one_process_gradient()[0], **EXACT)
 
 
 def test_forward_outside_no_sync_still_synchronises(lab):
-    ranks = lesson.forward_outside_no_sync(lab)
+    seen = lab.run(lesson.forward_outside_no_sync)
     synchronised = (by_hand(slice(0, 2)) / 2 + by_hand(slice(4, 6)) / 2) / 2  # the mean over 2 ranks
     for rank in (0, 1):
-        assert torch.allclose(ranks[0]["after_first"][rank], synchronised, **EXACT)
+        assert torch.allclose(seen.ranks[0].names["after_first"][rank], synchronised, **EXACT)
+    assert torch.allclose(seen["after_first[0]"], synchronised, **EXACT)
 
 
 def test_the_sum_trap(lab):
     full_sum = one_process_gradient(reduction="sum")[0]
-    for report in lesson.summed_loss(lab):
-        assert report["world_size"] == 2
-        assert torch.allclose(report["weight_grad"] * 2, full_sum, **EXACT)
-        assert torch.allclose(report["weight_grad"], (by_hand(HALVES[0], "sum") + by_hand(HALVES[1], "sum")) / 2,
+    seen = lab.run(lesson.summed_loss)
+    assert len(seen.ranks) == 2  # the world size DDP divides by
+    for report in seen.ranks:
+        weight_grad = report.names["weight_grad"]
+        assert torch.allclose(weight_grad * 2, full_sum, **EXACT)
+        assert torch.allclose(report["weight_grad * dist.get_world_size()"], full_sum, **EXACT)
+        assert torch.allclose(weight_grad, (by_hand(HALVES[0], "sum") + by_hand(HALVES[1], "sum")) / 2,
                               **EXACT)
-        assert not torch.allclose(report["weight_grad"], full_sum)
+        assert not torch.allclose(weight_grad, full_sum)
 
 
 def test_uneven_shards_and_the_fix(lab):
     full = one_process_gradient()[0]
-    for report in lesson.uneven_shards(lab):
+    seen = lab.run(lesson.uneven_shards)
+    assert len(seen.ranks) == 2
+    for report in seen.ranks:
         # DDP's mean of a 3-row mean and a 5-row mean: rows weigh 1/6 and 1/10 instead of 1/8.
         weights = torch.tensor([1 / 6] * 3 + [1 / 10] * 5, dtype=torch.float64).reshape(8, 1)
         mean_of_means = 2 * (weights * (X @ W.T + B - Y)).T @ X
         assert torch.allclose(report["mean_of_means"], mean_of_means, **EXACT)
         assert (report["mean_of_means"] - full).abs().max() > 0.1
-        assert torch.allclose(report["fixed"], full, **EXACT)
+        assert torch.allclose(report["model.module.weight.grad"], full, **EXACT)  # the fix
 
 
 def test_ddp_enters_backward_through_a_hook_on_accumulate_grad(lab):
-    ranks = lesson.how_ddp_enters_backward(lab)
-    for rank, report in enumerate(ranks):
+    seen = lab.run(lesson.how_ddp_enters_backward)
+    assert len(seen.ranks) == 2
+    for rank, report in enumerate(seen.ranks):
         # 4 float64 numbers (32 bytes) fit in one bucket of the default 25 MiB: one all-reduce for both.
         assert report["in_bucket"] == ["weight", "bias"]
         # Linear's backward reaches bias's AccumulateGrad directly and weight's through the transpose of
@@ -191,13 +208,13 @@ def test_ddp_enters_backward_through_a_hook_on_accumulate_grad(lab):
         # all-reduce starts from DDP's hook on weight's node, registered before ours.
         assert report["events"] == ["bias.grad written", "weight.grad written", "all-reduce starts",
                                     "our hook on weight's node"]
-        assert report["node_is_weights"] is True
-        assert torch.allclose(report["grad_at_all_reduce"], by_hand(HALVES[rank]), **EXACT)
-        assert torch.allclose(report["weight_grad"], one_process_gradient()[0], **EXACT)
+        assert report['all_reduce["node"] is weight_node'] is True
+        assert torch.allclose(report["weight_grad_then"], by_hand(HALVES[rank]), **EXACT)
+        assert torch.allclose(report["weight.grad"], one_process_gradient()[0], **EXACT)
 
 
 def test_the_printed_code_is_the_lesson_source(lab):
-    lesson.accumulate_with_no_sync(lab)
+    lab.run(lesson.accumulate_with_no_sync)
     printed = lab.stream.getvalue()
     for line in ("with model.no_sync():  # forward and backward inside", "    loss_1.backward()",
                  "loss_2.backward()  # outside no_sync", "after_first = every_rank(model.module.weight.grad.clone())"):
@@ -226,7 +243,7 @@ def test_a_check_that_fails_on_rank_1_alone_fails_the_observation(tmp_path):
 
 def test_a_rank_that_raises_ends_the_run_with_one_line(tmp_path):
     source = (ROOT / LESSON).read_text()
-    first_line = "    pids = every_rank(torch.tensor(os.getpid(), device=lab.device))\n"
+    first_line = "    pids = every_rank(torch.tensor(os.getpid()))\n"
     assert source.count(first_line) == 1
     broken = tmp_path / LESSON
     broken.write_text(source.replace(first_line, '    if dist.get_rank() == 1:\n        raise ValueError("rank 1 gives up")\n'
@@ -320,7 +337,8 @@ def test_distributed_variables_that_cannot_work_stop_the_lesson_with_one_line(va
 
 
 def test_a_peer_that_never_comes_stops_the_lesson_after_the_join_timeout(monkeypatch, capfd):
-    monkeypatch.setattr(distributed, "JOIN_TIMEOUT", timedelta(seconds=2))  # a minute in a lesson run
+    # join_group (tensor_features/ranks.py) reads its JOIN_TIMEOUT: 40 s in a lesson run
+    monkeypatch.setattr(ranks, "JOIN_TIMEOUT", timedelta(seconds=2))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
