@@ -66,7 +66,7 @@ BLIND_MUTANTS = [
     # Seen.add keeps the first value under a repeated label instead of the last: seen[label] shows the first check's value
     ('tensor_features/lab/core.py', '        self[label] = value\n', '        self.setdefault(label, value)\n'),
     # Lab.run no longer starts a fresh Seen: the Seen it returns still holds the previous observation's labels
-    ('tensor_features/lab/core.py', '        self.seen = Seen()\n        self._ran = _Trace(', '        self._ran = _Trace('),
+    ('tensor_features/lab/core.py', '        self.seen = Seen()\n        # A decorated observation', '        # A decorated observation'),
     # Lab.run does not forget the last observation's published names: the next observation (or cell) can still use its variables
     ('tensor_features/lab/core.py', '        self._forget_published()\n        self.observation += 1', '        self.observation += 1'),
     # Lab.run publishes even when publish is False: a lab made directly (tests, imported use) writes the observation's locals into the module's globals
