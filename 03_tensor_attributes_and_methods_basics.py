@@ -64,8 +64,8 @@ lab.run(attributes)
 
 
 # %% [2] dtype promotion, and uint8 arithmetic that wraps
-# dtype promotion: the dtype of a result when two dtypes meet, and uint8 arithmetic that wraps
-# around.
+# Which dtype a result takes when two dtypes meet, each case checked below, and what uint8
+# arithmetic does when a sum leaves 0..255.
 def dtype_promotion(lab: Lab) -> None:
     """dtype promotion: the result's dtype when two dtypes meet"""
     # The rules: https://docs.pytorch.org/docs/stable/tensor_attributes.html#type-promotion-doc
@@ -178,10 +178,10 @@ lab.run(numpy_interop)
 
 
 # %% [5] A batch of images (with --images N or --save-grid PNG: it imports torchvision, seconds)
-# A batch of cat images: uint8, [N, C, H, W], an [N, H, W, C] view (the layout PIL and
-# matplotlib use; not torch.channels_last, which keeps the shape [N, C, H, W]), and a float copy
-# to normalise. Without the CIFAR-10 download (python -m tensor_features.download) those images
-# are N random crops and flips of one photo, not N photos.
+# A batch of cat images: uint8, [N, C, H, W], an [N, H, W, C] view (the layout PIL uses, as the
+# saved grid shows; not torch.channels_last, which keeps the shape [N, C, H, W]), and a float copy
+# to normalise. Without the CIFAR-10 download (python -m tensor_features.download) those images are
+# N random crops and flips of one photo, not N photos.
 def image_batch(lab: Lab, n: int, grid: Path | None = None, root: str | None = None) -> None:
     """A batch of N cat images: uint8 [N, C, H, W], an [N, H, W, C] view, float copy to normalise"""
     from tensor_features.load_data import cat_images_source, load_cat_images

@@ -13,9 +13,9 @@ lab = Lab.start("03 · storage, views and copies", __doc__, __name__)
 
 
 # %% [1] The storage under a tensor
-# untyped_storage() is that block (.nbytes() its size in bytes), data_ptr() the address of this
-# tensor's first element, storage_offset() how many elements into the block that is, and
-# stride() how many elements to jump per index.
+# untyped_storage() is the flat block of memory under a tensor (.nbytes() its size in bytes),
+# data_ptr() the address of this tensor's first element, storage_offset() how many elements into the
+# block that is, and stride() how many elements to jump per index.
 def storage_anatomy(lab: Lab) -> None:
     """The block under a tensor: bytes, strides, offset, and where an element sits"""
     base = torch.arange(12.0).reshape(3, 4)  # 0, 1, ..., 11 in rows of 4
@@ -152,8 +152,8 @@ TRIES = [
         where=storage_anatomy),
     Try("the view works on the row-major copy, so the expected error never comes: that check "
         "fails", edit=("transposed.view(12)", "transposed.contiguous().view(12)"), where=copies),
-    Try("the write lands in a copy: base[1, 1] stays 5 and base's counter stays at 0, so their "
-        "checks disagree",
+    Try("the write lands in a copy: base[1, 1] stays 5 and base's counter stays at 0, so three "
+        "checks disagree: those two, and the clone check that expects base's counter at 1",
         edit=("corner = base[1:, 1:]", "corner = base[1:, 1:].clone()"), where=write_through_view),
 ]
 lab.finish(TRIES)

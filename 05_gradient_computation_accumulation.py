@@ -3,8 +3,8 @@
 The original example (docs/original-description.ko.md, Autograd Playground §2) adds two
 gradients into x.grad (2x + 3 = 7 at x = 2) and, as written, its second y2.backward() then
 raises. The lesson shows that error and two fixes, the three ways to reset a gradient,
-accumulation used on purpose (micro-batches), and answers the description's question: does
-the trainer's loop diverge without .grad.zero_()?
+accumulation used on purpose (micro-batches), and takes up the description's question, whether
+the trainer's loop diverges without .grad.zero_(), on a one-weight loss, (3w)².
 """
 
 # %% Setup
@@ -101,8 +101,9 @@ lab.run(three_resets)
 
 
 # %% [4] Accumulation on purpose: micro-batches add up to the full batch
-# Accumulation is also a tool: k backward passes over k slices of the data add up to one pass
-# over all of it, while each pass keeps only its slice's tensors for its backward.
+# Accumulation is also a tool: k backward passes over k equal slices of the data, each mean loss
+# divided by k, add up to one pass over all of it, while each pass keeps only its slice's tensors
+# for its backward.
 def saved_elements(make_loss, data: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """Run make_loss() and count the elements of the tensors autograd saves for the backward
     pass: those in data's own memory (data or a view of it: a reference, no new memory), and

@@ -17,8 +17,8 @@ lab = Lab.start("05 · backward", __doc__, __name__)
 
 
 # %% [1] The original example
-# The original example from the description (Autograd Playground §1): d/dx of x**2 + 2x at
-# x = 3 is 8.
+# y = x**2 + 2x is a scalar, so y.backward() needs no argument and fills x.grad with
+# dy/dx = 2x + 2: 8 at x = 3.
 def original_example(lab: Lab) -> None:
     """The original example: y = x**2 + 2x at x = 3, y.backward()"""
     # From docs/original-description.ko.md (§1), the description this lab started from.

@@ -111,8 +111,8 @@ lab.run(write_nobody_saved)
 
 
 # %% [5] Inference tensors cannot be saved for backward
-# A result of torch.inference_mode() is an inference tensor ([2]), which autograd refuses to
-# save for backward.
+# A tensor made inside torch.inference_mode() is an inference tensor ([2]), and autograd refuses
+# to save one for backward.
 def inference_tensors(lab: Lab) -> None:
     """A scale made under inference_mode, then used with a tensor that requires grad"""
     x = torch.tensor([1.0, 2.0], requires_grad=True)
@@ -152,7 +152,8 @@ lab.run(update_in_place_outside_no_grad)
 
 
 # %% [7] The update by rebinding, outside no_grad
-# The second wrong way.
+# The second wrong way: w = w - lr * w.grad outside no_grad raises nothing, but w now names a
+# non-leaf recorded from the old leaf, so the next update finds no w.grad.
 def update_by_rebinding(lab: Lab, lr: float = 0.1) -> None:
     """w = w - lr * w.grad without torch.no_grad(): no error, but ..."""
     w = torch.tensor(1.0, requires_grad=True)
@@ -174,7 +175,8 @@ lab.run(update_by_rebinding)
 
 
 # %% [8] The original training loop's update: in place, inside no_grad
-# And then as written.
+# The update as the original training loop writes it: in place, inside torch.no_grad(), so w
+# stays the same leaf.
 def update_inside_no_grad(lab: Lab, lr: float = 0.1) -> None:
     """with torch.no_grad(): w -= lr * w.grad, the update of the original training loop"""
     # docs/original-description.ko.md, "학습 루프 (train.py)": its update step, on a scalar w.

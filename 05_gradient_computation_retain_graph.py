@@ -41,7 +41,8 @@ def what_backward_frees(lab: Lab) -> None:
     """y = x**3: what its graph saved, and what is left after y.backward()"""
     x = torch.tensor(2.0, requires_grad=True)
     y = x**3
-    # Attributes named _saved_* show what a node saved (docs: notes/autograd.rst, "Saved tensors").
+    # Attributes named _saved_* show what a node saved
+    # (docs/source/notes/autograd.md, "Saved tensors").
     lab.check(y.grad_fn._saved_self is x, True,
               "PowBackward0 saved x itself, to compute 3x² later")
     y.backward(retain_graph=False)  # the default (docs: Tensor.backward): free what the graph saved

@@ -1,8 +1,9 @@
 """06 · custom Function: write forward and backward yourself, and let gradcheck judge the backward.
 
 A torch.autograd.Function is an op whose backward you write by hand. The lesson checks one with
-gradcheck, shows a wrong one that autograd trusts, gradcheck in float32, and what a backward
-needs for a second derivative: differentiable, or marked with @once_differentiable.
+gradcheck, shows a wrong one that autograd trusts, gradcheck in float32, what a backward needs
+for a second derivative (it must itself be differentiable), and @once_differentiable, which makes
+a second derivative raise instead.
 """
 
 # %% Setup
@@ -19,7 +20,8 @@ lab = Lab.start("06 · custom Function", __doc__, __name__)
 
 # %% [1] A custom Function, checked by gradcheck
 # A torch.autograd.Function is an op whose backward you write by hand. torch.autograd.gradcheck
-# compares that backward with finite differences, in float64.
+# compares that backward with central finite differences; here on a float64 input, the precision
+# its defaults are meant for.
 def square_function(lab: Lab) -> None:
     """Square as a custom Function: save x in forward, use it in backward; gradcheck in float64"""
     class Square(Function):
@@ -81,7 +83,8 @@ lab.run(wrong_backward)
 
 
 # %% [3] gradcheck in float32
-# gradcheck's finite differences are meant for float64; why float32 fails shows here.
+# gradcheck's defaults are meant for float64: in float32 it warns and fails, and the cell shows
+# why: x ± eps rounds to a different step.
 def float32_gradcheck(lab: Lab) -> None:
     """gradcheck in float32: a warning, a failure, and why a larger eps fixes it"""
     x32 = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float32, requires_grad=True)
@@ -192,7 +195,8 @@ lab.run(saved_input)
 
 
 # %% [6] @once_differentiable
-# A backward that cannot be differentiated can say so with @once_differentiable.
+# @once_differentiable marks a backward that is not to be differentiated: it runs under no_grad,
+# and a second derivative through it raises.
 def once_differentiable_backward(lab: Lab) -> None:
     """@once_differentiable: a second derivative through it raises"""
     class Square(Function):
@@ -232,8 +236,8 @@ TRIES = [
         "grad_y and fails",
         edit=("grad_x = grad_y * 2 * x  # chain rule", "grad_x = 2 * x  # chain rule"),
         where=square_function),
-    Try("the tolerance alone is not the cure: eps = 1e-6 still misses by 0.19, and the check of "
-        "loose fails",
+    Try("without eps=1e-3, loose is the default gradcheck again: eps = 1e-6 misses by 0.19 at "
+        "x = 2, and the check of loose fails",
         edit=("(x32,), eps=1e-3, raise_exception", "(x32,), raise_exception"),
         where=float32_gradcheck),
     Try("the gradient reaching backward is all ones and needs no grad: grad_x is 2x, not 4x³, "

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# The device is resolved in ranks.py, one place for the lessons, the trainer and their ranks;
+# bench and config import these two from here.
+from tensor_features.ranks import DEVICE_CHOICES, pick_device  # noqa: F401
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -409,22 +411,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
         help="where tensors live: 'auto' picks CUDA when a GPU is visible, else the CPU "
         "(default: %(default)s)",
     )
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """Turn 'auto' | 'cpu' | 'cuda' into a torch.device, or raise ValueError saying why not."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device cuda: no CUDA device is visible to torch {torch.__version__}; "
-                "use --device cpu or --device auto"
-            )
-        return torch.device("cuda")
-    raise ValueError(f"--device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
 
 
 def device_or_exit(parser: argparse.ArgumentParser, name: str) -> torch.device:

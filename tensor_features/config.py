@@ -10,7 +10,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from tensor_features.cli import DEVICE_CHOICES, OneLineArgumentParser, float_in_range, int_in_range, learning_rate
-from tensor_features.trainer.model import LOSS_NAMES
+from tensor_features.trainer.losses import LOSSES
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -29,10 +29,9 @@ class TrainConfig:
     basis: str = option("monomial", "feature map: the original monomials, Legendre polynomials (same span, "
                         "better conditioned), or a learned MLP extractor trained beside the monomials",
                         choices=("monomial", "legendre", "mlp"))
-    loss: str = option("mse", "mse: the original mean((f − y)²); sobolev: + β·mean((f′ − 2x)²), the "
-                       "derivative of the clean curve as a second target; smooth: + λ·mean(f′²), a slope "
-                       "penalty. f′(x) comes from one batched VJP with create_graph=True, so training is a "
-                       "double backward", choices=LOSS_NAMES)
+    loss: str = option("mse", "; ".join(f"{kind.name}: {kind.summary}" for kind in LOSSES.values())
+                       + ". f′(x) comes from one batched VJP with create_graph=True, so training is a "
+                       "double backward", choices=tuple(LOSSES))
     beta: float = option(1.0, "β > 0, the weight of the derivative term of --loss sobolev, at most 1e6", type=float_in_range(0.0, 1e6, low_inclusive=False))
     penalty: float = option(0.1, "λ > 0, the weight of the slope penalty of --loss smooth, at most 1e6", type=float_in_range(0.0, 1e6, low_inclusive=False))
     lr: float | str = option(0.1, "learning rate in (0, 1e6], or 'auto' for 2/(λmax+λmin) of the loss's Hessian",

@@ -1,6 +1,6 @@
 """PNG pictures of a training run (matplotlib, Agg backend: no display needed).
 
-Everything drawn comes from the fields of a train.RunResult; nothing here computes a figure.
+Everything drawn comes from the fields of an experiment.RunResult; nothing here computes a figure.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def write_plots(folder: Path, result) -> list[Path]:
     if result.curve is not None and result.loss.uses_derivative:
         x_new = result.curve.x.cpu().flatten()
         epochs = len(result.fits[0].losses)
-        weight = ("β" if result.loss.name == "sobolev" else "λ") + f" = {result.loss.weight:g}"
+        weight = f"{result.loss.symbol} = {result.loss.weight:g}"
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
         for curve, label, color in ((result.curve, f"{result.loss.name}, {weight}", "C3"), (result.mse_curve, "mse", "C0")):
             if curve is not None:

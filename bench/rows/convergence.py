@@ -40,7 +40,7 @@ def time_to_solution(device: torch.device, max_epochs: int = 20000, starts: int 
     w0 = model.initial_weights(original.degree, original.seed, device)
     found = {}
     for label, lr in (("0.1", 0.1), ("auto", optimum.best_lr)):
-        losses = fitting.fit(phi, y, w0, lr, max_epochs).losses
+        losses = fitting.fit(phi, y, w0, fitting.FitPlan(lr, max_epochs)).losses
         epochs = model.epochs_to_within(losses, optimum.loss)
         found[label] = Figure(epochs, gd_epoch_bound(optimum, lr, losses[0]), "epochs",
                               note=f"lr {lr:.4g}, ρ = {optimum.contraction(lr):.4f}")
@@ -56,7 +56,7 @@ def time_to_solution(device: torch.device, max_epochs: int = 20000, starts: int 
     ratios = []
     for start in range(1, starts + 1):
         w_start = model.initial_weights(original.degree, original.seed + start, device)
-        epochs = [model.epochs_to_within(fitting.fit(phi, y, w_start, lr, 2000).losses, optimum.loss)
+        epochs = [model.epochs_to_within(fitting.fit(phi, y, w_start, fitting.FitPlan(lr, 2000)).losses, optimum.loss)
                   for lr in (0.1, optimum.best_lr)]
         if None not in epochs:
             ratios.append(epochs[0] / epochs[1])

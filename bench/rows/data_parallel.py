@@ -47,10 +47,10 @@ def one_process_ms(n: int, repeats: int) -> tuple[float, float]:
     phi = model.make_features(x, 3)
     w0 = model.initial_weights(3, 0, torch.device("cpu"))
     threads = torch.get_num_threads()
-    many = median_epoch_ms(lambda: fitting.fit(phi, y, w0, 0.1, EPOCHS), repeats)
+    many = median_epoch_ms(lambda: fitting.fit(phi, y, w0, fitting.FitPlan(0.1, EPOCHS)), repeats)
     torch.set_num_threads(1)
     try:
-        one = median_epoch_ms(lambda: fitting.fit(phi, y, w0, 0.1, EPOCHS), repeats)
+        one = median_epoch_ms(lambda: fitting.fit(phi, y, w0, fitting.FitPlan(0.1, EPOCHS)), repeats)
     finally:
         torch.set_num_threads(threads)
     return many, one
@@ -126,9 +126,9 @@ def rank_main(argv: list[str] | None = None) -> int:
         with_ms, without_ms = [], []
         for _ in range(args.repeats):  # in turns, so that a slow spell of the machine hits both
             dist.barrier()
-            with_ms.append(fitting.fit(phi, y, w0, 0.1, EPOCHS, world=world).epoch_ms)
+            with_ms.append(fitting.fit(phi, y, w0, fitting.FitPlan(0.1, EPOCHS), world=world).epoch_ms)
             dist.barrier()
-            without_ms.append(fitting.fit(phi, y, w0, 0.1, EPOCHS).epoch_ms)
+            without_ms.append(fitting.fit(phi, y, w0, fitting.FitPlan(0.1, EPOCHS)).epoch_ms)
         mine = (statistics.median(with_ms), statistics.median(without_ms))
         every_rank = [None] * world.world_size
         dist.all_gather_object(every_rank, mine)

@@ -8,7 +8,7 @@ turns, one call of each per round, and each figure is the median of its rounds.
 On CUDA each figure is a median of GPU time from CUDA events (torch.cuda.Event(enable_timing=True))
 around EVENT_CALLS calls in a row, the floor's included, and 3c is the --fast epoch as the trainer
 runs it there: one CUDA graph replay per epoch, the losses read to the host once per EVENT_CALLS
-epochs (tensor_features/trainer/fitting.py, FastFit).
+epochs (tensor_features/trainer/fast.py, FastFit).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import torch
 
 from bench.table import Figure, Row
+from tensor_features.trainer import fast as fast_path
 from tensor_features.trainer import fitting, model
 from tensor_features.load_data import load_data
 from tensor_features.utils import median_seconds, synchronize
@@ -49,7 +50,7 @@ def cuda_event_ms(fn, repeats: int, calls: int = EVENT_CALLS) -> float:
 
 
 def payoff_note(setup_seconds: float, setup_epochs: int, fast_ms: float, default_ms: float) -> str:
-    epochs = fitting.payoff_epochs(setup_seconds, setup_epochs, fast_ms, default_ms)
+    epochs = fast_path.payoff_epochs(setup_seconds, setup_epochs, fast_ms, default_ms)
     return "never pays off (3c ≥ 3a)" if epochs is None else f"pays off from {epochs} epochs on (3d vs 3a − 3c)"
 
 
@@ -86,15 +87,15 @@ def epoch(device: torch.device, n: int, repeats: int, degree: int = 3) -> list[R
         w = w0.clone().requires_grad_()
         return timed_ms(lambda: step(w))
 
-    rows_phi = fitting.rows_layout(phi)
-    eager = fitting.FastLoss(rows_phi, y, compile=False, cuda_graph=False)
-    fast = fitting.FastLoss(rows_phi, y)
+    rows_phi = fast_path.rows_layout(phi)
+    eager = fast_path.FastLoss(rows_phi, y, compile=False, cuda_graph=False)
+    fast = fast_path.FastLoss(rows_phi, y)
     if device.type == "cuda":
         floor = timed_ms(read_floor)
         original_loop = epoch_ms(lambda w: fitting.manual_step(phi, y, w, 0.1))
         eager_rows = epoch_ms(lambda w: eager.manual_step(w, 0.1))
         # 3c, the trainer's path: warm-up and compile, capture, then graph replays
-        runner = fitting.FastFit(fast, w0, 0.1, log_every=EVENT_CALLS)
+        runner = fast_path.FastFit(fast, w0, fitting.FitPlan(0.1, EVENT_CALLS, log_every=EVENT_CALLS))
         start = time.perf_counter()
         setup_epochs = runner.setup(runner.setup_epochs)
         runner.read(setup_epochs)

@@ -409,14 +409,18 @@ class _Trace:
         return self._local
 
     def __enter__(self) -> "_Trace":
-        self.active = sys.gettrace() is None
+        # Another lab's trace (an observation running another lab's observation, as 09's ranks
+        # do) is set aside and put back; a debugger's or a coverage tool's is left alone.
+        self.previous = sys.gettrace()
+        self.active = self.previous is None or isinstance(getattr(self.previous, "__self__", None),
+                                                          _Trace)
         if self.active:
             sys.settrace(self._global)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.active:
-            sys.settrace(None)
+            sys.settrace(self.previous)
 
 
 def snapshot(value: Any) -> Any:
@@ -598,18 +602,22 @@ class Lab:
         self._print(f"\n[{self.observation}] {title}")
         self._cursor = None
         self.seen = Seen()
-        # A decorated observation (09's on_every_rank) is traced as the lesson wrote it; where it
-        # runs elsewhere (another process), whatever the decorator put in seen.names stays.
+        # A decorated observation (09's on_every_rank, which runs it on every rank with a lab of
+        # each rank's own) leaves in seen.names what the decorator put there: rank 0's variables,
+        # as they travelled. Its globals are those of the lesson that wrote it.
         function = inspect.unwrap(observation)
-        self._ran = _Trace(function.__code__,
-                           lines=function is observation and _may_skip_lines(observation))
+        self._ran = _Trace(observation.__code__, lines=_may_skip_lines(observation))
         try:
             with self._ran, self.on_device():
                 observation(self, *args, **kwargs)
         finally:
             self._flush_code(to_end=True)
-            if self._ran.locals or not self.seen.names:
-                self.seen.names = self._ran.locals
+            if function is observation:
+                # Not the lab itself: lab -> seen -> names -> lab would be a reference cycle, which
+                # keeps everything the observation made (a DDP model, its process group) alive
+                # until the garbage collector happens to run.
+                self.seen.names = {name: value for name, value in self._ran.locals.items()
+                                   if value is not self}
             self._ran = None
             self._cursor = None
             if self.publish:

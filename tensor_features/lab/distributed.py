@@ -39,172 +39,27 @@ import multiprocessing.connection
 import os
 import pickle
 import sys
-import tempfile
 import time
 import types
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing
 
-# Imported before any process group forms, so that destroy_process_group frees the group. This
-# module gives ten collectives the default argument `group=group.WORLD`, evaluated once, when it is
-# imported; torch._dynamo imports it (through torch.distributed.fsdp), and the first DDP(...) or
-# optimizer.step() imports torch._dynamo. Imported after init_process_group, those defaults keep
-# the group alive: destroy_process_group unregisters it but cannot free it, and freeing it is what
-# joins gloo's threads (~ProcessGroupGloo waits for its queue, then joins). Unjoined, a gloo worker
-# may still be releasing the last barrier's work, whose tensors need the GIL, while the interpreter
-# finalizes; Python ends such a thread with pthread_exit, the unwinding meets a noexcept destructor,
-# and the rank dies by SIGABRT ("terminate called without an active exception") after its last
-# line. Imported first, the defaults are None.
-import torch.distributed.nn.functional  # noqa: F401  (see above)
-
-from tensor_features.lab.core import Lab
+from tensor_features.lab.core import Lab, Seen
+from tensor_features.ranks import (  # noqa: F401 (only_rank_0_prints: lesson 09 imports it from here)
+    JoinError, Launch, backend_for, join_group, launched, one_line, only_rank_0_prints, rank_device)
 
 INIT_TIMEOUT = timedelta(seconds=60)  # init_process_group's timeout: also bounds every collective
-# How long a rank started with RANK, WORLD_SIZE waits for the others to join. Rank 0 gives up after
-# this long; a rank that finds no one at MASTER_ADDR after 1.2 to 1.6 times it (torch's TCPStore
-# client tries twice, with a random pause between): 94 s measured with 60 s, 51 s with 40 s.
-JOIN_TIMEOUT = timedelta(seconds=40)
 ANSWER_TIMEOUT_S = 300.0  # the first DDP(...) imports torch._dynamo: many seconds on a busy machine
 STOP_TIMEOUT_S = 10.0  # how long close() waits for the workers to exit before terminating them
 HOST = "127.0.0.1"
 
 _current: World | None = None  # the world this process runs observations in
 _in_worker = False  # True inside a worker that World.launch started
-
-
-# -- choosing the backend and each rank's device ------------------------------------------------
-
-def backend_for(device: torch.device, ranks_on_this_machine: int) -> str:
-    """nccl when the device is CUDA and every rank on this machine can have a GPU of its own, else gloo."""
-    if device.type == "cuda" and torch.cuda.device_count() >= ranks_on_this_machine:
-        return "nccl"
-    return "gloo"
-
-
-def rank_device(device: torch.device, backend: str, local_rank: int) -> torch.device:
-    """A rank's device: its own GPU under nccl, else the CPU.
-
-    gloo is the CPU backend: on CUDA tensors it has broadcast and all_reduce but no all_gather
-    (the backend table in docs/source/distributed.rst), so with fewer GPUs than ranks the ranks
-    compute on the CPU.
-    """
-    return torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
-
-
-# -- joining a group from the environment (torchrun's, or variables set by hand) -------------------
-
-class JoinError(Exception):
-    """The process group cannot form from this environment: a variable that is no number, RANK not
-    below WORLD_SIZE, no MASTER_ADDR, a port in use, a peer that never came. A usage error: the
-    program says it in one line and exits with code 2."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place among several, as torchrun describes it (torch/distributed/run.py)."""
-
-    rank: int
-    world_size: int
-    local_rank: int  # among the processes on this machine: picks this rank's GPU under nccl
-    local_world_size: int
-
-
-def _whole_number(name: str, lowest: int) -> int | None:
-    text = os.environ.get(name, "").strip()
-    if not text:  # unset, or set to nothing (`export RANK=`): not set
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise JoinError(f"{name}={text!r} is not a whole number") from None
-    if value < lowest:
-        raise JoinError(f"{name}={value} must be at least {lowest}")
-    return value
-
-
-def launched() -> Launch | None:
-    """RANK and WORLD_SIZE (and LOCAL_RANK, LOCAL_WORLD_SIZE), checked; None unless both RANK and
-    WORLD_SIZE are set (a plain `python ...`). JoinError if a variable that is set cannot be meant."""
-    rank, world_size = _whole_number("RANK", 0), _whole_number("WORLD_SIZE", 1)
-    local_rank, local_size = _whole_number("LOCAL_RANK", 0), _whole_number("LOCAL_WORLD_SIZE", 1)
-    if rank is None or world_size is None:
-        return None
-    if rank >= world_size:
-        raise JoinError(f"RANK={rank} with WORLD_SIZE={world_size}: the ranks are 0 to {world_size - 1}")
-    local_size = world_size if local_size is None else local_size  # by hand on one machine: all of them here
-    local_rank = rank % local_size if local_rank is None else local_rank
-    if local_size > world_size or local_rank >= local_size:
-        raise JoinError(f"LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_size} and WORLD_SIZE={world_size} "
-                        "do not fit: 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE")
-    return Launch(rank, world_size, local_rank, local_size)
-
-
-def _rendezvous_address(launch: Launch) -> tuple[str, int]:
-    """MASTER_ADDR and MASTER_PORT, where env:// meets (rank 0 serves there unless torchrun does)."""
-    address, port = os.environ.get("MASTER_ADDR", "").strip(), os.environ.get("MASTER_PORT", "").strip()
-    if not address or not port:
-        missing = " and ".join(name for name, value in (("MASTER_ADDR", address), ("MASTER_PORT", port)) if not value)
-        raise JoinError(f"RANK={launch.rank} and WORLD_SIZE={launch.world_size} are set, but {missing} "
-                        f"{'is' if ' ' not in missing else 'are'} not: torchrun --standalone --nproc-per-node "
-                        f"{launch.world_size} sets all four for each process it starts; by hand, set all four")
-    number = _whole_number("MASTER_PORT", 1)
-    if number > 65535:
-        raise JoinError(f"MASTER_PORT={number} is not a port (1 to 65535)")
-    return address, number
-
-
-@contextlib.contextmanager
-def _stderr_held_back() -> Iterator[None]:
-    """What is written to file descriptor 2 while the block runs (torch's C++ log lines: each retry to
-    reach MASTER_ADDR is a warning with a C++ stack) goes to a temporary file, and back to stderr if
-    the block ends normally. A block that fails leaves its caller to say what went wrong in one line."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2: nothing to hold back
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        succeeded = False
-        try:
-            yield
-            succeeded = True
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if succeeded:
-                held.seek(0)
-                text = memoryview(held.read())
-                with contextlib.suppress(OSError):
-                    while text:
-                        text = text[os.write(2, text):]
-
-
-def join_group(launch: Launch | None, backend: str, collective_timeout: timedelta) -> None:
-    """init_process_group from the environment (env://), waiting at most JOIN_TIMEOUT for the other
-    ranks; then every collective gets collective_timeout. JoinError, one line, if the group cannot form."""
-    if launch is None:
-        raise JoinError("RANK and WORLD_SIZE are not set: this process is no rank of a group")
-    address, port = _rendezvous_address(launch)
-    waited = int(JOIN_TIMEOUT.total_seconds())
-    try:
-        with _stderr_held_back():
-            dist.init_process_group(backend, timeout=JOIN_TIMEOUT)
-    except (RuntimeError, ValueError) as error:  # torch's DistError family is RuntimeError
-        if "EADDRINUSE" in str(error) or "address already in use" in str(error).lower():
-            raise JoinError(f"MASTER_PORT={port} is in use on {address}: choose a free port "
-                            "(torchrun --standalone picks one)") from None
-        hint = "" if os.environ.get("TORCHELASTIC_RUN_ID") else "; torchrun starts all of them together"
-        raise JoinError(f"rank {launch.rank} of WORLD_SIZE={launch.world_size} could not form the process group "
-                        f"at {address}:{port} within {waited} s ({one_line(error)[:160]}){hint}") from None
-    dist.set_timeout(collective_timeout)
 
 
 def usage_exit(message: str) -> None:
@@ -218,23 +73,53 @@ def usage_exit(message: str) -> None:
 
 @dataclass
 class RankReport:
-    """One rank's part of one observation: what its lab printed, counted and returned."""
+    """One rank's part of one observation: what its lab printed and counted, and what its checks saw."""
 
     rank: int
     text: str  # the lines its lab printed (code and checks), after the title
     passed: int
     failed: list[str]
-    returned: Any  # the observation's return value, tensors moved to the CPU
+    seen: Seen  # its checks' values by label, and in .names its locals (see _fit_to_travel)
 
 
 def _to_cpu(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
+    if isinstance(value, BaseException):
+        # Without its traceback: the frames it holds hold the observation's locals (a DDP model,
+        # and through it the process group, which then cannot be freed when the world closes).
+        return value.with_traceback(None)
     if isinstance(value, dict):
         return {key: _to_cpu(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_to_cpu(item) for item in value)
     return value
+
+
+# What travels from a rank to the lesson's process as it is. Not a model, an autograd node, a
+# function: a DDP model, unpickled here, would look for a process group this process is not in.
+_TRAVELS = (torch.Tensor, torch.Size, bool, int, float, complex, str, bytes, type(None), BaseException)
+
+
+def _travels(value: Any) -> bool:
+    """A tensor, a number, a text, an error, or a list, tuple or dict of such values."""
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return all(_travels(item) for item in value)
+    if isinstance(value, dict):
+        return all(_travels(key) and _travels(item) for key, item in value.items())
+    return isinstance(value, _TRAVELS)
+
+
+def _fit_to_travel(seen: Seen) -> Seen:
+    """A rank's Seen, fit to send: tensors on the CPU; a checked value that cannot travel as its
+    repr(); of the observation's locals, those that can travel (not lab, a model or a hook)."""
+    sent = Seen()
+    for label in seen:
+        for value in seen.every(label):
+            sent.add(label, _to_cpu(value) if _travels(value) else repr(value))
+    sent.names = {name: _to_cpu(value) for name, value in seen.names.items()
+                  if name != "lab" and _travels(value)}
+    return sent
 
 
 def _run_here(observation: Callable[[Lab], Any], number: int, title: str, device: torch.device,
@@ -246,24 +131,24 @@ def _run_here(observation: Callable[[Lab], Any], number: int, title: str, device
     lab = Lab(title, device, stream=io.StringIO())
     lab.args = args
     lab.observation = number - 1  # so that its failures are labelled [number]
-    start = 0
-
-    def body(lab: Lab) -> Any:
-        nonlocal start
-        start = lab.stream.tell()  # lab.run has printed the title; what follows is the observation's
-        return observation(lab)
-
-    body.__doc__ = observation.__doc__
-    returned = lab.run(body)
-    report = RankReport(dist.get_rank(), lab.stream.getvalue()[start:], lab.passed, list(lab.failed),
-                        _to_cpu(returned))
+    start = lab.stream.tell()
+    seen = lab.run(observation)  # the observation itself, so that seen.names are its locals
+    # After the title lab.run printed ("\n[number] title\n"): the observation's own lines.
+    text = lab.stream.getvalue()[start:].split("\n", 2)[2]
+    report = RankReport(dist.get_rank(), text, lab.passed, list(lab.failed), _fit_to_travel(seen))
+    del seen, lab  # the observation's own objects (a DDP model) go now, not at some later collection
     reports: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reports, report)
     return reports
 
 
-def merge(lab: Lab, reports: list[RankReport]) -> None:
-    """Print rank 0's lines into the lesson's lab and count its checks; one check line per other rank."""
+def merge(lab: Lab, reports: list[RankReport]) -> list[Seen]:
+    """Print rank 0's lines into the lesson's lab and count its checks; one check line per other rank.
+
+    What rank 0's checks saw goes into lab.seen too, as if they had run here (rank 0's lines are
+    the ones shown); lab.seen.ranks holds every rank's Seen, in rank order, each with its .names.
+    Returns that list.
+    """
     first = reports[0]
     lab.write(first.text)
     lab.passed += first.passed
@@ -274,50 +159,35 @@ def merge(lab: Lab, reports: list[RankReport]) -> None:
                     f"{total}/{total}", f"rank {report.rank} ran the same code in its own process",
                     details=report.failed)
     lab.stream.flush()
+    for label in first.seen:
+        for value in first.seen.every(label):
+            lab.seen.add(label, value)
+    lab.seen.names = first.seen.names  # what a notebook leaves to inspect: rank 0's variables
+    lab.seen.ranks = [report.seen for report in reports]
+    return lab.seen.ranks
 
 
 # -- the decorator the observations wear ------------------------------------------------------------
 
 def on_every_rank(observation: Callable[..., Any]) -> Callable[..., Any]:
-    """Run this observation on every rank of the current world; returns every rank's return value.
+    """Run this observation on every rank of the current world. What each rank's checks saw comes
+    back into the lab's Seen: rank 0's under their labels, every rank's in .ranks (see merge), so
+    that `lab.run(observation)` returns them.
 
     The lab prints the undecorated function's code; the decorator only decides where it runs.
     """
 
     @functools.wraps(observation)
-    def run_on_every_rank(lab: Lab) -> list[Any]:
+    def run_on_every_rank(lab: Lab) -> None:
         if _current is None:
             raise RuntimeError(f"{observation.__name__}() needs a running world: World.start(lab) in a lesson, "
                                "World.launch() in a test")
-        return _current.run(observation, lab)
+        _current.run(observation, lab)
 
     return run_on_every_rank
 
 
-@contextlib.contextmanager
-def only_rank_0_prints() -> Iterator[None]:
-    """Under torchrun, send what ranks other than 0 print (a Lab's header, --help) into a buffer.
-
-    A Lab keeps the stream that sys.stdout was when it was made, so a lab started inside this
-    block on rank 1 prints into the buffer for good. Outside torchrun it changes nothing.
-    """
-    try:
-        launch = launched()
-    except JoinError:  # World.start, or the trainer, says what is wrong with the variables
-        launch = None
-    if launch is None or launch.rank == 0:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
 # -- the world ----------------------------------------------------------------------------------------
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
-
 
 def _caller_source(depth: int) -> tuple[str, str] | None:
     """(file name, text) of the code `depth` frames up: the lesson file, or the notebook cell."""
@@ -415,8 +285,8 @@ class World:
 
     # -- running an observation -----------------------------------------------------------------
 
-    def run(self, observation: Callable[[Lab], Any], lab: Lab) -> list[Any]:
-        """Run the observation on every rank, merge the reports into `lab`; every rank's return value."""
+    def run(self, observation: Callable[[Lab], Any], lab: Lab) -> list[Seen]:
+        """Run the observation on every rank, merge the reports into `lab`; what every rank's checks saw."""
         number = lab.observation
         if self.role == "joined":
             try:
@@ -436,8 +306,7 @@ class World:
                                        what=f"[{number}] {observation.__name__}")
         else:
             raise RuntimeError("an inert world runs nothing")
-        merge(lab, reports)
-        return [report.returned for report in reports]
+        return merge(lab, reports)
 
     def _answers(self, kinds: set[str], expected_from, what: str) -> list[Any]:
         """Wait for one message of `kinds` from each rank in expected_from; fail on an error or an exit.

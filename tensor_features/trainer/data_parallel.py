@@ -15,7 +15,7 @@ adds for the trainer:
     so a loss that stops being finite stops every rank at the same epoch.
 
 Backends: nccl when the trainer computes on CUDA and every process on this machine has a GPU of
-its own; gloo on the CPU otherwise (tensor_features.lab.distributed.backend_for, shared with lesson 09).
+its own; gloo on the CPU otherwise (tensor_features.ranks.backend_for, shared with lesson 09).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tensor_features.lab.distributed import JoinError, backend_for, join_group, launched, rank_device
+from tensor_features.ranks import JoinError, backend_for, join_group, launched, rank_device
 
 # The timeout of every collective, set once the group has formed (forming it waits at most
-# distributed.JOIN_TIMEOUT): a rank that hangs, alive, ends the run after this long ("Timeout for
+# ranks.JOIN_TIMEOUT): a rank that hangs, alive, ends the run after this long ("Timeout for
 # operations executed against the process group", init_process_group's docstring says, and a gloo
 # all_reduce here did raise after it). Before the first all-reduce every rank draws all n points and
 # computes the exact optimum, each at its own pace on a shared machine: hence more than lesson 09's

@@ -2,8 +2,7 @@
 sample at once, the exact optimum and the spectrum of the loss's Hessian.
 
 Pure functions and small dataclasses: nothing here prints, reads the command line or keeps
-state between calls. tensor_features/train.py runs the training loop and prints the report;
-lessons import from here too.
+state between calls. fitting.py trains, report.py prints; lessons import from here too.
 
 The model is f(x) = Φ(x) w, with Φ a fixed feature map (monomials or Legendre polynomials) or a
 learned extractor. Every loss here is
@@ -11,19 +10,20 @@ learned extractor. Every loss here is
     L(w) = mean((f(x) − y)²) + weight · mean((f′(x) − t(x))²)
 
 with weight 0 for mse (the original loss), t = 2x for sobolev (the derivative of the clean
-curve x²) and t = 0 for smooth (a penalty on the slope). For a fixed feature map f′(x) = Φ′(x) w
-is linear in w, so L stays a quadratic in w and its minimum is one least-squares solve on the
-stacked rows [Φ; √weight Φ′] against [y; √weight t].
+curve x²) and t = 0 for smooth (a penalty on the slope); losses.py holds them, one registry.
+For a fixed feature map f′(x) = Φ′(x) w is linear in w, so L stays a quadratic in w and its
+minimum is one least-squares solve on the stacked rows [Φ; √weight Φ′] against [y; √weight t].
+problem.py puts these pieces together into the problem of one run.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from tensor_features.trainer.losses import Loss  # tests and bench import it from here too
 from tensor_features.utils import feature_map  # where the original description puts it
 
 # -- feature maps ---------------------------------------------------------------------------------
@@ -101,37 +101,6 @@ def initial_weights(degree: int, seed: int, device: torch.device) -> torch.Tenso
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean((prediction - target)²): the original loss, and every loss term here."""
     return ((prediction - target) ** 2).mean()
-
-
-LOSS_NAMES = ("mse", "sobolev", "smooth")
-
-
-@dataclass(frozen=True)
-class Loss:
-    """Which loss: mse, sobolev (derivative target 2x, weight β) or smooth (target 0, weight λ)."""
-
-    name: str = "mse"
-    weight: float = 0.0
-
-    def __post_init__(self):
-        if self.name not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.name!r}: choose one of {', '.join(LOSS_NAMES)}")
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ValueError(f"the weight of a loss must be a finite number >= 0, got {self.weight}")
-
-    @property
-    def uses_derivative(self) -> bool:
-        return self.name != "mse"
-
-    @property
-    def formula(self) -> str:
-        return {"mse": "mean((f − y)²)",
-                "sobolev": f"mean((f − y)²) + β·mean((f′ − 2x)²), β = {self.weight:g}",
-                "smooth": f"mean((f − y)²) + λ·mean(f′²), λ = {self.weight:g}"}[self.name]
-
-    def derivative_target(self, x: torch.Tensor) -> torch.Tensor:
-        """t(x): d/dx of the clean curve x² for sobolev (exact, unlike the noisy y); 0 for smooth."""
-        return 2 * x if self.name == "sobolev" else torch.zeros_like(x)
 
 
 def batched_derivative(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool = True,

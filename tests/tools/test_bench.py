@@ -16,7 +16,7 @@ from bench.rows.startup import startup
 from bench.rows.test_suite import failure_note
 from bench.table import HEADER, Figure, Row, render_markdown
 from tests.support import run_script, terminal_usage_error, usage_error
-from tensor_features.trainer.fitting import fit
+from tensor_features.trainer.fitting import FitPlan, fit
 from tensor_features.lab.lessons import lesson_paths
 from tensor_features.load_data import load_data
 from tensor_features.trainer.model import Optimum, epochs_to_within, feature_map, initial_weights, least_squares_optimum
@@ -29,7 +29,7 @@ def test_gd_bound_holds_for_the_original_problem():
     phi = feature_map(x, 3)
     optimum = least_squares_optimum(phi, y)
     for lr in (0.1, 0.5, optimum.best_lr):
-        losses = fit(phi, y, initial_weights(3, 0, torch.device("cpu")), lr, 3000).losses
+        losses = fit(phi, y, initial_weights(3, 0, torch.device("cpu")), FitPlan(lr, 3000)).losses
         bound = gd_epoch_bound(optimum, lr, losses[0])
         observed = epochs_to_within(losses, optimum.loss)
         assert observed is not None and observed <= bound

@@ -31,8 +31,8 @@ MUTANTS = [
     ("README.md", "over 100 epochs: 2.24e-08", "over 100 epochs: 2.24e-02"),
     ("README.ko.md", "), 5.4e-09 above the optimum, within 1%", "), 5.4e-03 above the optimum, within 1%"),
     # the words around a rounding-level figure are still checked, and so is the figure the trainer prints
-    ("tensor_features/train.py", "max |w_manual - w_sgd| after the last update", "max |w_manual - w_sgd| at the end"),
-    ("tensor_features/train.py", "w_gap = (manual.w - sgd.w).abs().max().item()",
+    ("tensor_features/trainer/report.py", "max |w_manual - w_sgd| after the last update", "max |w_manual - w_sgd| at the end"),
+    ("tensor_features/trainer/report.py", "w_gap = (manual.w - sgd.w).abs().max().item()",
      "w_gap = (manual.w - sgd.w).abs().max().item() + 1"),
     # each README's marker introduces its quotes
     ("README.md", "Real output (CPU, the start of 05 backward):", "Output (CPU, the start of 05 backward):"),

@@ -11,6 +11,8 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from tests.support import CUDA, DEVICES
 from tensor_features.trainer import fitting, model
+from tensor_features.trainer.fast import (WARMUP_EPOCHS, FastFit, FastLoss, LossLog, fit_fast, payoff_epochs, rows_layout,
+                                          rows_loss)
 from tests.trainer.oracles import derivative_gradient, descent_losses, mse_gradient, numpy_optimum, original_problem
 
 MUTANTS = [
@@ -20,34 +22,34 @@ MUTANTS = [
      "terms.data.backward(inputs=[w])  # x requires grad too"),
     ("tensor_features/trainer/fitting.py", "with torch.no_grad():  # the original update\n            w -= lr * w.grad",
      "with torch.no_grad():  # the original update\n            w -= 0.5 * lr * w.grad"),
-    ("tensor_features/trainer/fitting.py", "optimizer = torch.optim.SGD(parameters(w), lr=lr)",
-     "optimizer = torch.optim.SGD(parameters(w), lr=lr, momentum=0.1)"),
+    ("tensor_features/trainer/fitting.py", "optimizer = torch.optim.SGD(parameters(w), lr=plan.lr)",
+     "optimizer = torch.optim.SGD(parameters(w), lr=plan.lr, momentum=0.1)"),
     ("tensor_features/trainer/fitting.py", "loss = mse(phi @ w, y)\n    loss.backward()\n    optimizer.step()",
      "loss = mse(phi @ w, y)\n    optimizer.step()\n    loss.backward()"),
-    ("tensor_features/trainer/fitting.py", "prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))",
+    ("tensor_features/trainer/fast.py", "prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))",
      "prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))"),
     ("tensor_features/trainer/fitting.py", "_, slopes = batched_derivative(linear_model(features, w), x_new, create_graph=False)",
      "_, slopes = batched_derivative(linear_model(features, w), x_new**2, create_graph=False)"),
     # --fast: the loss log, the per-interval reads, the epoch's original lines, the pay-off
-    ("tensor_features/trainer/fitting.py", "        self.position += 1\n", "        self.position += 0\n"),
-    ("tensor_features/trainer/fitting.py", "        losses = self.values[:count].tolist()\n        self.position.zero_()",
+    ("tensor_features/trainer/fast.py", "        self.position += 1\n", "        self.position += 0\n"),
+    ("tensor_features/trainer/fast.py", "        losses = self.values[:count].tolist()\n        self.position.zero_()",
      "        losses = self.values[:count].tolist()\n        pass"),
-    ("tensor_features/trainer/fitting.py", "losses = self.values[:count].tolist()", "losses = self.values[-count:].tolist()"),
-    ("tensor_features/trainer/fitting.py", "            result.diverged_at = epoch\n            return False",
+    ("tensor_features/trainer/fast.py", "losses = self.values[:count].tolist()", "losses = self.values[-count:].tolist()"),
+    ("tensor_features/trainer/fast.py", "            result.diverged_at = epoch\n            return False",
      "            result.diverged_at = epoch + 1\n            return False"),
-    ("tensor_features/trainer/fitting.py", "        count = min(log_every, epochs - done)\n", "        count = log_every\n"),
-    ("tensor_features/trainer/fitting.py", "going = _keep_finite(result, runner.read(count), done)",
+    ("tensor_features/trainer/fast.py", "        count = min(log_every, epochs - done)\n", "        count = log_every\n"),
+    ("tensor_features/trainer/fast.py", "going = _keep_finite(result, runner.read(count), done)",
      "going = _keep_finite(result, runner.read(count), done + 1)"),
-    ("tensor_features/trainer/fitting.py", "# the original update, as in manual_step\n            w -= lr * w.grad",
+    ("tensor_features/trainer/fast.py", "# the original update, as in manual_step\n            w -= lr * w.grad",
      "# the original update, as in manual_step\n            w -= 0.5 * lr * w.grad"),
-    ("tensor_features/trainer/fitting.py", "                w.grad.zero_()\n        self.needs_compiling = False",
+    ("tensor_features/trainer/fast.py", "                w.grad.zero_()\n        self.needs_compiling = False",
      "                pass\n        self.needs_compiling = False"),
-    ("tensor_features/trainer/fitting.py", "        if zero_grad:\n            optimizer.zero_grad()\n        loss = self.loss_fn",
+    ("tensor_features/trainer/fast.py", "        if zero_grad:\n            optimizer.zero_grad()\n        loss = self.loss_fn",
      "        if False:\n            optimizer.zero_grad()\n        loss = self.loss_fn"),
-    ("tensor_features/trainer/fitting.py", "(setup_seconds * 1e3 - setup_epochs * fast_ms)", "(setup_seconds * 1e3)"),
-    ("tensor_features/trainer/fitting.py", "    if fast_ms >= default_ms:\n", "    if fast_ms > default_ms:\n"),
-    ("bench/rows/epoch.py", "epochs = fitting.payoff_epochs(setup_seconds, setup_epochs, fast_ms, default_ms)",
-     "epochs = fitting.payoff_epochs(setup_seconds, 1, fast_ms, default_ms)"),
+    ("tensor_features/trainer/fast.py", "(setup_seconds * 1e3 - setup_epochs * fast_ms)", "(setup_seconds * 1e3)"),
+    ("tensor_features/trainer/fast.py", "    if fast_ms >= default_ms:\n", "    if fast_ms > default_ms:\n"),
+    ("bench/rows/epoch.py", "epochs = fast_path.payoff_epochs(setup_seconds, setup_epochs, fast_ms, default_ms)",
+     "epochs = fast_path.payoff_epochs(setup_seconds, 1, fast_ms, default_ms)"),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -63,7 +65,7 @@ BLIND_MUTANTS = [
     # derivative_step: backward of the data term only: trains plain mse under a sobolev/smooth name
     ('tensor_features/trainer/fitting.py', 'terms.total.backward(inputs=[w])  # x requires grad too', 'terms.data.backward(inputs=[w])  # x requires grad too'),
     # rows_loss (--fast): off-by-one over the features: the last feature never enters the prediction
-    ('tensor_features/trainer/fitting.py', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))'),
+    ('tensor_features/trainer/fast.py', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))'),
     # predict(): no_grad instead of inference_mode: curve values are not inference tensors
     ('tensor_features/trainer/fitting.py', '    with torch.inference_mode():\n        return features(x) @ w\n', '    with torch.no_grad():\n        return features(x) @ w\n'),
 ]
@@ -99,7 +101,7 @@ def test_sgd_is_bitwise_the_fused_manual_update(device):
     # CPU could round differently. SGD takes its foreach kernel where one exists for the device (CUDA;
     # torch/optim/optimizer.py, _default_to_fused_or_foreach) and param.add_ elsewhere: replay that one.
     x, y, phi, w0 = original_problem(device)
-    sgd = fitting.fit(phi, y, w0, lr=0.1, epochs=100, update="sgd")
+    sgd = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100, update="sgd"))
     _, foreach = _default_to_fused_or_foreach([w0], differentiable=False)
     w = w0.clone().requires_grad_()
     losses = []
@@ -119,8 +121,8 @@ def test_sgd_is_bitwise_the_fused_manual_update(device):
 
 def test_original_manual_update_agrees_with_sgd_to_float32_rounding():
     x, y, phi, w0 = original_problem()
-    manual = fitting.fit(phi, y, w0, lr=0.1, epochs=100, update="manual")
-    sgd = fitting.fit(phi, y, w0, lr=0.1, epochs=100, update="sgd")
+    manual = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100, update="manual"))
+    sgd = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100, update="sgd"))
     assert manual.losses == pytest.approx(sgd.losses, rel=1e-5)
     assert torch.allclose(manual.w, sgd.w, rtol=1e-5, atol=1e-6)
 
@@ -132,7 +134,7 @@ def test_converges_to_the_lstsq_optimum(device):
     phi64, y64 = phi.double().cpu(), y.double().cpu()
     w_star = torch.linalg.lstsq(phi64, y64).solution
     best = ((phi64 @ w_star - y64) ** 2).mean().item()
-    result = fitting.fit(phi, y, w0, lr=1.0, epochs=3000)
+    result = fitting.fit(phi, y, w0, fitting.FitPlan(lr=1.0, epochs=3000))
     assert result.final_loss == pytest.approx(best, rel=0.01)
     assert torch.allclose(result.w.cpu().double(), w_star, atol=1e-2)
 
@@ -144,7 +146,7 @@ def test_derivative_losses_train_to_their_stacked_optimum(name, weight):
     w_star, best, eigenvalues = numpy_optimum(x, y, weight, target)
     lr = 2 / (eigenvalues[0] + eigenvalues[-1])  # the best fixed step, from numpy's eigenvalues
     for update in ("manual", "sgd"):
-        result = fitting.fit_loss(model.Loss(name, weight), model.feature_map, x, y, w0, lr, 150, update)
+        result = fitting.fit_loss(model.Loss(name, weight), model.feature_map, x, y, w0, fitting.FitPlan(lr, 150, update))
         assert result.final_loss == pytest.approx(best, rel=1e-3)
         assert np.allclose(result.w.numpy(), w_star, atol=1e-3)
         assert len(result.data_losses) == len(result.losses) == 150
@@ -157,9 +159,9 @@ def test_a_zero_weight_runs_bit_for_bit_like_the_mse_path():
     # gradient scaled by 0. x + 0 is x in IEEE arithmetic, whatever the CPU.
     x, y, phi, w0 = original_problem()
     for update in ("manual", "sgd"):
-        plain = fitting.fit(phi, y, w0, 0.1, 100, update)
+        plain = fitting.fit(phi, y, w0, fitting.FitPlan(0.1, 100, update))
         for name in ("sobolev", "smooth"):
-            zero = fitting.fit_loss(model.Loss(name, 0.0), model.feature_map, x, y, w0, 0.1, 100, update)
+            zero = fitting.fit_loss(model.Loss(name, 0.0), model.feature_map, x, y, w0, fitting.FitPlan(0.1, 100, update))
             assert zero.losses == plain.losses and torch.equal(zero.w, plain.w)
 
 
@@ -168,43 +170,43 @@ def test_lr_auto_converges_faster_than_the_original_lr():
     optimum = model.least_squares_optimum(phi, y)
     eigenvalues = torch.linalg.eigvalsh(2 * phi.double().T @ phi.double() / len(x))
     assert optimum.best_lr == pytest.approx(2 / (eigenvalues[0] + eigenvalues[-1]).item())
-    auto = model.epochs_to_within(fitting.fit(phi, y, w0, optimum.best_lr, 1000).losses, optimum.loss)
-    original = model.epochs_to_within(fitting.fit(phi, y, w0, 0.1, 1000).losses, optimum.loss)
+    auto = model.epochs_to_within(fitting.fit(phi, y, w0, fitting.FitPlan(optimum.best_lr, 1000)).losses, optimum.loss)
+    original = model.epochs_to_within(fitting.fit(phi, y, w0, fitting.FitPlan(0.1, 1000)).losses, optimum.loss)
     assert auto is not None and original is not None and auto < original
 
 
 def test_fast_loss_is_the_original_loss_with_the_same_gradient():
     x, y, phi, w0 = original_problem()
-    fast = fitting.FastLoss(fitting.rows_layout(phi), y, compile=False)
+    fast = FastLoss(rows_layout(phi), y, compile=False)
     w = w0.clone().requires_grad_()
     loss = fast.manual_step(w, lr=0.0)  # lr 0: keep w, look at the loss and the gradient
     phi64, y64, w64 = phi.double(), y.double(), w0.double()
     assert loss == pytest.approx(((phi64 @ w64 - y64) ** 2).mean().item(), rel=1e-6)
     w.grad = None
-    fitting.rows_loss(w, fast.phi_rows, fast.y_flat).backward()
+    rows_loss(w, fast.phi_rows, fast.y_flat).backward()
     assert torch.allclose(w.grad.double(), mse_gradient(phi64, w64, y64), atol=1e-6)
-    assert fitting.rows_layout(phi).T.is_contiguous() and torch.equal(fitting.rows_layout(phi), phi)
+    assert rows_layout(phi).T.is_contiguous() and torch.equal(rows_layout(phi), phi)
 
 
 def test_fast_fit_follows_the_original_trajectory():
     x, y, phi, w0 = original_problem()
-    original = fitting.fit(phi, y, w0, lr=0.1, epochs=100)
+    original = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100))
     for update in ("manual", "sgd"):
-        fast = fitting.fit(phi, y, w0, lr=0.1, epochs=100, update=update, fast=fitting.FastLoss(phi, y, compile=False))
+        fast = fit_fast(FastLoss(phi, y, compile=False), w0, fitting.FitPlan(lr=0.1, epochs=100, update=update))
         assert fast.losses == pytest.approx(original.losses, rel=1e-5)
         assert torch.allclose(fast.w, original.w, rtol=1e-5, atol=1e-6)
 
 
 def test_forgetting_zero_grad_is_worse():
     x, y, phi, w0 = original_problem()
-    good = fitting.fit(phi, y, w0, lr=0.1, epochs=100)
-    bad = fitting.fit(phi, y, w0, lr=0.1, epochs=100, zero_grad=False)
+    good = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100))
+    bad = fitting.fit(phi, y, w0, fitting.FitPlan(lr=0.1, epochs=100, zero_grad=False))
     assert bad.diverged_at is not None or bad.final_loss > 2 * good.final_loss
 
 
 def test_divergence_is_detected_not_propagated():
     x, y, phi, w0 = original_problem()
-    result = fitting.fit(phi, y, w0, lr=50.0, epochs=500)
+    result = fitting.fit(phi, y, w0, fitting.FitPlan(lr=50.0, epochs=500))
     assert result.diverged_at is not None and all(math.isfinite(loss) for loss in result.losses)
 
 
@@ -251,8 +253,8 @@ def rows_epochs_by_hand(phi, y, w0, lr, epochs, update="manual", zero_grad=True,
 def test_fast_loss_log_is_the_per_epoch_item_trajectory_exactly(update, zero_grad):
     # 100 epochs read every 7: the first epoch alone (setup), 14 intervals of 7, one of 1.
     x, y, phi, w0 = original_problem()
-    fast = fitting.FastLoss(phi, y, compile=False)
-    result = fitting.fit(phi, y, w0, 0.1, 100, update, zero_grad, fast=fast, log_every=7)
+    fast = FastLoss(phi, y, compile=False)
+    result = fit_fast(fast, w0, fitting.FitPlan(0.1, 100, update, zero_grad, log_every=7))
     losses, w = rows_epochs_by_hand(phi, y, w0, 0.1, 100, update, zero_grad)
     assert result.losses == losses and torch.equal(result.w, w)
     assert result.epochs_run == 100 and result.setup_epochs == 1 and result.log_every == 7
@@ -261,8 +263,8 @@ def test_fast_loss_log_is_the_per_epoch_item_trajectory_exactly(update, zero_gra
 
 def test_compiled_fast_loss_log_is_its_per_epoch_item_trajectory_exactly():
     x, y, phi, w0 = original_problem()
-    fast = fitting.FastLoss(phi, y)
-    result = fitting.fit(phi, y, w0, 0.1, 30, fast=fast, log_every=4)
+    fast = FastLoss(phi, y)
+    result = fit_fast(fast, w0, fitting.FitPlan(0.1, 30, log_every=4))
     losses, w = rows_epochs_by_hand(phi, y, w0, 0.1, 30, loss_fn=fast.loss_fn)  # the same compiled code
     assert result.losses == losses and torch.equal(result.w, w)
     x64, y64 = x.double(), y.double()
@@ -282,8 +284,8 @@ def test_fast_divergence_is_seen_when_its_interval_is_read():
     largest = torch.finfo(torch.float32).max
     first = next(epoch for epoch, loss in enumerate(losses64) if n * loss > largest)
     assert n * losses64[first - 1] < largest / 2 and n * losses64[first] > 2 * largest
-    plain = fitting.fit(phi, y, w0, lr, 30)
-    fast = fitting.fit(phi, y, w0, lr, 30, fast=fitting.FastLoss(phi, y, compile=False), log_every=7)
+    plain = fitting.fit(phi, y, w0, fitting.FitPlan(lr, 30))
+    fast = fit_fast(FastLoss(phi, y, compile=False), w0, fitting.FitPlan(lr, 30, log_every=7))
     assert plain.diverged_at == fast.diverged_at == first == 12
     assert plain.epochs_run == first + 1  # a .item() every epoch: stops at once
     # Read after epoch 0, then after 7 more (epochs 1..7), then after epochs 8..14: 12 is in that one.
@@ -297,29 +299,29 @@ def test_fast_divergence_is_seen_when_its_interval_is_read():
 
 
 def test_the_loss_log_keeps_what_was_recorded_until_read():
-    log = fitting.LossLog(4, torch.device("cpu"))
+    log = LossLog(4, torch.device("cpu"))
     for value in (0.5, 0.25, 0.125):
         log.record(torch.tensor(value))
     assert log.read(3) == [0.5, 0.25, 0.125]
     log.record(torch.tensor(2.0))
     assert log.read(1) == [2.0]  # after a read, the next epoch writes the first slot again
     x, y, phi, w0 = original_problem()
-    runner = fitting.FastFit(fitting.FastLoss(phi, y, compile=False), w0, 0.1, log_every=4)
+    runner = FastFit(FastLoss(phi, y, compile=False), w0, fitting.FitPlan(0.1, 4, log_every=4))
     runner.setup(10)
     with pytest.raises(ValueError, match="holds 4 epochs"):
         runner.run(4)  # 1 + 4 > 4: refused before any epoch runs
     runner.run(3)
     assert len(runner.read(4)) == 4
     with pytest.raises(ValueError, match="a CUDA graph needs the data on a CUDA device"):
-        fitting.FastLoss(phi, y, cuda_graph=True)
+        FastLoss(phi, y, cuda_graph=True)
 
 
 def test_payoff_epochs_by_hand():
     # 2 s of setup for 3 epochs, then 0.5 ms/epoch against 1.5: E·1.5 ≥ 2000 + (E − 3)·0.5 from E = 1998.5.
-    assert fitting.payoff_epochs(2.0, 3, 0.5, 1.5) == 1999
+    assert payoff_epochs(2.0, 3, 0.5, 1.5) == 1999
     assert 1999 * 1.5 >= 2000 + 1996 * 0.5 and 1998 * 1.5 < 2000 + 1995 * 0.5
-    assert fitting.payoff_epochs(2.0, 1, 1.5, 1.5) is None  # not faster per epoch: never
-    assert fitting.payoff_epochs(0.001, 1, 0.5, 1.5) == 1  # a setup no slower than its epoch: from the first
+    assert payoff_epochs(2.0, 1, 1.5, 1.5) is None  # not faster per epoch: never
+    assert payoff_epochs(0.001, 1, 0.5, 1.5) == 1  # a setup no slower than its epoch: from the first
 
 
 def test_bench_row_3_says_when_fast_pays_off():
@@ -335,12 +337,11 @@ def test_bench_row_3_says_when_fast_pays_off():
 def test_cuda_graph_replays_the_eager_epoch_exactly(update, zero_grad):
     # The same eager kernels, launched one by one or replayed from a graph: the same bits.
     x, y, phi, w0 = original_problem("cuda")
-    graphed = fitting.fit(phi, y, w0, 0.1, 60, update, zero_grad,
-                          fast=fitting.FastLoss(phi, y, compile=False, cuda_graph=True), log_every=7)
-    eager = fitting.fit(phi, y, w0, 0.1, 60, update, zero_grad,
-                        fast=fitting.FastLoss(phi, y, compile=False, cuda_graph=False), log_every=7)
+    plan = fitting.FitPlan(0.1, 60, update, zero_grad, log_every=7)
+    graphed = fit_fast(FastLoss(phi, y, compile=False, cuda_graph=True), w0, plan)
+    eager = fit_fast(FastLoss(phi, y, compile=False, cuda_graph=False), w0, plan)
     assert graphed.graph_error is None and graphed.capture_seconds is not None
-    assert graphed.setup_epochs == fitting.WARMUP_EPOCHS and eager.capture_seconds is None
+    assert graphed.setup_epochs == WARMUP_EPOCHS and eager.capture_seconds is None
     assert graphed.losses == eager.losses and torch.equal(graphed.w, eager.w)
     by_hand, w = rows_epochs_by_hand(phi, y, w0, 0.1, 60, update, zero_grad)
     assert graphed.losses == pytest.approx(by_hand, rel=1e-5) and torch.allclose(graphed.w, w, atol=1e-6)
@@ -350,8 +351,8 @@ def test_cuda_graph_replays_the_eager_epoch_exactly(update, zero_grad):
 @pytest.mark.parametrize("update", ["manual", "sgd"])
 def test_cuda_fast_fit_matches_the_eager_default_within_float32_rounding(update):
     x, y, phi, w0 = original_problem("cuda")
-    default = fitting.fit(phi, y, w0, 0.1, 100, update)
-    fast = fitting.fit(phi, y, w0, 0.1, 100, update, fast=fitting.FastLoss(phi, y), log_every=10)
+    default = fitting.fit(phi, y, w0, fitting.FitPlan(0.1, 100, update))
+    fast = fit_fast(FastLoss(phi, y), w0, fitting.FitPlan(0.1, 100, update, log_every=10))
     assert fast.graph_error is None and fast.capture_seconds is not None and fast.epochs_run == 100
     assert fast.losses == pytest.approx(default.losses, rel=1e-5)
     assert torch.allclose(fast.w, default.w, rtol=1e-5, atol=1e-6)
@@ -363,8 +364,8 @@ def test_cuda_fast_fit_matches_the_eager_default_within_float32_rounding(update)
 @CUDA
 def test_cuda_fast_divergence_is_seen_when_its_interval_is_read():
     x, y, phi, w0 = original_problem("cuda")
-    plain = fitting.fit(phi, y, w0, 50.0, 30)
-    fast = fitting.fit(phi, y, w0, 50.0, 30, fast=fitting.FastLoss(phi, y), log_every=7)
+    plain = fitting.fit(phi, y, w0, fitting.FitPlan(50.0, 30))
+    fast = fit_fast(FastLoss(phi, y), w0, fitting.FitPlan(50.0, 30, log_every=7))
     assert fast.diverged_at == plain.diverged_at is not None and fast.capture_seconds is not None
     # Read after the 3 warm-up epochs, then every 7: the read that saw it ends at 3 + 7k > diverged_at.
     assert fast.epochs_run == 3 + 7 * math.ceil((fast.diverged_at + 1 - 3) / 7)
@@ -388,8 +389,8 @@ def test_fast_keeps_a_compile_cache_per_cpu_capability(monkeypatch):
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so that the test's change is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    fitting.FastLoss(torch.ones(4, 3), torch.ones(4, 1))
+    FastLoss(torch.ones(4, 3), torch.ones(4, 1))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"].endswith(os.sep + torch.backends.cpu.get_cpu_capability())
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/chosen")
-    fitting.FastLoss(torch.ones(4, 3), torch.ones(4, 1))
+    FastLoss(torch.ones(4, 3), torch.ones(4, 1))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/chosen"

@@ -14,7 +14,7 @@ from tensor_features.load_data import load_data
 MUTANTS = [
     ("tensor_features/trainer/model.py", "torch.cat([k * x ** (k - 1) for k", "torch.cat([x ** (k - 1) for k"),
     ("tensor_features/trainer/model.py", "d_previous + (2 * k + 1) * previous", "d_previous + (2 * k - 1) * previous"),
-    ("tensor_features/trainer/model.py", "return 2 * x if self.name == \"sobolev\"", "return x if self.name == \"sobolev\""),
+    ("tensor_features/trainer/losses.py", "    return 2 * x\n", "    return x\n"),  # sobolev's target
     ("tensor_features/trainer/model.py", "return LossTerms(data + loss.weight * derivative, data, derivative)",
      "return LossTerms(data + derivative, data, derivative)"),
     ("tensor_features/trainer/model.py", "x, create_graph=create_graph, retain_graph=retain_graph)",
@@ -42,7 +42,7 @@ BLIND_MUTANTS = [
     # feature_derivative_map: the factor k dropped: Φ′ = [1, x, x², ...]
     ('tensor_features/trainer/model.py', 'return torch.cat([k * x ** (k - 1) for k in range(1, degree + 1)], dim=1)', 'return torch.cat([x ** (k - 1) for k in range(1, degree + 1)], dim=1)'),
     # sobolev derivative target is the curve x² instead of its derivative 2x
-    ('tensor_features/trainer/model.py', 'return 2 * x if self.name == "sobolev" else torch.zeros_like(x)', 'return x**2 if self.name == "sobolev" else torch.zeros_like(x)'),
+    ('tensor_features/trainer/losses.py', '    return 2 * x\n', '    return x**2\n'),
     # least_squares_optimum: the Hessian is ΦᵀΦ/n, missing the 2: eigenvalues halved, max_stable_lr doubled
     ('tensor_features/trainer/model.py', '    hessian = 2 * gram / n\n', '    hessian = gram / n\n'),
     # least_squares_optimum: the derivative rows' weight dropped from the Gram matrix (smooth's λ = 0.1 treated as 1 there)

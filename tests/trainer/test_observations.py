@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tensor_features import train
-from tensor_features.trainer import fitting, model, observations
+from tensor_features.trainer import experiment, fitting, model, observations
 from tensor_features.config import TrainConfig
 from tests.trainer.oracles import derivative_gradient, mse_gradient, original_problem
 
@@ -110,7 +109,7 @@ def test_batchnorm_trap_sum_trick_is_the_column_sums_not_the_diagonal():
 
 def test_sweep_rows_match_their_own_problems():
     x, y, _, _ = original_problem()
-    rows = train.degree_sweep(TrainConfig(), x, y, model.Loss(), degrees=[1, 3])
+    rows = experiment.degree_sweep(TrainConfig(), x, y, model.Loss(), degrees=[1, 3])
     for row in rows:
         phi = model.feature_map(x, row.degree).double().numpy()
         eigenvalues = np.linalg.eigvalsh(phi.T @ phi)

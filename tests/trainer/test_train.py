@@ -19,41 +19,43 @@ import torch
 
 from tests.support import CUDA, ROOT, terminal_usage_error, usage_error
 from tensor_features import train
-from tensor_features.trainer import fitting, model
+from tensor_features.trainer import experiment, fitting, model, problem, report
 from tensor_features.config import TrainConfig
 from tensor_features.load_data import load_data
 from tests.trainer.oracles import descent_losses, numpy_optimum, original_problem, stacked_system
 
 MUTANTS = [
-    ("tensor_features/train.py", "best_rho = (kappa - 1) / (kappa + 1)", "best_rho = (kappa - 1) / kappa"),
-    ("tensor_features/train.py", "{optimum.max_stable_lr / lr:.3g}× below", "{lr / optimum.max_stable_lr:.3g}× below"),
-    ("tensor_features/train.py", 'above = f"{100 * gap / result.optimum.loss:+.1f}%"',
+    ("tensor_features/trainer/report.py", "best_rho = (kappa - 1) / (kappa + 1)", "best_rho = (kappa - 1) / kappa"),
+    ("tensor_features/trainer/report.py", "{optimum.max_stable_lr / lr:.3g}× below", "{lr / optimum.max_stable_lr:.3g}× below"),
+    ("tensor_features/trainer/report.py", 'above = f"{100 * gap / result.optimum.loss:+.1f}%"',
      'above = f"{100 * gap / fit_result.final_loss:+.1f}%"'),
-    ("tensor_features/train.py", 'if nonzero >= degree:', 'if nonzero >= degree - 1:'),
-    ("tensor_features/train.py", "(epoch {len(result.losses) - 1}, before its update)",
+    ("tensor_features/trainer/problem.py", 'if nonzero >= degree:', 'if nonzero >= degree - 1:'),
+    ("tensor_features/trainer/report.py", "(epoch {len(result.losses) - 1}, before its update)",
      "(epoch {len(result.losses)}, before its update)"),
-    ("tensor_features/train.py", 'if manual.diverged_at is not None or sgd.diverged_at is not None:', 'if False:'),
-    ("tensor_features/train.py", "at_half = int(torch.argmin((curve.x - 0.5).abs()))",
+    ("tensor_features/trainer/report.py", 'if manual.diverged_at is not None or sgd.diverged_at is not None:', 'if False:'),
+    ("tensor_features/trainer/report.py", "at_half = int(torch.argmin((curve.x - 0.5).abs()))",
      "at_half = int(torch.argmin((curve.x - 0.25).abs()))"),
-    ("tensor_features/train.py", "rows = DerivativeRows(make_feature_derivatives(x, degree, basis)",
+    ("tensor_features/trainer/problem.py", "rows = DerivativeRows(make_feature_derivatives(x, degree, basis)",
      "rows = DerivativeRows(make_features(x, degree, basis)"),
-    ("tensor_features/train.py", '"sobolev": config.beta, "smooth": config.penalty',
-     '"sobolev": config.penalty, "smooth": config.beta'),
+    # the registry: sobolev weighted by --penalty, smooth by --beta
+    ("tensor_features/trainer/losses.py",
+     'weight_flag="beta", weight_words="the derivative term"),\n    LossKind("smooth", "+ λ·mean(f′²), a slope penalty",\n             target=no_slope, term="mean(f′²)", symbol="λ",\n             weight_flag="penalty",',
+     'weight_flag="penalty", weight_words="the derivative term"),\n    LossKind("smooth", "+ λ·mean(f′²), a slope penalty",\n             target=no_slope, term="mean(f′²)", symbol="λ",\n             weight_flag="beta",'),
     ("tensor_features/train.py", 'if config.batchnorm and config.basis != "mlp":', "if False:"),
-    ("tensor_features/train.py", "gap = loss - optimum\n", "gap = abs(loss - optimum)\n"),
-    ("tensor_features/train.py", "if limiting == low:", "if limiting == high:"),
-    ("tensor_features/train.py", "result.mse_fit = fit(result.mse_problem.phi, y, w0, lr, config.epochs, \"manual\", zero_grad)",
-     "result.mse_fit = fit(result.mse_problem.phi, y, w0, 2 * lr, config.epochs, \"manual\", zero_grad)"),
+    ("tensor_features/trainer/report.py", "gap = loss - optimum\n", "gap = abs(loss - optimum)\n"),
+    ("tensor_features/trainer/report.py", "if limiting == low:", "if limiting == high:"),
+    ("tensor_features/trainer/experiment.py", 'result.mse_fit = fit(result.mse_problem.phi, y, w0, replace(plans[0], update="manual"))',
+     'result.mse_fit = fit(result.mse_problem.phi, y, w0, replace(plans[0], update="manual", lr=2 * lr))'),
     ("tensor_features/config.py", 'beta: float = option(1.0,', 'beta: float = option(0.5,'),
-    ("tensor_features/train.py", "steps = lr * optimum.hessian_eigenvalues", "steps = optimum.hessian_eigenvalues"),
+    ("tensor_features/trainer/report.py", "steps = lr * optimum.hessian_eigenvalues", "steps = optimum.hessian_eigenvalues"),
     ("tensor_features/config.py", "type=float_in_range(0.0, 1e6))\n    degree", "type=float)\n    degree"),
     # --fast: the log interval, the pay-off, the setup text; the closed pipe
-    ("tensor_features/train.py", "log_every=config.log_every) for update in updates]", "log_every=1) for update in updates]"),
-    ("tensor_features/train.py", "payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, fitted.epoch_ms, reference_ms)",
+    ("tensor_features/trainer/experiment.py", "log_every=config.log_every)", "log_every=1)"),
+    ("tensor_features/trainer/report.py", "payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, fitted.epoch_ms, reference_ms)",
      "payoff_epochs(fitted.setup_seconds, fitted.setup_epochs, reference_ms, fitted.epoch_ms)"),
-    ("tensor_features/train.py", 'f"{result.log_every} epochs")', 'f"{result.setup_epochs} epochs")'),
+    ("tensor_features/trainer/report.py", 'f"{result.log_every} epochs")', 'f"{result.setup_epochs} epochs")'),
     ("tensor_features/train.py", "    sys.exit(run_main(main))", "    sys.exit(main())"),
-    ("tensor_features/trainer/fitting.py", "        self.needs_compiling = False\n        return loss.detach()\n\n    def sgd_epoch",
+    ("tensor_features/trainer/fast.py", "        self.needs_compiling = False\n        return loss.detach()\n\n    def sgd_epoch",
      "        pass\n        return loss.detach()\n\n    def sgd_epoch"),
 ]
 
@@ -64,20 +66,20 @@ BLIND_MUTANTS = [
     ('tensor_features/trainer/fitting.py', 'parameters=lambda w: [w, *extractor.parameters()]', 'parameters=lambda w: [w]'),
     # ---------------------------------------------------------------- train.py
     # resolve_lr: --lr auto picks the stability limit 2/λmax instead of 2/(λmax+λmin)
-    ('tensor_features/train.py', 'return optimum.best_lr if lr == "auto" else float(lr)', 'return optimum.max_stable_lr if lr == "auto" else float(lr)'),
+    ('tensor_features/trainer/experiment.py', 'return optimum.best_lr if lr == "auto" else float(lr)', 'return optimum.max_stable_lr if lr == "auto" else float(lr)'),
     # loss_of: beta and penalty swapped between sobolev and smooth
-    ('tensor_features/train.py', '{"mse": 0.0, "sobolev": config.beta, "smooth": config.penalty}[config.loss]', '{"mse": 0.0, "sobolev": config.penalty, "smooth": config.beta}[config.loss]'),
+    ('tensor_features/trainer/losses.py', 'weight_flag="beta", weight_words="the derivative term"),\n    LossKind("smooth", "+ λ·mean(f′²), a slope penalty",\n             target=no_slope, term="mean(f′²)", symbol="λ",\n             weight_flag="penalty",', 'weight_flag="penalty", weight_words="the derivative term"),\n    LossKind("smooth", "+ λ·mean(f′²), a slope penalty",\n             target=no_slope, term="mean(f′²)", symbol="λ",\n             weight_flag="beta",'),
     # rank_shortfall: counts all points, not the nonzero ones (x = 0 counted as usable)
-    ('tensor_features/train.py', 'nonzero = int((x != 0).sum())', 'nonzero = int(x.numel())'),
+    ('tensor_features/trainer/problem.py', 'nonzero = int((x != 0).sum())', 'nonzero = int(x.numel())'),
     # within_epoch: the float32 floor dropped (with --noise 0 nothing is ever "within")
-    ('tensor_features/train.py', 'return epochs_to_within(losses, optimum.loss, floor=optimum.resolution)', 'return epochs_to_within(losses, optimum.loss)'),
+    ('tensor_features/trainer/experiment.py', 'return epochs_to_within(losses, optimum.loss, floor=optimum.resolution)', 'return epochs_to_within(losses, optimum.loss)'),
     # ---------------------------------------------------------------- config.py / utils.py / load_data.py
     # config: the learning-rate default is not the original's 0.1
     ('tensor_features/config.py', 'lr: float | str = option(0.1, "learning rate', 'lr: float | str = option(0.01, "learning rate'),
     # build_parser: bool detection misses the string annotation: --no-zero-grad etc. want a value
     ('tensor_features/config.py', 'if spec.type in ("bool", bool):', 'if spec.type is bool:'),
     # load_data: x on [0, 1] instead of [-1, 1]
-    ('tensor_features/load_data.py', 'x = torch.linspace(-1, 1, n, dtype=dtype).unsqueeze(1)', 'x = torch.linspace(0, 1, n, dtype=dtype).unsqueeze(1)'),
+    ('tensor_features/load_data.py', 'x = torch.linspace(-1, 1, n, dtype=dtype, device="cpu").unsqueeze(1)', 'x = torch.linspace(0, 1, n, dtype=dtype, device="cpu").unsqueeze(1)'),
     # load_data: noise scaling applied after adding x²: y = noise · (N(0,1) + x²)
     ('tensor_features/load_data.py', '.mul_(noise).add_(x**2)', '.add_(x**2).mul_(noise)'),
 ]
@@ -108,9 +110,9 @@ def test_a_zero_weight_runs_exactly_like_the_mse_run():
 
 
 def test_gap_text_keeps_the_sign():
-    assert train.gap_text(0.0125, 0.0100) == "0.002500 above the optimum"
-    assert train.gap_text(0.01000043, 0.0100) == "4.3e-07 above the optimum"
-    below = train.gap_text(0.0099, 0.0100)
+    assert report.gap_text(0.0125, 0.0100) == "0.002500 above the optimum"
+    assert report.gap_text(0.01000043, 0.0100) == "4.3e-07 above the optimum"
+    below = report.gap_text(0.0099, 0.0100)
     assert below.startswith("0.0001 below the float64 optimum") and "above" not in below
 
 
@@ -124,7 +126,7 @@ def test_convergence_lines_say_what_limits_this_lr(lr):
     auto = lr == "auto"
     lr = optimum.best_lr if auto else lr  # what --lr auto passes
     assert optimum.best_lr == pytest.approx(best, rel=1e-6)
-    text = "\n".join(train.convergence_lines(optimum, lr))
+    text = "\n".join(report.convergence_lines(optimum, lr))
     assert f"κ = {kappa:.4g}" in text
     rho = max(abs(1 - lr * low), abs(1 - lr * high))
     if lr >= 2 / high:
@@ -292,10 +294,10 @@ def test_payoff_line_by_hand():
     fast = fitting.FitResult("manual --fast", losses=[1.0] * 11, epochs_run=11, seconds=2.005, setup_seconds=2.0,
                              setup_epochs=1, setup_what="1 epoch")
     assert fast.epoch_ms == pytest.approx(0.5)
-    line = train.payoff_line(fast, reference_ms=1.5)  # E·1.5 ≥ 2000 + (E − 1)·0.5 from E = 1999.5
+    line = report.payoff_line(fast, reference_ms=1.5)  # E·1.5 ≥ 2000 + (E − 1)·0.5 from E = 1999.5
     assert line.startswith("--fast pays for its setup (2.000 s) from 2000 epochs on: manual --fast at 0.500 ms/epoch, "
                            "the original loop at 1.500")
-    assert train.payoff_line(fast, reference_ms=0.4).startswith("--fast never pays for its setup (2.000 s) here")
+    assert report.payoff_line(fast, reference_ms=0.4).startswith("--fast never pays for its setup (2.000 s) here")
 
 
 def test_fast_fits_read_their_losses_once_per_log_interval():
@@ -357,9 +359,10 @@ def test_bad_input_is_one_line_and_exit_2(args, named, capsys):
 
 def test_maths_that_breaks_after_parsing_is_a_usage_error(capsys, monkeypatch):
     x = torch.zeros(10, 1)  # every point the same: ΦᵀΦ is singular
-    with pytest.raises(train.UsageError, match="--degree 3"):
-        train.exact_problem(x, torch.zeros(10, 1), 3, "monomial", model.Loss())
-    monkeypatch.setattr(train, "load_data", lambda *args: (x, torch.zeros(10, 1)))
+    with pytest.raises(problem.ProblemError, match="ΦᵀΦ is singular") as raised:
+        problem.exact_problem(x, torch.zeros(10, 1), 3, "monomial", model.Loss())
+    assert raised.value.shortfall.nonzero == 0 and raised.value.shortfall.enough_points == 4
+    monkeypatch.setattr(experiment, "load_data", lambda *args: (x, torch.zeros(10, 1)))
     assert "--degree" in usage_error(train.main, ["--n", "10"], capsys)
 
 
@@ -499,7 +502,7 @@ def test_compare_updates_prints_each_outcome():
     nudged = fitting.FitResult("sgd", losses=[2.0, 1.0], w=torch.nextafter(w, w + 1))
     for other, identical in ((twin, True), (nudged, False)):
         buffer = io.StringIO()
-        train.compare_updates(same, other, buffer)
+        report.compare_updates(same, other, buffer)
         text = buffer.getvalue()
         assert ("identical in this run" in text) is identical
         assert ("not bit-identical" in text) is (not identical)
@@ -532,7 +535,7 @@ def accumulated_descent_losses(x, y, w0, lr, epochs):
 def test_the_sweep_trains_without_zero_grad_when_asked():
     x, y, _, w0 = original_problem()
     config = TrainConfig(no_zero_grad=True, epochs=30, lr=0.01)
-    row = train.degree_sweep(config, x, y, model.Loss(), degrees=[3])[0]
+    row = experiment.degree_sweep(config, x, y, model.Loss(), degrees=[3])[0]
     expected = accumulated_descent_losses(x, y, w0, 0.01, 30)[-1]
     plain = descent_losses(x, y, w0, 0.01, 30)[0][-1]
     assert abs(expected - plain) > 1e-3 * plain, "the oracle must tell the two loops apart"
@@ -543,7 +546,7 @@ def test_the_mlp_column_trains_without_zero_grad_when_asked():
     # The test's own loop: the same extractor (same seed), gradients summed across epochs by hand.
     x, y, _, w0 = original_problem()
     lr, epochs = 0.05, 4
-    result, _ = fitting.fit_mlp(x, y, w0, lr, epochs, seed=0, zero_grad=False)
+    result, _ = fitting.fit_mlp(x, y, w0, fitting.FitPlan(lr, epochs, zero_grad=False), seed=0)
     torch.manual_seed(0)
     extractor = fitting.MLPFeatures(3)
     names = [name for name, _ in extractor.named_parameters()]
@@ -560,7 +563,7 @@ def test_the_mlp_column_trains_without_zero_grad_when_asked():
             sums = [s + g for s, g in zip(sums, grads)]
             params = [p - lr * s for p, s in zip(leaves, sums)]
     assert result.losses == pytest.approx(losses, rel=1e-5)
-    with_zero, _ = fitting.fit_mlp(x, y, w0, lr, epochs, seed=0)
+    with_zero, _ = fitting.fit_mlp(x, y, w0, fitting.FitPlan(lr, epochs), seed=0)
     assert with_zero.losses[-1] != pytest.approx(losses[-1], rel=1e-5)
 
 

@@ -26,9 +26,9 @@ import pytest
 import torch
 
 from tests.support import ROOT, run_script
-from tensor_features import train
-from tensor_features.lab import distributed
-from tensor_features.trainer import data_parallel, fitting
+from tensor_features import ranks, train
+from tensor_features.trainer import data_parallel, fast, fitting, model
+from tensor_features.load_data import load_data
 from tensor_features.config import TrainConfig, build_parser
 from tests.trainer.oracles import descent_losses, original_problem, stacked_system
 
@@ -54,11 +54,11 @@ MUTANTS = [
     ("tensor_features/trainer/data_parallel.py", "        if dist.get_rank() == 0:\n            print(message",
      "        if dist.get_rank() == 1:\n            print(message"),
     ("tensor_features/trainer/data_parallel.py", "if stop.code not in (0, None):", "if stop.code not in (0, 2, None):"),
-    ("tensor_features/trainer/fitting.py", "            losses = list(self.world.mean_over_rows(*losses))",
+    ("tensor_features/trainer/fast.py", "            losses = list(self.world.mean_over_rows(*losses))",
      "            losses = list(losses)"),
-    ("tensor_features/lab/distributed.py", "import torch.distributed.nn.functional  # noqa: F401  (see above)\n", ""),
-    ("tensor_features/lab/distributed.py", "    if rank >= world_size:", "    if rank > world_size:"),
-    ("tensor_features/lab/distributed.py", "    if not address or not port:", "    if not address:"),
+    ("tensor_features/ranks.py", "import torch.distributed.nn.functional  # noqa: F401  (see above)\n", ""),
+    ("tensor_features/ranks.py", "    if rank >= world_size:", "    if rank > world_size:"),
+    ("tensor_features/ranks.py", "    if not address or not port:", "    if not address:"),
     ("tensor_features/trainer/data_parallel.py", 'print(message, end="", file=sys.__stderr__, flush=True)',
      'print(message, end="", file=sys.stderr, flush=True)'),
 ]
@@ -115,19 +115,20 @@ import sys
 import torch
 import torch.distributed as dist
 from tensor_features import train
+from tensor_features.trainer import experiment
 
-fit = train.fit
+fit = experiment.fit
 
 
-def fit_or_give_up(phi, y, w0, lr, epochs, update, *rest, **options):
-    if update == "sgd" and dist.get_rank() == 1:
+def fit_or_give_up(phi, y, w0, plan, *rest, **options):
+    if plan.update == "sgd" and dist.get_rank() == 1:
         raise ValueError("rank 1 gives up")
-    result = fit(phi, y, w0, lr, epochs, update, *rest, **options)
-    torch.save({"losses": result.losses, "w": result.w}, f"{update}_rank{dist.get_rank()}.pt")
+    result = fit(phi, y, w0, plan, *rest, **options)
+    torch.save({"losses": result.losses, "w": result.w}, f"{plan.update}_rank{dist.get_rank()}.pt")
     return result
 
 
-train.fit = fit_or_give_up
+experiment.fit = fit_or_give_up
 sys.exit(train.main(sys.argv[1:]))
 """
 
@@ -192,8 +193,8 @@ def test_no_rank_keeps_a_gloo_thread_after_leaving_the_group(uneven):
 
 def test_the_trajectory_is_the_full_batch_one_within_float32_rounding(uneven, one_process):
     _, ranks = uneven
-    x, y = train.load_data(101, 0.1, 0)
-    by_hand, w_by_hand = descent_losses(x, y, train.initial_weights(3, 0, CPU), 0.1, 100)  # float64 numpy
+    x, y = load_data(101, 0.1, 0)
+    by_hand, w_by_hand = descent_losses(x, y, model.initial_weights(3, 0, CPU), 0.1, 100)  # float64 numpy
     for update, fitted in enumerate(one_process.fits):
         losses, w = ranks[0]["losses"][update], ranks[0]["w"][update]
         assert len(losses) == 100
@@ -202,8 +203,8 @@ def test_the_trajectory_is_the_full_batch_one_within_float32_rounding(uneven, on
         assert largest_difference(losses, by_hand) < FLOAT32_ROUNDING
         assert largest_difference(w, w_by_hand) < FLOAT32_ROUNDING
     # The weights by rows matter here: the mean of the two shards' mean gradients is another descent.
-    phi = train.make_features(x, 3)
-    w0 = train.initial_weights(3, 0, CPU)
+    phi = model.make_features(x, 3)
+    w0 = model.initial_weights(3, 0, CPU)
     halves = [(phi[:51], y[:51]), (phi[51:], y[51:])]
     w = w0.clone()
     for _ in range(100):
@@ -251,7 +252,7 @@ def test_a_rank_that_raises_ends_the_run_with_one_line_and_no_hang(tmp_path):
     # Both ranks trained the manual fit first, w.grad never zeroed: the summed-gradient recursion.
     manual = torch.load(tmp_path / "manual_rank1.pt")
     x, y, phi, w0 = original_problem()
-    single = fitting.fit(phi, y, w0, 0.1, 200, "manual", zero_grad=False)
+    single = fitting.fit(phi, y, w0, fitting.FitPlan(0.1, 200, "manual", zero_grad=False))
     assert largest_difference(manual["losses"], single.losses) < NO_ZERO_GRAD_ROUNDING
     assert largest_difference(manual["w"], single.w) < NO_ZERO_GRAD_ROUNDING
     a, b = stacked_system(x, y)
@@ -340,8 +341,9 @@ def test_fast_losses_are_reduced_once_per_log_interval():
     # every 7: the first epoch alone (it compiles), then 7, 7 and the last 5.
     x, y, phi, w0 = original_problem()
     world = RecordingWorld()
-    reduced = fitting.fit(phi, y, w0, 0.1, 20, fast=fitting.FastLoss(phi, y, compile=False), world=world, log_every=7)
-    alone = fitting.fit(phi, y, w0, 0.1, 20, fast=fitting.FastLoss(phi, y, compile=False), log_every=7)
+    plan = fitting.FitPlan(0.1, 20, log_every=7)
+    reduced = fast.fit_fast(fast.FastLoss(phi, y, compile=False), w0, plan, world=world)
+    alone = fast.fit_fast(fast.FastLoss(phi, y, compile=False), w0, plan)
     assert world.calls == [1, 7, 7, 5]
     assert reduced.losses == [2 * loss for loss in alone.losses]
 
@@ -408,8 +410,8 @@ def test_distributed_variables_that_cannot_work_stop_with_one_line(variables, sa
 def test_a_peer_that_never_comes_is_waited_for_a_bounded_time(rank, reason, monkeypatch, capfd):
     # Rank 0 serves the rendezvous and waits for rank 1; rank 1 tries to reach rank 0 (torch logs each
     # try from C++, with a stack: held back, so the line below is all there is). Joining waits
-    # distributed.JOIN_TIMEOUT, a minute; 2 s here.
-    monkeypatch.setattr(distributed, "JOIN_TIMEOUT", timedelta(seconds=2))
+    # ranks.JOIN_TIMEOUT, a minute; 2 s here.
+    monkeypatch.setattr(ranks, "JOIN_TIMEOUT", timedelta(seconds=2))
     port = free_port()
     by_hand(monkeypatch, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     started = time.monotonic()
