@@ -58,7 +58,7 @@ BLIND_MUTANTS = [
     # _Trace keeps the locals at the "call" event, not at "return": Seen.names holds only the arguments (lab), nothing the observation made
     ('tensor_features/lab/core.py', '        elif event == "return" and frame.f_code is self.code:', '        elif event == "call" and frame.f_code is self.code:'),
     # _Trace thinks a tracer is already there when none is: never active, so Seen.names is {} and no `# not run` marks appear
-    ('tensor_features/lab/core.py', '        self.active = sys.gettrace() is None', '        self.active = sys.gettrace() is not None'),
+    ('tensor_features/lab/core.py', '        self.active = self.previous is None or isinstance(', '        self.active = self.previous is not None or isinstance('),
     # snapshot no longer copies a tensor: a later in-place change (x.grad.zero_()) rewrites what lab.seen recorded
     ('tensor_features/lab/core.py', '        return value.detach().clone()', '        return value.detach()'),
     # snapshot copies tuples only: a list of tensors checked, then changed in place, shows the changed values in lab.seen
