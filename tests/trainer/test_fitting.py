@@ -68,6 +68,13 @@ BLIND_MUTANTS = [
     ('tensor_features/trainer/fast.py', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0]))', 'prediction = sum(w[k] * phi_rows[k] for k in range(phi_rows.shape[0] - 1))'),
     # predict(): no_grad instead of inference_mode: curve values are not inference tensors
     ('tensor_features/trainer/fitting.py', '    with torch.inference_mode():\n        return features(x) @ w\n', '    with torch.no_grad():\n        return features(x) @ w\n'),
+    # ---------------------------------------------------------------- the trainer's new rooms (blind)
+    # fitting.py: FitPlan's default leaves out w.grad.zero_(): FitPlan(lr, epochs) fits accumulate gradients and diverge/lag behind the original loop
+    ('tensor_features/trainer/fitting.py', '    zero_grad: bool = True  # False: leave out w.grad.zero_() (--no-zero-grad)\n', '    zero_grad: bool = False  # False: leave out w.grad.zero_() (--no-zero-grad)\n'),
+    # fitting.py: fit() ignores plan.zero_grad: `--no-zero-grad` (mse) trains exactly like the default run, the accumulated-gradient breakage never shows
+    ('tensor_features/trainer/fitting.py', '    lr, zero_grad = plan.lr, plan.zero_grad\n', '    lr, zero_grad = plan.lr, True\n'),
+    # fitting.py: _train records the divergence one epoch late: diverged_at is the epoch after the first non-finite loss, so the report says "diverged at epoch k+1"
+    ('tensor_features/trainer/fitting.py', '            result.diverged_at = epoch\n', '            result.diverged_at = epoch + 1\n'),
 ]
 
 
