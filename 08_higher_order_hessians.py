@@ -198,12 +198,9 @@ lab.run(hvp_against_forming_h)
 def trainer_hessian(lab: Lab) -> None:
     """The trainer's loss mean((Φw − y)²) at its initial w: Hessian, H·v and eigenvalues"""
     config = TrainConfig()  # the defaults of python -m tensor_features.train
-    # The trainer's data and starting w come from its seeded CPU generators, which draw on the
-    # CPU only, so they are made with the CPU as the default device ...
-    with torch.device("cpu"):
-        # ... and then moved to lab.device, as the trainer does
-        x, y = load_data(config.n, config.noise, config.seed, device=lab.device)
-        w0 = initial_weights(config.degree, config.seed, lab.device)  # the trainer's start, 3×1
+    # The trainer's seeded data and starting w, moved to lab.device as the trainer moves them.
+    x, y = load_data(config.n, config.noise, config.seed, device=lab.device)
+    w0 = initial_weights(config.degree, config.seed, lab.device)  # the trainer's start, 3×1
     phi = feature_map(x, config.degree)  # Φ = [x, x², x³], n×3
 
     loss = lambda w: ((phi @ w - y) ** 2).mean()  # the trainer's mse loss, as a function of w

@@ -93,6 +93,18 @@ class Launch:
     local_world_size: int
 
 
+def place_rank(device: torch.device, launch: Launch) -> tuple[str, torch.device]:
+    """(backend, device) of this rank, decided in one place for the trainer and lesson 09: nccl and
+    the rank's own GPU when the device is CUDA and every rank on this machine can have one, else
+    gloo on the CPU. Under nccl the GPU is made current here, before the group forms, so that nccl
+    binds this rank's GPU."""
+    backend = backend_for(device, launch.local_world_size)
+    placed = rank_device(device, backend, launch.local_rank)
+    if backend == "nccl":
+        torch.cuda.set_device(placed)
+    return backend, placed
+
+
 def _whole_number(name: str, lowest: int) -> int | None:
     text = os.environ.get(name, "").strip()
     if not text:  # unset, or set to nothing (`export RANK=`): not set

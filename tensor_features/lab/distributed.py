@@ -51,7 +51,8 @@ import torch.multiprocessing
 
 from tensor_features.lab.core import Lab, Seen
 from tensor_features.ranks import (  # noqa: F401 (only_rank_0_prints: lesson 09 imports it from here)
-    JoinError, Launch, backend_for, join_group, launched, one_line, only_rank_0_prints, rank_device)
+    JoinError, Launch, backend_for, join_group, launched, one_line, only_rank_0_prints, place_rank,
+    rank_device)
 
 INIT_TIMEOUT = timedelta(seconds=60)  # init_process_group's timeout: also bounds every collective
 ANSWER_TIMEOUT_S = 300.0  # the first DDP(...) imports torch._dynamo: many seconds on a busy machine
@@ -243,15 +244,13 @@ class World:
         if launch.world_size != size:
             usage_exit(f"this lesson is written for {size} processes; "
                        f"WORLD_SIZE is {launch.world_size} (torchrun --nproc-per-node {size})")
-        backend = backend_for(lab.device, launch.local_world_size)
-        if backend == "nccl":
-            torch.cuda.set_device(launch.local_rank)
+        backend, placed = place_rank(lab.device, launch)
         try:
             join_group(launch, backend, INIT_TIMEOUT)
         except JoinError as err:
             usage_exit(str(err))
         world = cls("joined", size, backend, lab.title, lab.args)
-        world.device = rank_device(lab.device, backend, launch.local_rank)
+        world.device = placed
         return world
 
     @classmethod

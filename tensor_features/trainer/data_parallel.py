@@ -15,7 +15,7 @@ adds for the trainer:
     so a loss that stops being finite stops every rank at the same epoch.
 
 Backends: nccl when the trainer computes on CUDA and every process on this machine has a GPU of
-its own; gloo on the CPU otherwise (tensor_features.ranks.backend_for, shared with lesson 09).
+its own; gloo on the CPU otherwise (tensor_features.ranks.place_rank, shared with lesson 09).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tensor_features.ranks import JoinError, backend_for, join_group, launched, rank_device
+from tensor_features.ranks import JoinError, join_group, launched, place_rank
 
 # The timeout of every collective, set once the group has formed (forming it waits at most
 # ranks.JOIN_TIMEOUT): a rank that hangs, alive, ends the run after this long ("Timeout for
@@ -130,14 +130,12 @@ class DataParallel:
         if launch is None:
             raise JoinError("RANK and WORLD_SIZE are not set: this is no rank of a torchrun launch")
         local_size = launch.local_world_size
-        backend = backend_for(device, local_size)
+        backend, placed = place_rank(device, launch)
         if device_flag == "cuda" and backend != "nccl":
             raise DeviceError(f"--device cuda with {local_size} processes on this machine needs {local_size} GPUs; "
                               f"torch sees {torch.cuda.device_count()} (use --device cpu)")
-        if backend == "nccl":
-            torch.cuda.set_device(launch.local_rank)  # before the group forms, so nccl binds this rank's GPU
         join_group(launch, backend, TIMEOUT)
-        return cls(dist.get_rank(), dist.get_world_size(), n, backend, rank_device(device, backend, launch.local_rank))
+        return cls(dist.get_rank(), dist.get_world_size(), n, backend, placed)
 
     def close(self, together: bool = False) -> None:
         """Leave the process group. together=True (every rank finished): first a barrier, so that no

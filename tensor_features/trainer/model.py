@@ -92,7 +92,8 @@ def make_feature_derivatives(x: torch.Tensor, degree: int, basis: str = "monomia
 def initial_weights(degree: int, seed: int, device: torch.device) -> torch.Tensor:
     """w ~ N(0, 1) of shape (degree, 1), as in the original, from its own seeded generator."""
     generator = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(degree, 1, generator=generator).to(device)
+    # Drawn on the CPU, where the generator is, whatever the default device, then moved.
+    return torch.randn(degree, 1, generator=generator, device="cpu").to(device)
 
 
 # -- the losses -------------------------------------------------------------------------------------

@@ -516,3 +516,13 @@ def test_an_unwritable_summary_stops_every_rank_before_it_joins(monkeypatch, cap
     assert done.value.code == 2
     err = capfd.readouterr().err.strip().splitlines()  # rank 0 says it on the real stderr
     assert len(err) == 1 and "LAB_SUMMARY=/etc/hostname/summary.jsonl cannot be written" in err[0]
+
+
+def test_a_rank_is_placed_once_for_both_the_trainer_and_lesson_09():
+    from tensor_features.ranks import Launch, place_rank
+
+    # On the CPU, or with fewer GPUs than ranks on the machine: gloo, and every rank on the CPU.
+    launch = Launch(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert place_rank(torch.device("cpu"), launch) == ("gloo", torch.device("cpu"))
+    if torch.cuda.device_count() < 2:
+        assert place_rank(torch.device("cuda"), launch) == ("gloo", torch.device("cpu"))
