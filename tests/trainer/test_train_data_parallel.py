@@ -76,10 +76,6 @@ BLIND_MUTANTS = [
     # mean_over_rows: the per-rank means are summed unweighted
     ('tensor_features/trainer/data_parallel.py', 'weighted = torch.tensor(values, dtype=torch.float64, device=self.device) * self.share', 'weighted = torch.tensor(values, dtype=torch.float64, device=self.device)'),
     # ---------------------------------------------------------------- the trainer's new rooms (blind)
-    # ranks.py: backend_for wants more GPUs than ranks: with exactly as many GPUs as ranks on the machine it picks gloo (ranks on the CPU) instead of nccl
-    ('tensor_features/ranks.py', 'torch.cuda.device_count() >= ranks_on_this_machine', 'torch.cuda.device_count() > ranks_on_this_machine'),
-    # ranks.py: rank_device forgets the local rank: under nccl every rank gets torch.device('cuda') (GPU 0), not cuda:local_rank
-    ('tensor_features/ranks.py', 'return torch.device("cuda", local_rank) if backend == "nccl"', 'return torch.device("cuda") if backend == "nccl"'),
     # ranks.py: launched() accepts RANK == WORLD_SIZE: RANK=2 WORLD_SIZE=2 is no longer a one-line JoinError (exit 2) but a launch that hangs/fails later
     ('tensor_features/ranks.py', '    if rank >= world_size:\n', '    if rank > world_size:\n'),
     # ranks.py: join_group's rendezvous check only looks at MASTER_ADDR: with MASTER_PORT unset it crashes with a TypeError traceback (None > 65535) instead of the one-line JoinError naming MASTER_PORT
