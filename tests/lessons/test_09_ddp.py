@@ -15,7 +15,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -24,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support import Promise, ROOT, load_lesson, quiet_lab, run_script
+from tests.support import Promise, ROOT, free_port, load_lesson, quiet_lab, run_script
 from tensor_features import ranks
 from tensor_features.lab import distributed
 from tensor_features.lab.distributed import World
@@ -339,9 +338,7 @@ def test_distributed_variables_that_cannot_work_stop_the_lesson_with_one_line(va
 def test_a_peer_that_never_comes_stops_the_lesson_after_the_join_timeout(monkeypatch, capfd):
     # join_group (tensor_features/ranks.py) reads its JOIN_TIMEOUT: 40 s in a lesson run
     monkeypatch.setattr(ranks, "JOIN_TIMEOUT", timedelta(seconds=2))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     set_by_hand(monkeypatch, RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     said = start_stops_with_one_line(capfd)
     assert f": error: rank 0 of WORLD_SIZE=2 could not form the process group at 127.0.0.1:{port} within 2 s (" in said

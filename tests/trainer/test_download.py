@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import usage_error
+from tests.support import free_port, usage_error
 from tensor_features import download
 from tensor_features.cli import run_main
 from tensor_features.load_data import CAT_SIZE, EMBEDDED_CAT, cat_images_source, load_cat_images, read_cached_cats
@@ -139,9 +139,7 @@ def test_an_empty_dest_is_a_usage_error(capsys):
 
 
 def test_connection_refused_says_the_lab_runs_without_it(tmp_path, capsys):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     source = download.Source(f"http://127.0.0.1:{port}/x.tar.gz", "0" * 32, "x.tar.gz")
     assert download.main(["--dest", str(tmp_path)], source=source) == 2
     err = capsys.readouterr().err

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import ROOT, run_script
+from tests.support import ROOT, free_port, run_script
 from tensor_features import ranks, train
 from tensor_features.trainer import data_parallel, fast, fitting, model
 from tensor_features.load_data import load_data
@@ -288,12 +288,6 @@ def test_shards_are_contiguous_blocks_as_numpy_splits_them(n, world_size):
 def as_rank(monkeypatch, rank: int, world_size: int = 2):
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def the_only_rank(monkeypatch):
