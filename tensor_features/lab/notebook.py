@@ -8,10 +8,11 @@ kernel, Lab.start reads no command line, so it has no --help to show the text in
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 from pathlib import Path
+
+from tensor_features.cli import OneLineArgumentParser
 
 
 def lesson_notebook(path: Path):
@@ -32,8 +33,8 @@ def lesson_notebook(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tensor_features.lab.notebook",
-                                     description="Write a lesson as a Jupyter notebook (.ipynb).")
+    parser = OneLineArgumentParser(prog="python -m tensor_features.lab.notebook",
+                                   description="Write a lesson as a Jupyter notebook (.ipynb).")
     parser.add_argument("lesson", type=Path, help="the lesson's .py file")
     parser.add_argument("output", type=Path, help="the .ipynb file to write (its folder must exist)")
     args = parser.parse_args(argv)

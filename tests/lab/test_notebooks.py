@@ -78,6 +78,14 @@ def kernel():
     started.close()
 
 
+def is_a_lone_string(source: str) -> bool:
+    """A code cell that is only a string literal: a docstring, which a kernel shows escaped."""
+    import ast
+
+    body = ast.parse(source).body if source.strip() else []
+    return len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+
+
 # Run in the kernel after an observation cell: which of the observation's locals are not globals
 # now (or are other objects), and which checked names hold what their check saw.
 PROBE = """
@@ -98,6 +106,8 @@ def test_each_cell_shows_its_observation_and_leaves_its_tensors(kernel, path):
     notebook = lesson_notebook(path)
     assert notebook.cells[0].cell_type == "markdown", "the introduction, as text"
     assert notebook.cells[0].source.startswith(f"# {path.name[:2]} ·") and "\\n" not in notebook.cells[0].source
+    assert not any(cell.cell_type == "code" and is_a_lone_string(cell.source) for cell in notebook.cells), \
+        "the docstring is shown once, as the Markdown cell, not also as an escaped string"
     cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     assert len(cells) >= 3, "setup, at least one observation, the end"
     kernel.run("%reset -f")
@@ -137,3 +147,19 @@ def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
     assert notebook["cells"][0]["cell_type"] == "markdown"
     code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert any("y.backward()" in cell for cell in code) and len(code) >= 7  # one cell per observation
+
+
+def test_the_notebook_command_refuses_what_is_no_lesson_in_one_line(tmp_path, capsys):
+    from tensor_features.lab.notebook import main
+
+    lesson = ROOT / "05_gradient_computation_backward.py"
+    for argv in ([str(tmp_path), str(tmp_path / "a.ipynb")],  # a folder is no lesson file
+                 [str(tmp_path / "none.py"), str(tmp_path / "a.ipynb")],
+                 [str(lesson), str(tmp_path / "no-such-folder" / "a.ipynb")]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert main([str(lesson), str(tmp_path / "b.ipynb")]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["b.ipynb"]  # whole, no partial file left
