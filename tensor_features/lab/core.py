@@ -83,6 +83,7 @@ LEFT_WIDTH = 40  # "x.grad = 8" column
 LINE_WIDTH = 120  # past this, the expectation goes on its own line
 WRAP_WIDTH = 100  # provoked error messages are shown whole, wrapped at this width
 LAB_CALLS = {"check", "expect_error", "expect_warning", "note"}
+PUBLISHED = "__lab_published__"  # in a lesson's globals: the names the last observation left there
 
 
 # -- values ----------------------------------------------------------------------------------------
@@ -189,18 +190,21 @@ class Try:
             what = self.flags
         return f"{what}: {self.then}"
 
+    def bounds(self, source: str) -> tuple[int, int]:
+        """Where in source the edit may apply: the function ``where``, or the whole file."""
+        if self.where is None:
+            return 0, len(source)
+        lines = source.splitlines(keepends=True)
+        node = next((n for n in ast.parse(source).body
+                     if isinstance(n, ast.FunctionDef) and n.name == self.where.__name__), None)
+        if node is None:
+            raise ValueError(f"no function {self.where.__name__}() in the lesson")
+        return sum(len(line) for line in lines[: node.lineno - 1]), sum(len(line) for line in lines[: node.end_lineno])
+
     def apply(self, source: str) -> str:
         """The lesson's source with this Try's edit made; ValueError if old is not there exactly once."""
         old, new = self.edit
-        start, end = 0, len(source)
-        if self.where is not None:
-            lines = source.splitlines(keepends=True)
-            node = next((n for n in ast.parse(source).body
-                         if isinstance(n, ast.FunctionDef) and n.name == self.where.__name__), None)
-            if node is None:
-                raise ValueError(f"no function {self.where.__name__}() in the lesson")
-            start = sum(len(line) for line in lines[: node.lineno - 1])
-            end = sum(len(line) for line in lines[: node.end_lineno])
+        start, end = self.bounds(source)
         span = source[start:end]
         if span.count(old) != 1:
             raise ValueError(f"{old!r} occurs {span.count(old)} times in {self.where.__name__ if self.where else 'the file'}")
@@ -366,8 +370,9 @@ def _source_of(frame: FrameType) -> _FunctionSource | None:
 
 def _may_skip_lines(function: Callable[..., Any]) -> bool:
     """Whether a statement of the function might not run: a branch, a try, a while, an early exit,
-    or a `with lab.expect_...` block (the error ends it early). Only such functions are traced, so
-    that a timing loop runs untraced (a `for` body that runs zero times is not marked)."""
+    or a `with lab.expect_...` block (the error ends it early). Only such functions are traced
+    line by line (a `for` body that runs zero times is not marked); the others only for their
+    return, and fastest_seconds times with no trace at all."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError):
@@ -428,6 +433,10 @@ def snapshot(value: Any) -> Any:
     (x.grad.zero_()) does not rewrite what was seen; lists and tuples are copied through."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
+    if isinstance(value, BaseException):
+        # Its message and type are what was seen; its traceback would keep the observation's
+        # frame, and every tensor or model in it, alive until the garbage collector runs.
+        return value.with_traceback(None)
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
         copied = [snapshot(v) for v in value]
         return copied if isinstance(value, list) else type(value)(copied) if not hasattr(value, "_fields") \
@@ -494,7 +503,6 @@ class Lab:
         self._ran: _Trace | None = None  # the running observation: which lines ran, its locals
         self.seen = Seen()  # what the last observation's checks saw (see Seen)
         self.publish = False  # Lab.start sets it when live: each observation's locals become globals
-        self._published: tuple[dict[str, Any], list[str]] | None = None  # namespace, names put there
         self._hinted: set[str] = set()  # helpers whose definition a printed line has pointed to
         self.prog = program_name()  # for the one-line messages on stderr
         self._stopped = False  # after Ctrl-C or a failed write to stdout: print nothing more
@@ -591,11 +599,14 @@ class Lab:
         Run from a lesson (``publish``), the observation's local variables then become the
         module's globals, so that in a notebook the learner can inspect them after the cell has
         run; the next observation removes them first, so it cannot use them by accident. A name
-        the module already has (an import, a helper, ``lab``) is left alone.
+        the module already has (an import, a helper, ``lab``, a value the learner bound) is left
+        alone, and so is a published name the learner has since bound to something else.
         """
         if not self.live:
             return None
-        self._forget_published()
+        function = inspect.unwrap(observation)
+        if self.publish:
+            self._forget_published(getattr(function, "__globals__", {}))
         self.observation += 1
         self.order[observation.__name__] = self.observation
         title = (observation.__doc__ or observation.__name__).strip().splitlines()[0]
@@ -605,7 +616,6 @@ class Lab:
         # A decorated observation (09's on_every_rank, which runs it on every rank with a lab of
         # each rank's own) leaves in seen.names what the decorator put there: rank 0's variables,
         # as they travelled. Its globals are those of the lesson that wrote it.
-        function = inspect.unwrap(observation)
         self._ran = _Trace(observation.__code__, lines=_may_skip_lines(observation))
         try:
             with self._ran, self.on_device():
@@ -625,23 +635,26 @@ class Lab:
         return self.seen
 
     def on_device(self) -> contextlib.AbstractContextManager:
-        """The lab's device as the default for new tensors (torch.device as a context manager);
-        nothing to change on the CPU, which is already the default."""
-        return torch.device(self.device) if self.device.type != "cpu" else contextlib.nullcontext()
+        """The lab's device as the default for new tensors (torch.device as a context manager).
+        Nothing to change when the default already is the CPU and so is the lab's; a CPU lab
+        inside another lab's GPU observation (09's ranks on gloo) does set the CPU."""
+        if self.device.type == "cpu" and torch.get_default_device().type == "cpu":
+            return contextlib.nullcontext()
+        return torch.device(self.device)
 
     def _publish(self, namespace: dict[str, Any], names: dict[str, Any]) -> None:
-        put = [name for name in names
-               if name != "lab" and not name.startswith("_") and name not in namespace]
-        for name in put:
-            namespace[name] = names[name]
-        self._published = (namespace, put)
+        put = {name: value for name, value in names.items()
+               if name != "lab" and not name.startswith("_") and name not in namespace}
+        namespace.update(put)
+        # Kept in the namespace, not in this lab: a lab made again (a notebook's setup cell run
+        # twice) still finds what an earlier one put there.
+        namespace[PUBLISHED] = put
 
-    def _forget_published(self) -> None:
-        if self._published is not None:
-            namespace, put = self._published
-            for name in put:
-                namespace.pop(name, None)
-            self._published = None
+    @staticmethod
+    def _forget_published(namespace: dict[str, Any]) -> None:
+        for name, value in namespace.pop(PUBLISHED, {}).items():
+            if namespace.get(name) is value:  # still what was put there, not the learner's own
+                del namespace[name]
 
     def _flush_code(self, frame: FrameType | None = None, to_end: bool = False,
                     block: str | None = None) -> _FunctionSource | None:

@@ -42,12 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.lesson}: no such lesson file")
     if not args.output.parent.is_dir():
         parser.error(f"{args.output}: there is no folder {str(args.output.parent)!r} to write it into")
+    if args.output.is_dir():
+        parser.error(f"{args.output}: is a folder; give the notebook's file name")
     import nbformat
 
     text = nbformat.writes(lesson_notebook(args.lesson))
     partial = args.output.with_name(f".{args.output.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(args.output)  # whole or not at all
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(args.output)  # whole or not at all
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        parser.exit(1, f"{parser.prog}: error: {args.output} cannot be written ({err.strerror})\n")
     return 0
 
 

@@ -116,5 +116,6 @@ def run_try(path: Path, number: int, argv: list[str], prog: str) -> int:
 
 def exit_meaning(code: int) -> str:
     """What a lesson's exit code says (Lab.finish, Lab.start and cli.run_main set them)."""
-    return {0: "every check agreed", 1: "a check disagreed", 2: "a bad flag or environment",
+    return {0: "every check agreed", 1: "a check disagreed, or the copy stopped with an error above",
+            2: "a bad flag or environment",
             130: "interrupted"}.get(code, "see above")

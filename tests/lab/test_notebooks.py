@@ -155,7 +155,8 @@ def test_the_notebook_command_refuses_what_is_no_lesson_in_one_line(tmp_path, ca
     lesson = ROOT / "05_gradient_computation_backward.py"
     for argv in ([str(tmp_path), str(tmp_path / "a.ipynb")],  # a folder is no lesson file
                  [str(tmp_path / "none.py"), str(tmp_path / "a.ipynb")],
-                 [str(lesson), str(tmp_path / "no-such-folder" / "a.ipynb")]):
+                 [str(lesson), str(tmp_path / "no-such-folder" / "a.ipynb")],
+                 [str(lesson), str(tmp_path)]):  # the output is a folder
         with pytest.raises(SystemExit) as done:
             main(argv)
         err = capsys.readouterr().err

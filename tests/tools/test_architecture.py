@@ -70,6 +70,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_the_graph_is_read_from_the_real_package():
+    # Known arrows and rooms: a rule below cannot pass because the graph came out empty.
+    graph = imports()
+    assert "tensor_features.ranks" in graph["tensor_features.lab.distributed"]
+    assert "tensor_features.ranks" in graph["tensor_features.trainer.data_parallel"]
+    assert {room(m) for m in graph} == {"lab", "trainer", "ground"}
+    relative = [p for p in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert relative == [], "a relative import would be missed by imports(): write it absolute"
+
+
 def test_the_trainer_imports_nothing_from_the_lab_wing():
     graph = imports()
     crossing = [f"{a} -> {b}" for a, targets in graph.items() for b in targets
