@@ -74,9 +74,10 @@ notebook: $(VENV)/.installed-dev package
 train: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.train --device $(DEVICE)
 
-# Two workers, a test file each at a time (files share their kernel and baseline runs).
+# Two workers. A test file goes to one worker (its tests share its kernel and baseline runs), except
+# that a lesson's terminal run and its Try lines go together (tests/conftest.py).
 test: $(VENV)/.installed-dev package
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # Row 6 of the table times the test suite, so the bench needs the test tools too.
 bench: $(VENV)/.installed-dev package

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,36 @@ def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
     return subprocess.run(
         [sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+@dataclass(frozen=True)
+class TerminalRun:
+    """A lesson run once as `python LESSON --device cpu` from an empty folder, with LAB_SUMMARY set."""
+
+    result: subprocess.CompletedProcess
+    summary: str  # what finish() appended to LAB_SUMMARY ("" if nothing)
+    left: tuple[str, ...]  # the files in the folder afterwards
+
+
+_terminal_runs: dict[Path, TerminalRun] = {}
+
+
+def terminal_run(path: Path) -> TerminalRun:
+    """The unchanged lesson's terminal run, made once per test worker and read by every test of that
+    lesson (its run in tests/lab/test_lessons.py, the unchanged output in tests/lab/test_tries.py).
+    conftest.py sends a lesson's tests to one worker, so each lesson runs once per `make test`."""
+    from tensor_features.lab.core import SUMMARY_ENV
+
+    path = Path(path)
+    if path not in _terminal_runs:
+        with tempfile.TemporaryDirectory(prefix="lesson-run-") as folder:
+            summary = Path(folder) / "summary.jsonl"
+            result = run_script(str(path), "--device", "cpu", cwd=Path(folder), timeout=300,
+                                env={SUMMARY_ENV: str(summary)})
+            text = summary.read_text() if summary.exists() else ""
+            left = tuple(sorted(p.name for p in Path(folder).iterdir()))
+        _terminal_runs[path] = TerminalRun(result, text, left)
+    return _terminal_runs[path]
 
 
 def playground_section(number: int) -> str:

@@ -6,33 +6,41 @@ import re
 
 import pytest
 
-from tests.support import ROOT, run_in_process, run_script
-from tensor_features.lab.core import SUMMARY_ENV
+from tests.support import ROOT, run_in_process, terminal_run
 from tensor_features.lab.lessons import LESSONS, lesson_paths, main as run_all, short_name
+
+
+# make test runs a lesson's tests in this file and its twin (test_lessons.py, test_tries.py)
+# on one worker, which runs the unchanged lesson once for both (conftest.py, tests/support.py).
+GROUP_BY_LESSON = True
 
 
 def test_the_teaching_order_lists_every_lesson_file_once():
     on_disk = sorted(p.name for p in ROOT.glob("[0-9][0-9]_*.py"))
     assert sorted(LESSONS) == on_disk and len(set(LESSONS)) == len(LESSONS)
     assert [p.name for p in lesson_paths()] == list(LESSONS)
+    # Chapter by chapter, 01 (derivatives by hand) first.
+    chapters = [name[:2] for name in LESSONS]
+    assert chapters == sorted(chapters) and chapters[0] == "01"
     # The original description's order within chapter 05, not the alphabet's.
     chapter_05 = [short_name(name) for name in LESSONS if name.startswith("05_")]
     assert chapter_05 == ["05 backward", "05 accumulation", "05 retain_graph", "05 detach", "05 vjp"]
 
 
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
-def test_runs_in_a_terminal_and_every_check_matches(path, tmp_path):
-    """One process per lesson, as `python LESSON --device cpu` from another folder."""
-    summary = tmp_path / "summary.jsonl"
-    result = run_script(str(path), "--device", "cpu", cwd=tmp_path, timeout=300, env={SUMMARY_ENV: str(summary)})
+def test_runs_in_a_terminal_and_every_check_matches(path):
+    """One process per lesson, as `python LESSON --device cpu` from another folder (the run
+    tests/lab/test_tries.py compares each Try with: tests/support.py, terminal_run)."""
+    run = terminal_run(path)
+    result = run.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Traceback" not in result.stderr and "FAIL" not in result.stdout
     counted = re.search(r"^(\d+)/(\d+) checks match across (\d+) observations\.$", result.stdout, re.M)
     assert counted and counted[1] == counted[2] and int(counted[1]) > 0
     assert len(re.findall(r"^\[\d+\] ", result.stdout, re.M)) == int(counted[3])
-    report = json.loads(summary.read_text())
+    report = json.loads(run.summary)
     assert report["passed"] == report["total"] == int(counted[1]) and report["device"] == "cpu"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.jsonl"]  # wrote nothing else
+    assert run.left == ("summary.jsonl",)  # wrote nothing else
 
 
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))

@@ -12,9 +12,14 @@ import os
 import pytest
 import torch
 
-from tests.support import Promise, run_in_process
+from tests.support import Promise, run_in_process, terminal_run
 from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
+
+# make test runs a lesson's tests in this file and its twin (test_lessons.py, test_tries.py)
+# on one worker, which runs the unchanged lesson once for both (conftest.py, tests/support.py).
+GROUP_BY_LESSON = True
+
 
 # Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
 honest_checks = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
@@ -36,14 +41,6 @@ def promises(path) -> list[Promise]:
 
 CASES = [(path, index, attempt) for path in lesson_paths()
          for index, attempt in enumerate(getattr(load_lesson(path), "TRIES", []))]
-_baseline: dict = {}
-
-
-def baseline(path):
-    """The unchanged lesson's output (one in-process run per lesson)."""
-    if path not in _baseline:
-        _baseline[path] = run_in_process(path, ["--device", "cpu"])
-    return _baseline[path]
 
 
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
@@ -86,8 +83,8 @@ def test_try_does_what_it_says(path, index, attempt, tmp_path):
         assert text in finished.stdout + finished.stderr, text
     if promise.exit == 1:
         assert "checks match; these do not:" in finished.stdout
-    unchanged = baseline(path)
-    assert unchanged.code == 0
+    unchanged = terminal_run(path).result  # the unchanged lesson, run once (tests/support.py)
+    assert unchanged.returncode == 0
     assert not all(text in unchanged.stdout + unchanged.stderr for text in promise.shows), \
         "the promised text is there without the change too"
     # The lesson prints this Try (CUDA ones only where a GPU is visible).
