@@ -33,10 +33,15 @@ from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Tensors first (03), then autograd in the order of the original description (backward,
-# accumulation, retain_graph, detach, vjp), then the chapters that build on it (06-09).
+# The on-ramp first: derivatives by hand (01), then an autograd engine written from scratch (02).
+# Then tensors (03), autograd in the order of the original description (backward, accumulation,
+# retain_graph, detach, vjp), and the chapters that build on it (06-09).
 # One list; everything that runs lessons reads it.
 LESSONS = (
+    "01_derivatives_by_hand_finite_differences.py",
+    "01_derivatives_by_hand_gradient_descent.py",
+    "02_autograd_from_scratch_scalar_engine.py",
+    "02_autograd_from_scratch_tensor_engine.py",
     "03_tensor_attributes_and_methods_basics.py",
     "03_tensor_attributes_and_methods_storage.py",
     "05_gradient_computation_backward.py",
@@ -65,7 +70,8 @@ def short_name(filename: str) -> str:
     """'05_gradient_computation_backward.py' -> '05 backward' (for tables and summaries)."""
     stem = Path(filename).stem
     number, _, rest = stem.partition("_")
-    for chapter in ("tensor_attributes_and_methods_", "gradient_computation_", "extending_autograd_",
+    for chapter in ("derivatives_by_hand_", "autograd_from_scratch_", "computation_graph_",
+                    "tensor_attributes_and_methods_", "gradient_computation_", "extending_autograd_",
                     "debugging_gradients_", "higher_order_", "distributed_gradients_"):
         rest = rest.removeprefix(chapter)
     return f"{number} {rest}"
