@@ -444,16 +444,29 @@ def snapshot(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """What a check compared its observed value with, and how close counted as agreeing."""
+
+    value: Any
+    rtol: float
+    atol: float
+
+
 class Seen(dict):
     """What one observation recorded, for the tests and the curious: each check's observed value
     under its label (the source text of what it checked, or label=), as the check saw it; when a
     label repeats, the last one (every(label) gives them all, in order). Provoked errors are under
-    "error", caught warnings under "warnings" (or their label=). `names` holds the observation's
-    local variables as they were when it returned."""
+    "error", caught warnings under "warnings" (or their label=). `expected[label]` is the last
+    check's Expectation under that label: a test compares it with its own oracle too, so that a
+    lesson whose expected value is wrong is caught even where its check agreed (make mutate
+    forces every check to agree). `names` holds the observation's local variables as they were
+    when it returned."""
 
     def __init__(self) -> None:
         super().__init__()
         self._every: dict[str, list[Any]] = {}
+        self.expected: dict[str, Expectation] = {}
         self.names: dict[str, Any] = {}
 
     def add(self, label: str, value: Any) -> None:
@@ -763,6 +776,7 @@ class Lab:
         if label is None and source is not None and frame is not None:
             label = source.lab_call_argument(frame.f_lineno, "check")
         self.seen.add(label or "value", observed)
+        self.seen.expected[label or "value"] = Expectation(snapshot(expected), rtol, atol)
         ok = values_match(observed, expected, rtol=rtol, atol=atol)
         shown = format_value(expected)
         if ok and not values_match(observed, expected, rtol=0.0, atol=0.0):

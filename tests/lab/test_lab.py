@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tensor_features.lab.core import Lab, Try, format_value, tidy_message, values_match
+from tensor_features.lab.core import Expectation, Lab, Try, format_value, tidy_message, values_match
 from tensor_features.utils import feature_map
 
 MUTANTS = [
@@ -372,7 +372,7 @@ def recorded(lab: Lab, k: int = 2) -> None:
     x.grad.zero_()  # after the check: what the check saw must not change with it
     lab.check(x.grad, [0.0, 0.0], "zeroed")
     scale = k * 10
-    lab.check(scale, 20, "k times 10")
+    lab.check(scale, 20, "k times 10", rtol=0.1, atol=k)
     with lab.expect_error("boom", "provoked"):
         raise RuntimeError("boom")
 
@@ -387,6 +387,10 @@ def test_seen_holds_what_each_check_saw_under_its_label():
     assert isinstance(seen["error"], RuntimeError) and str(seen["error"]) == "boom"
     # The observation's locals as it returned: x.grad was zeroed after the first check.
     assert set(seen.names) >= {"x", "scale", "k"} and seen.names["x"].grad.tolist() == [0.0, 0.0]
+    # What each check expected, and how close counted: the last check under a label.
+    assert seen.expected["scale"] == Expectation(20, 0.1, 2)
+    assert seen.expected["x.grad"] == Expectation([0.0, 0.0], 1e-5, 1e-6)  # the defaults
+    assert "error" not in seen.expected  # a provoked error is no comparison
     assert lab.run(recorded, k=3)["scale"] == 30 and lab.failed == ["[2] scale = 30"]
 
 

@@ -389,3 +389,40 @@ def test_a_power_is_one_edge_and_a_number_becomes_a_leaf():
     doubled = 2 * x
     constant = doubled.parents[1]
     assert doubled.parents[0] is x and (constant.data, constant.name, constant.parents) == (2.0, "2", ())
+
+
+# -- what each check expected -------------------------------------------------------------------------
+
+def expects(seen, label: str) -> tuple[list[float], float, float]:
+    """The expected value of the check under label, as floats, with its rtol and atol."""
+    expectation = seen.expected[label]
+    value = expectation.value
+    values = value if isinstance(value, list) else [value]
+    return [float(v) for v in values], expectation.rtol, expectation.atol
+
+
+def test_every_check_expects_what_the_oracles_say(lab):
+    """An expected value is a claim like any other: under make mutate every check agrees, so a wrong
+    expectation (and a tolerance too loose to tell) is caught here, against the oracles above."""
+    seen = lab.run(lesson.original_example)
+    assert expects(seen, "y.data") == ([15.0], 0, 0) and expects(seen, "x.grad") == ([8.0], 0, 0)
+    seen = lab.run(lesson.reused_value)
+    assert [float(e) for e in [seen.expected["x.grad"].value]] == [12.0]  # the last of the two
+    x, u = 0.5, math.exp(0.5)
+    du = (1 - math.tanh(u) ** 2) + 2 * u
+    seen = lab.run(lesson.diamond)
+    assert seen.expected["[node.name for node in visited]"].value == ["+", "**2", "tanh", "exp", "x"]
+    for label, oracle in (("u.grad", du), ("x.grad", du * math.exp(x))):
+        values, rtol, atol = expects(seen, label)
+        assert values == pytest.approx([oracle], rel=RTOL, abs=0) and rtol <= 1e-12 and atol == 0
+    y, dw, dx, db = neuron_oracle(W, X, B)
+    seen = lab.run(lesson.one_neuron)
+    for label, oracle in (("y.data", [y]), ("[v.grad for v in w]", dw), ("[v.grad for v in x]", dx),
+                          ("b.grad", [db])):
+        values, rtol, atol = expects(seen, label)
+        assert values == pytest.approx(oracle, rel=RTOL, abs=0) and rtol <= 1e-12 and atol == 0
+    seen = lab.run(lesson.cost_counted)
+    assert expects(seen, "ops")[0] == [7.0] and expects(seen, "edges")[0] == [13.0]
+    assert expects(seen, "evaluations")[0] == [14.0]
+    values, rtol, atol = expects(seen, "by_differences")
+    assert values == pytest.approx(dw + dx + [db], rel=RTOL, abs=0) and atol <= 1e-8
