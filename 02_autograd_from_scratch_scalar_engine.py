@@ -103,7 +103,9 @@ def backward(output: Value) -> list[Value]:
     for node in order:
         if node.parents:  # an intermediate Value: its .grad belongs to this backward alone
             node.grad = 0.0
-    output.grad += 1.0  # d(output)/d(output) = 1: where the chain rule starts
+    # d(output)/d(output) = 1: where the chain rule starts. += because the output may be an
+    # input itself (x.backward()), whose .grad keeps what earlier calls added.
+    output.grad += 1.0
     visited = order[::-1]  # the output first, each Value before the Values it was made from
     for node in visited:
         # node.grad is complete: every Value made from node came earlier and sent its share.
@@ -137,7 +139,9 @@ lab.run(original_example)
 # each of its two edges, ∂y/∂(first factor) = x and ∂y/∂(second factor) = x, both into x.grad:
 # 3 + 3 = 2x = 6. With = in place of +=, the second share would overwrite the first (Try 2).
 # A second backward() adds 6 more, as PyTorch's does: an input's gradient accumulates until you
-# zero it (lesson 05 accumulation). Only the intermediate Values start again from 0 (Try 4).
+# zero it (lesson 05 accumulation). In this engine the intermediate Values start again from 0 on
+# each call (Try 4); PyTorch keeps no .grad on intermediates unless asked (retain_grad(), lesson
+# 05), and one it keeps accumulates like an input's.
 def reused_value(lab: Lab) -> None:
     """y = x * x at x = 3: x.grad collects a share from each use"""
     x = Value(3.0, "x")
@@ -178,10 +182,12 @@ def diamond(lab: Lab) -> None:
     y_torch.backward()
     lab.check([node.name for node in visited], ["+", "**2", "tanh", "exp", "x"],
               "y first, then both users of u, then u, then x")
-    # rtol 1e-12: tanh and exp come from two libraries (Python's math, torch's kernels), each
-    # within a few units in the last place (ulp, 2.2e-16 relative) of the exact value, and every
-    # + and × is correctly rounded in both: a few ulp, amplified less than 20 times here by
-    # 1 − tanh²(u) ≈ 0.14, stay far below 1e-12.
+    # rtol 1e-12: tanh and exp come from two libraries (Python's math, the platform's C
+    # library; torch's kernels), each close to the exact value (they agree to about 1e-16
+    # here), and every + and × is correctly rounded in both. 1 − tanh²(u) ≈ 0.14 is a
+    # difference of nearly equal numbers, which magnifies tanh's relative error 2·tanh²/(1 −
+    # tanh²) ≈ 12.6 times: 1e-12 still allows the libraries to differ by over 300 units in the
+    # last place (ulp, 2.2e-16 relative).
     lab.check(u.grad, u_torch.grad, "torch: da/du + db/du = (1 − tanh²u) + 2u, one share per path",
               rtol=1e-12, atol=0)
     lab.check(x.grad, x_torch.grad, "torch: dy/du · du/dx = u.grad · exp(x)", rtol=1e-12, atol=0)

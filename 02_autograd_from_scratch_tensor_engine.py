@@ -97,11 +97,16 @@ class Node:
         return order
 
     def backward(self) -> None:
-        """Fill every .grad behind this scalar with d self / d node (added to what is there)."""
-        self.grad = torch.ones_like(self.data)  # d self / d self = 1
+        """Add d self / d leaf into every leaf's .grad behind this scalar, as the scalar engine's
+        backward() does (the intermediate nodes' .grad start again from 0 on each call)."""
+        order = self.topological_order()
+        for node in order:
+            if node.parents:  # an intermediate node: its .grad belongs to this backward alone
+                node.grad = torch.zeros_like(node.data)
+        self.grad = self.grad + torch.ones_like(self.data)  # d self / d self = 1
         # Reversed: a node is visited only after every node made from it, so its .grad is
         # complete when it passes it on.
-        for node in reversed(self.topological_order()):
+        for node in reversed(order):
             if node.parents:
                 shares = node.local_backward(node.grad, node.saved)
                 for parent, share in zip(node.parents, shares):
@@ -121,23 +126,25 @@ def mlp_weights(hidden: int = 8, seed: int = 0) -> list[torch.Tensor]:
 
 
 # %% [1] A 1 → 8 → 1 MLP on the original data: the engine against torch.autograd
-# The original regression's 100 points (load_data(n=100, noise=0.1, seed=0)) in float64, fitted
-# by tanh(x W1 + b1) W2 + b2 with the mean squared error. The engine computes the loss and its
+# The original regression's 100 points (load_data(n=100, noise=0.1, seed=0), the trainer's
+# float32 data) turned into float64, and the model tanh(x W1 + b1) W2 + b2 at seeded random
+# weights, with the mean squared error. The engine computes the loss and its
 # gradients with respect to the four weights; torch.autograd computes them again from the same
 # numbers. The two evaluate the same formulas, but not always with the same kernels in the same
 # order (a matrix product may add its terms in another order; torch's vectorised tanh backward
 # may round differently from g * (1 - tanh²) written out), so they agree to float64 rounding,
 # not always bit for bit. Each gradient entry is a sum over the 100 points, which float64 rounds
-# to within about 100·eps ≈ 2.2e-14 of the sum of its terms' magnitudes (Higham, Accuracy and
-# Stability of Numerical Algorithms, §4.2), plus a few eps for the ops before it. Here those
-# magnitudes add up to less than 90 times the gradient's largest entry (b2's: its 100 residuals
-# nearly cancel; the tests measure it), so the checks allow 1e-10 of the largest entry: float64
-# rounding with room to spare, and a thousand times below float32's (eps ≈ 1.2e-7).
+# to within about 100·eps ≈ 2.2e-14 times the sum of its terms' magnitudes (Higham, Accuracy and
+# Stability of Numerical Algorithms, §4.2), plus a few eps for the ops before it. For each of the
+# four gradients here, that sum of magnitudes is under 90 times the gradient's largest entry (the
+# most for b2, whose 100 residuals nearly cancel), so the checks allow 1e-10 of the largest
+# entry: float64 rounding with room to spare, and a thousand times below float32's (eps ≈ 1.2e-7).
 def mlp_against_autograd(lab: Lab) -> None:
     """The loss and the four weight gradients of a 1 → 8 → 1 tanh MLP: engine vs torch.autograd"""
     # load_data draws on the CPU with its own generator and moves the data to the device it is
     # given (device=lab.device): it does not follow the default device.
-    x_data, y_data = load_data(n=100, noise=0.1, seed=0, dtype=torch.float64, device=lab.device)
+    x_data, y_data = load_data(n=100, noise=0.1, seed=0, device=lab.device)
+    x_data, y_data = x_data.double(), y_data.double()  # the trainer's numbers, in float64
     weights = mlp_weights(hidden=8)
     x, y = Node(x_data, name="x"), Node(y_data, name="y")
     W1, b1, W2, b2 = (Node(w, name=name) for w, name in zip(weights, ("W1", "b1", "W2", "b2")))
@@ -179,8 +186,7 @@ lab.run(mlp_against_autograd)
 # torch/csrc/autograd/engine.cpp sums a gradient that has its input's broadcast shape back to
 # the input's shape (at::sum_to).
 def broadcasting_rule(lab: Lab) -> None:
-    """b of shape (8,) added to a (100, 8) batch: b.grad is the upstream gradient summed over the
-    rows"""
+    """b of shape (8,) added to a (100, 8) batch: b.grad sums the upstream gradient over rows"""
     generator = torch.Generator().manual_seed(1)
     # Drawn on the CPU, where the generator is, then moved to the lab's device.
     batch = torch.randn(100, 8, generator=generator, dtype=torch.float64, device="cpu")
@@ -268,7 +274,8 @@ def torch_graph(grad_fn) -> list:
 def what_each_node_keeps(lab: Lab) -> None:
     """The tensors each node of the MLP's graph keeps: the engine's and torch's grad_fn's"""
     # The MLP of [1] again (load_data moves its data to the device it is given).
-    x_data, y_data = load_data(n=100, noise=0.1, seed=0, dtype=torch.float64, device=lab.device)
+    x_data, y_data = load_data(n=100, noise=0.1, seed=0, device=lab.device)
+    x_data, y_data = x_data.double(), y_data.double()
     weights = mlp_weights(hidden=8)
     x, y = Node(x_data), Node(y_data)
     W1, b1, W2, b2 = (Node(w) for w in weights)

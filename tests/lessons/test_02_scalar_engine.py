@@ -35,7 +35,7 @@ MUTANTS = [
     ("02_autograd_from_scratch_scalar_engine.py", "lambda: (e,))  # the derivative", "lambda: (self.data,))  # the derivative"),
     ("02_autograd_from_scratch_scalar_engine.py", "        if node.parents:  # an intermediate", "        if not node.parents:  # an intermediate"),
     ("02_autograd_from_scratch_scalar_engine.py", "        if node not in placed:  # a Value used twice", "        if True:  # a Value used twice"),
-    ("02_autograd_from_scratch_scalar_engine.py", "    output.grad += 1.0  # d(output)", "    output.grad = 1.0  # d(output)"),
+    ("02_autograd_from_scratch_scalar_engine.py", "    output.grad += 1.0\n", "    output.grad = 1.0\n"),
     ("02_autograd_from_scratch_scalar_engine.py", "    ops = sum(1 for node in visited if node.parents)", "    ops = sum(1 for node in visited)"),
     ("02_autograd_from_scratch_scalar_engine.py", "(whole_neuron(up) - whole_neuron(down)) / (2 * h)", "(whole_neuron(up) - whole_neuron(numbers)) / h"),
 ]

@@ -42,8 +42,8 @@ MUTANTS = [
     ("02_autograd_from_scratch_tensor_engine.py", '-sum_to(g, s["shapes"][1])))', 'sum_to(g, s["shapes"][1])))'),
     # the scalar engine's classic: = instead of +=, a node used twice keeps one share
     ("02_autograd_from_scratch_tensor_engine.py", "parent.grad = parent.grad + share", "parent.grad = share"),
-    # the other classic: the nodes visited in creation order
-    ("02_autograd_from_scratch_tensor_engine.py", "for node in reversed(self.topological_order()):", "for node in self.topological_order():"),
+    # the intermediate nodes keep their .grad from the last backward (micrograd #53): a second one double-counts
+    ("02_autograd_from_scratch_tensor_engine.py", "                node.grad = torch.zeros_like(node.data)", "                pass"),
     # a stretched dimension summed without keepdim
     ("02_autograd_from_scratch_tensor_engine.py", "grad = grad.sum(dim=dim, keepdim=True)", "grad = grad.sum(dim=dim)"),
     # the lesson's own torch.autograd side with a summed loss: its expectations 100 times too large
@@ -54,12 +54,106 @@ MUTANTS = [
      "    generator = torch.Generator().manual_seed(seed + 1)\n    # A CPU generator"),
 ]
 
+# Written by a tester who had not read these tests, from the lesson alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # sum_to averages instead of sums over the added batch dimension: b1.grad, b2.grad and [2]'s b.grad shrink 100x
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "        grad = grad.sum(dim=0)  # a dimension added in front: (100, 8) -> (8,)",
+     "        grad = grad.mean(dim=0)  # a dimension added in front: (100, 8) -> (8,)"),
+    # matmul's d/dB averaged over the batch (Aᵀ G / n): W1.grad, W2.grad and [3]'s engine_mm[1] change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (g @ s[\"mat2\"].T, s[\"self\"].T @ g))",
+     "lambda g, s: (g @ s[\"mat2\"].T, s[\"self\"].T @ g / g.shape[0]))"),
+    # add's second share summed back to the first operand's shape: b1.grad/b2.grad/[2]'s b.grad take the batch's shape
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (sum_to(g, s[\"shapes\"][0]), sum_to(g, s[\"shapes\"][1])))",
+     "lambda g, s: (sum_to(g, s[\"shapes\"][0]), sum_to(g, s[\"shapes\"][0])))"),
+    # sub negates the first operand's share instead of the second's: every weight gradient in [1] flips sign
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (sum_to(g, s[\"shapes\"][0]), -sum_to(g, s[\"shapes\"][1])))",
+     "lambda g, s: (-sum_to(g, s[\"shapes\"][0]), sum_to(g, s[\"shapes\"][1])))"),
+    # pow's backward uses k a^k instead of k a^(k-1): all four gradients in [1] change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "(g * s[\"exponent\"] * s[\"self\"] ** (s[\"exponent\"] - 1),))",
+     "(g * s[\"exponent\"] * s[\"self\"] ** s[\"exponent\"],))"),
+    # pow's backward drops the factor k: all four gradients in [1] are halved
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "(g * s[\"exponent\"] * s[\"self\"] ** (s[\"exponent\"] - 1),))",
+     "(g * s[\"self\"] ** (s[\"exponent\"] - 1),))"),
+    # tanh's backward written (1 - tanh)^2 instead of 1 - tanh^2: [1] W1/b1 grads, [2] b.grad, [3] engine_tanh change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (g * (1 - s[\"result\"] ** 2),))",
+     "lambda g, s: (g * (1 - s[\"result\"]) ** 2,))"),
+    # tanh keeps its input instead of its output: 1 - a^2 used as derivative; grads change and [4]'s h.saved is h.data becomes False
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "return Node(result, (self,), \"tanh\", {\"result\": result},",
+     "return Node(result, (self,), \"tanh\", {\"result\": self.data},"),
+    # sum's backward divides by n like mean's: [2]'s b.grad becomes 800x smaller
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (g.expand(s[\"shape\"]),))",
+     "lambda g, s: (g.expand(s[\"shape\"]) / math.prod(s[\"shape\"]),))"),
+    # mean's backward divides by the number of dimensions (2) instead of the number of elements (100): [1] grads 50x larger
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "lambda g, s: (g.expand(s[\"shape\"]) / math.prod(s[\"shape\"]),))",
+     "lambda g, s: (g.expand(s[\"shape\"]) / len(s[\"shape\"]),))"),
+    # topological order appends a node before its parents (pre-order): printed visit order changes and gradients come out wrong
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "                visited.add(node)\n                for parent in node.parents:\n                    visit(parent)\n                order.append(node)  # only once all of its parents are in the list",
+     "                visited.add(node)\n                order.append(node)  # only once all of its parents are in the list\n                for parent in node.parents:\n                    visit(parent)"),
+    # backward walks the topological order forwards (reversed dropped): leaves are visited first and all weight grads stay zero
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "        for node in reversed(order):",
+     "        for node in order:"),
+    # backward seeds the loss's gradient with zeros instead of ones: every gradient is zero
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "        self.grad = self.grad + torch.ones_like(self.data)  # d self / d self = 1",
+     "        self.grad = self.grad + torch.zeros_like(self.data)  # d self / d self = 1"),
+    # a new node's .grad starts at ones instead of zeros: every leaf gradient is off by +1
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "        self.grad = torch.zeros_like(data)  # d loss / d data, filled in by backward()",
+     "        self.grad = torch.ones_like(data)  # d loss / d data, filled in by backward()"),
+    # mlp_weights' default seed 1 instead of 0: the loss and all gradients in [1] change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "def mlp_weights(hidden: int = 8, seed: int = 0) -> list[torch.Tensor]:",
+     "def mlp_weights(hidden: int = 8, seed: int = 1) -> list[torch.Tensor]:"),
+    # [1] loads the data with noise 0.01 instead of 0.1: the loss and gradients change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    x_data, y_data = load_data(n=100, noise=0.1, seed=0, device=lab.device)\n    x_data, y_data = x_data.double(), y_data.double()  # the trainer's numbers, in float64\n    weights = mlp_weights(hidden=8)\n    x, y = Node(x_data, name=\"x\")",
+     "    x_data, y_data = load_data(n=100, noise=0.01, seed=0, device=lab.device)\n    x_data, y_data = x_data.double(), y_data.double()  # the trainer's numbers, in float64\n    weights = mlp_weights(hidden=8)\n    x, y = Node(x_data, name=\"x\")"),
+    # [2] seeds its generator with 0 instead of 1: the batch, the bias and b.grad change
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    generator = torch.Generator().manual_seed(1)",
+     "    generator = torch.Generator().manual_seed(0)"),
+    # [2]'s own oracle forgets the bias in the upstream gradient: the expected column sums change (a wrong claim)
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    upstream = 1 - torch.tanh(A.data + b.data) ** 2",
+     "    upstream = 1 - torch.tanh(A.data) ** 2"),
+    # [3] runs tanh's local backward on the input instead of what the node saved: engine_tanh uses 1 - a^2
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    (engine_tanh,) = t.local_backward(v, t.saved)",
+     "    (engine_tanh,) = t.local_backward(v, {\"result\": a_data})"),
+    # [4] engine_keeps lists every saved entry, not only tensors: shapes/exponent/shape appear in the list
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    engine_keeps = [sorted(k for k, v in node.saved.items() if isinstance(v, torch.Tensor))",
+     "    engine_keeps = [sorted(k for k, v in node.saved.items())"),
+    # [4] saved_tensor_names keeps every _saved_ attribute, not only tensors: torch_keeps gains sizes, exponents, None mat2
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    return sorted(name.removeprefix(\"_saved_\") for name in names\n                  if isinstance(getattr(grad_fn, name), torch.Tensor))",
+     "    return sorted(name.removeprefix(\"_saved_\") for name in names)"),
+    # [4] takes the wrong Mm node (h @ W2, index 4): _saved_self is not x_data and _saved_mat2 is W2, not None
+    ("02_autograd_from_scratch_tensor_engine.py",
+     "    first_mm = torch_nodes[-1]",
+     "    first_mm = torch_nodes[4]"),
+]
+
 
 # -- oracles written here --------------------------------------------------------------------------
 
 def original_data():
-    """The original regression's data, as the issue names them, in float64 on the CPU."""
-    return load_data(n=100, noise=0.1, seed=0, dtype=F64)
+    """The original regression's data (the trainer's float32 numbers), in float64 on the CPU."""
+    x, y = load_data(n=100, noise=0.1, seed=0)
+    return x.to(F64), y.to(F64)
 
 
 def seeded_weights(hidden: int = 8, seed: int = 0) -> list[torch.Tensor]:
