@@ -2,6 +2,7 @@
 #   make run     set up the virtual environment (once), run every lesson in teaching order, then
 #                the trainer, and print a summary (one line per lesson, the trainer's verdict)
 #   make test    set up the virtual environment with the test tools (once) and run pytest
+#                (make test-processes: the tests that start process trees; CI runs both)
 # More:
 #   make bench   the benchmark table (about 9 minutes here; BENCH_ARGS="--rows 2,3 --json bench.json")
 #   make mutate  small wrong edits of the lessons and the trainer; each must fail a test
@@ -18,11 +19,12 @@ NOTEBOOKS ?= notebooks
 NOTEBOOK_ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run lesson notebook train test bench mutate package clean help
+.PHONY: run lesson notebook train test test-processes bench mutate package clean help
 
 help:
 	@echo "make run     - install (once), run the lessons in teaching order and the trainer, print a summary"
 	@echo "make test    - install (once) and run the tests"
+	@echo "make test-processes - the tests that start process trees (torchrun, DDP, the bench, JupyterLab)"
 	@echo "make lesson L=NAME - run one lesson with the environment's Python (make lesson lists them)"
 	@echo "make notebook L=NAME - open a lesson as a notebook in JupyterLab (installs the test tools once)"
 	@echo "make train   - run the trainer once (python -m tensor_features.train)"
@@ -74,10 +76,15 @@ notebook: $(VENV)/.installed-dev package
 train: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.train --device $(DEVICE)
 
-# Two workers. A test file goes to one worker (its tests share its kernel and baseline runs), except
-# that a lesson's terminal run and its Try lines go together (tests/conftest.py).
+# Two workers, a test file each at a time (files share their kernel and baseline runs; a lesson's
+# terminal run is shared by both workers: tests/support.py, terminal_run).
 test: $(VENV)/.installed-dev package
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile -m "not processes"
+
+# The tests that start process trees (torchrun and DDP worlds, the bench's own runs, JupyterLab):
+# about 100 s of CPU that would push make test past its 3 minutes. .ci/run runs both.
+test-processes: $(VENV)/.installed-dev package
+	$(PY) -m pytest -n 2 --dist loadfile -m processes
 
 # Row 6 of the table times the test suite, so the bench needs the test tools too.
 bench: $(VENV)/.installed-dev package

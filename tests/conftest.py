@@ -1,7 +1,6 @@
-"""pytest's fixtures, and which tests share a worker; the helpers the tests share are in
-tests/support.py."""
+"""pytest's fixtures; the helpers the tests share are in tests/support.py."""
 
-from pathlib import Path
+import os
 
 import pytest
 
@@ -17,17 +16,12 @@ def lab(request) -> Lab:
     assert lab.failed == [], lab.stream.getvalue()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (make test: -n 2 --dist loadgroup)
-def pytest_collection_modifyitems(items) -> None:
-    """In a file that sets GROUP_BY_LESSON, a test parametrized by a lesson's path goes to one
-    worker with that lesson's other such tests: its terminal run (tests/lab/test_lessons.py) and
-    its Try lines (tests/lab/test_tries.py) share one run of the unchanged lesson
-    (tests/support.py, terminal_run). Every other test stays with its file, whose module fixtures
-    (a Jupyter kernel, a baseline run) it shares: pytest tears those down when a worker's next test
-    comes from another file."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        path = callspec.params.get("path") if callspec else None
-        by_lesson = isinstance(path, Path) and getattr(item.module, "GROUP_BY_LESSON", False)
-        group = f"lesson-{path.stem}" if by_lesson else f"file-{item.path.stem}"
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory):
+    """A folder that every worker of this pytest run sees (pytest -n 2: the run's own temporary
+    folder, above each worker's), where tests/support.py keeps each lesson's terminal run."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set by pytest-xdist, one per run
+    base = tmp_path_factory.getbasetemp()
+    folder = base.parent / f"shared-{run}" if run else base / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder

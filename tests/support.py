@@ -54,30 +54,38 @@ def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
 class TerminalRun:
     """A lesson run once as `python LESSON --device cpu` from an empty folder, with LAB_SUMMARY set."""
 
-    result: subprocess.CompletedProcess
+    returncode: int
+    stdout: str
+    stderr: str
     summary: str  # what finish() appended to LAB_SUMMARY ("" if nothing)
     left: tuple[str, ...]  # the files in the folder afterwards
 
 
-_terminal_runs: dict[Path, TerminalRun] = {}
+def terminal_run(path: Path, shared: Path) -> TerminalRun:
+    """The unchanged lesson's terminal run, made once per pytest run and read by every test of that
+    lesson (its run in tests/lab/test_lessons.py, the unchanged output in tests/lab/test_tries.py),
+    whichever worker asks first: the result is kept in `shared` (conftest.py's shared_folder), and
+    a lock makes the other worker wait for it rather than run the lesson again."""
+    import fcntl
+    import json
 
-
-def terminal_run(path: Path) -> TerminalRun:
-    """The unchanged lesson's terminal run, made once per test worker and read by every test of that
-    lesson (its run in tests/lab/test_lessons.py, the unchanged output in tests/lab/test_tries.py).
-    conftest.py sends a lesson's tests to one worker, so each lesson runs once per `make test`."""
     from tensor_features.lab.core import SUMMARY_ENV
 
     path = Path(path)
-    if path not in _terminal_runs:
-        with tempfile.TemporaryDirectory(prefix="lesson-run-") as folder:
-            summary = Path(folder) / "summary.jsonl"
-            result = run_script(str(path), "--device", "cpu", cwd=Path(folder), timeout=300,
-                                env={SUMMARY_ENV: str(summary)})
-            text = summary.read_text() if summary.exists() else ""
-            left = tuple(sorted(p.name for p in Path(folder).iterdir()))
-        _terminal_runs[path] = TerminalRun(result, text, left)
-    return _terminal_runs[path]
+    kept = shared / f"{path.stem}.json"
+    with open(shared / f"{path.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not kept.exists():
+            with tempfile.TemporaryDirectory(prefix="lesson-run-") as folder:
+                summary = Path(folder) / "summary.jsonl"
+                result = run_script(str(path), "--device", "cpu", cwd=Path(folder), timeout=300,
+                                    env={SUMMARY_ENV: str(summary)})
+                run = TerminalRun(result.returncode, result.stdout, result.stderr,
+                                  summary.read_text() if summary.exists() else "",
+                                  tuple(sorted(p.name for p in Path(folder).iterdir())))
+            kept.write_text(json.dumps(run.__dict__))
+    fields = json.loads(kept.read_text())
+    return TerminalRun(**{**fields, "left": tuple(fields["left"])})
 
 
 def playground_section(number: int) -> str:

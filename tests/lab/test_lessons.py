@@ -10,11 +10,6 @@ from tests.support import ROOT, run_in_process, terminal_run
 from tensor_features.lab.lessons import LESSONS, lesson_paths, main as run_all, short_name
 
 
-# make test runs a lesson's tests in this file and its twin (test_lessons.py, test_tries.py)
-# on one worker, which runs the unchanged lesson once for both (conftest.py, tests/support.py).
-GROUP_BY_LESSON = True
-
-
 def test_the_teaching_order_lists_every_lesson_file_once():
     on_disk = sorted(p.name for p in ROOT.glob("[0-9][0-9]_*.py"))
     assert sorted(LESSONS) == on_disk and len(set(LESSONS)) == len(LESSONS)
@@ -28,11 +23,10 @@ def test_the_teaching_order_lists_every_lesson_file_once():
 
 
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
-def test_runs_in_a_terminal_and_every_check_matches(path):
+def test_runs_in_a_terminal_and_every_check_matches(path, shared_folder):
     """One process per lesson, as `python LESSON --device cpu` from another folder (the run
     tests/lab/test_tries.py compares each Try with: tests/support.py, terminal_run)."""
-    run = terminal_run(path)
-    result = run.result
+    result = run = terminal_run(path, shared_folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Traceback" not in result.stderr and "FAIL" not in result.stdout
     counted = re.search(r"^(\d+)/(\d+) checks match across (\d+) observations\.$", result.stdout, re.M)

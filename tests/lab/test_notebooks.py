@@ -130,6 +130,7 @@ def test_each_cell_shows_its_observation_and_leaves_its_tensors(kernel, path):
     assert as_checked > 0, "no checked name holds, after its cell, the value its check saw"
 
 
+@pytest.mark.processes
 def test_make_notebook_makes_the_notebook_and_finds_jupyter_lab(tmp_path):
     # The README's notebook path, as a learner runs it, with `jupyter lab --version` in place of
     # opening a browser: the .ipynb is written where NOTEBOOKS says, and JupyterLab starts from

@@ -16,11 +16,6 @@ from tests.support import Promise, run_in_process, terminal_run
 from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 
-# make test runs a lesson's tests in this file and its twin (test_lessons.py, test_tries.py)
-# on one worker, which runs the unchanged lesson once for both (conftest.py, tests/support.py).
-GROUP_BY_LESSON = True
-
-
 # Under `make mutate` every check agrees, so a Try that promises a disagreement cannot be run.
 honest_checks = pytest.mark.skipif(os.environ.get(FORCE_AGREE_ENV) == "1", reason="checks forced to agree")
 
@@ -54,7 +49,7 @@ def test_every_lesson_has_tries_and_a_promise_for_each(path):
 @honest_checks
 @pytest.mark.parametrize("path, index, attempt", CASES,
                          ids=[f"{short_name(p.name)}-{i}" for p, i, _ in CASES])
-def test_try_does_what_it_says(path, index, attempt, tmp_path):
+def test_try_does_what_it_says(path, index, attempt, tmp_path, shared_folder):
     if attempt.needs_cuda and not torch.cuda.is_available():
         pytest.skip("offered only where a GPU is visible")
     promise = promises(path)[index]
@@ -83,7 +78,7 @@ def test_try_does_what_it_says(path, index, attempt, tmp_path):
         assert text in finished.stdout + finished.stderr, text
     if promise.exit == 1:
         assert "checks match; these do not:" in finished.stdout
-    unchanged = terminal_run(path).result  # the unchanged lesson, run once (tests/support.py)
+    unchanged = terminal_run(path, shared_folder)  # the unchanged lesson, run once (tests/support.py)
     assert unchanged.returncode == 0
     assert not all(text in unchanged.stdout + unchanged.stderr for text in promise.shows), \
         "the promised text is there without the change too"

@@ -240,6 +240,7 @@ def test_a_check_that_fails_on_rank_1_alone_fails_the_observation(tmp_path):
     assert "FAIL  rank 1: 0/1 checks match" in lab.stream.getvalue()
 
 
+@pytest.mark.processes
 def test_a_rank_that_raises_ends_the_run_with_one_line(tmp_path):
     source = (ROOT / LESSON).read_text()
     first_line = "    pids = every_rank(torch.tensor(os.getpid()))\n"
@@ -274,6 +275,7 @@ atexit.register(write_threads)
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun is not installed next to this Python")
+@pytest.mark.processes
 def test_the_unchanged_lesson_runs_under_torchrun(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     site = tmp_path / "site"
@@ -335,6 +337,7 @@ def test_distributed_variables_that_cannot_work_stop_the_lesson_with_one_line(va
     assert f": error: {said}" in start_stops_with_one_line(capfd)
 
 
+@pytest.mark.processes
 def test_a_peer_that_never_comes_stops_the_lesson_after_the_join_timeout(monkeypatch, capfd):
     # join_group (tensor_features/ranks.py) reads its JOIN_TIMEOUT: 40 s in a lesson run
     monkeypatch.setattr(ranks, "JOIN_TIMEOUT", timedelta(seconds=2))

@@ -44,6 +44,7 @@ def test_gd_bound_edge_cases():
     assert gd_epoch_bound(optimum, 4.0, initial_loss=2.0) == math.inf  # lr > 2/λmax: no bound
 
 
+@pytest.mark.processes
 def test_peak_rss_sees_a_known_allocation():
     # Oracle: the bytes we ask for. 50 Mi float32 ones = 200 MiB, all pages touched.
     idle, code = peak_rss_mb(["-c", "import torch"])
@@ -67,6 +68,7 @@ def test_row_6_names_the_failing_tests():
     assert (code, output) == (3, "to the file\n") and seconds > 0
 
 
+@pytest.mark.processes
 def test_startup_row_times_a_lesson_against_bare_import():
     lesson = next(p for p in lesson_paths() if "backward" in p.name)  # a short lesson
     (row,) = startup(torch.device("cpu"), [lesson], rounds=1)
@@ -74,6 +76,7 @@ def test_startup_row_times_a_lesson_against_bare_import():
     assert row.cpu.value > 0 and row.cpu.reference > 0 and row.cpu.met is None  # a report, no goal
 
 
+@pytest.mark.processes
 def test_bench_cli_small(tmp_path):
     out = tmp_path / "out" / "bench.json"
     out.parent.mkdir()
@@ -122,5 +125,6 @@ def test_bench_bad_input_is_one_line_and_exit_2(args, named, capsys):
     assert named in usage_error(bench_cli.main, args, capsys)
 
 
+@pytest.mark.processes
 def test_bench_bad_input_from_the_terminal_has_no_traceback():
     assert "--rows" in terminal_usage_error("-m", "bench", "--rows", "99")

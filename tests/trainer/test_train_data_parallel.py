@@ -28,6 +28,9 @@ import torch
 from tests.support import ROOT, free_port, run_script
 from tensor_features import ranks, train
 from tensor_features.trainer import data_parallel, fast, fitting, model
+
+# Every test here starts process groups of the trainer: make test-processes runs them (pytest.ini).
+pytestmark = pytest.mark.processes
 from tensor_features.load_data import load_data
 from tensor_features.config import TrainConfig, build_parser
 from tests.trainer.oracles import descent_losses, original_problem, stacked_system
