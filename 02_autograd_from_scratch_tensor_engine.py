@@ -50,6 +50,8 @@ class Node:
         self.saved = saved or {}  # what local_backward reads from the forward
         self.local_backward = local_backward  # (grad of this node, saved) -> grad per parent
 
+    # C = A @ B has entries Cᵢⱼ = Σₖ Aᵢₖ·Bₖⱼ, so ∂Cᵢⱼ/∂Aᵢₖ = Bₖⱼ: the share of Aᵢₖ is Σⱼ Gᵢⱼ·Bₖⱼ,
+    # all at once G Bᵀ (G the gradient of C); likewise the share of B is Aᵀ G.
     def __matmul__(self, other):  # (n, k) @ (k, m): d/dA = G Bᵀ, d/dB = Aᵀ G
         return Node(self.data @ other.data, (self, other), "matmul",
                     {"self": self.data, "mat2": other.data},
@@ -212,8 +214,9 @@ lab.run(broadcasting_rule)
 
 # %% [3] Each local backward is a vector-Jacobian product
 # A node's local backward takes the gradient of its output, v, and returns vᵀJ, J the Jacobian
-# of the op: the product 05 vjp gets from y.backward(v). torch.autograd computes it here as the
-# gradient of the scalar (v * y).sum(), since d/da Σᵢ vᵢ yᵢ(a) = Σᵢ vᵢ ∂yᵢ/∂a = vᵀJ. Neither
+# of the op (the matrix of ∂ outputᵢ / ∂ inputⱼ, each tensor flattened into a vector, so a 4×3 v
+# is a vector of 12): the product 05 vjp gets from y.backward(v). torch.autograd computes it here
+# as the gradient of the scalar (v * y).sum(), since d/da Σᵢ vᵢ yᵢ(a) = Σᵢ vᵢ ∂yᵢ/∂a = vᵀJ. Neither
 # forms J: tanh on a 4×3 input has a 12×12 Jacobian, diagonal, and its backward multiplies v
 # by that diagonal, 1 - tanh², elementwise.
 def backward_is_a_vjp(lab: Lab) -> None:

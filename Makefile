@@ -76,8 +76,8 @@ notebook: $(VENV)/.installed-dev package
 train: $(VENV)/.installed-run package
 	$(PY) -m tensor_features.train --device $(DEVICE)
 
-# Two workers, a test file each at a time (files share their kernel and baseline runs; a lesson's
-# terminal run is shared by both workers: tests/support.py, terminal_run).
+# Two workers, a test file each at a time (a file's tests share its kernel and module fixtures; a
+# lesson's terminal run is shared by both workers: tests/support.py, terminal_run).
 test: $(VENV)/.installed-dev package
 	$(PY) -m pytest -n 2 --dist loadfile -m "not processes"
 

@@ -1,7 +1,5 @@
 """pytest's fixtures; the helpers the tests share are in tests/support.py."""
 
-import os
-
 import pytest
 
 from tensor_features.lab.core import Lab
@@ -17,11 +15,11 @@ def lab(request) -> Lab:
 
 
 @pytest.fixture(scope="session")
-def shared_folder(tmp_path_factory):
+def shared_folder(request, tmp_path_factory):
     """A folder that every worker of this pytest run sees (pytest -n 2: the run's own temporary
     folder, above each worker's), where tests/support.py keeps each lesson's terminal run."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set by pytest-xdist, one per run
     base = tmp_path_factory.getbasetemp()
-    folder = base.parent / f"shared-{run}" if run else base / "shared"
+    worker = getattr(request.config, "workerinput", None)  # only in an xdist worker of this run
+    folder = base.parent / f"shared-{worker['testrunuid']}" if worker else base / "shared"
     folder.mkdir(exist_ok=True)
     return folder

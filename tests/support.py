@@ -54,7 +54,7 @@ def run_script(*args: str, cwd: Path | None = None, timeout: float = 120,
 class TerminalRun:
     """A lesson run once as `python LESSON --device cpu` from an empty folder, with LAB_SUMMARY set."""
 
-    returncode: int
+    returncode: int | None  # None: it ran past 300 s
     stdout: str
     stderr: str
     summary: str  # what finish() appended to LAB_SUMMARY ("" if nothing)
@@ -65,26 +65,35 @@ def terminal_run(path: Path, shared: Path) -> TerminalRun:
     """The unchanged lesson's terminal run, made once per pytest run and read by every test of that
     lesson (its run in tests/lab/test_lessons.py, the unchanged output in tests/lab/test_tries.py),
     whichever worker asks first: the result is kept in `shared` (conftest.py's shared_folder), and
-    a lock makes the other worker wait for it rather than run the lesson again."""
-    import fcntl
+    a lock makes the other worker wait for it rather than run the lesson again. A run that timed
+    out is kept too (exit code None), so that its other tests fail at once instead of waiting."""
     import json
+
+    from filelock import FileLock  # torch's own dependency; works where fcntl does not (Windows)
 
     from tensor_features.lab.core import SUMMARY_ENV
 
     path = Path(path)
     kept = shared / f"{path.stem}.json"
-    with open(shared / f"{path.stem}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not kept.exists():
+    with FileLock(shared / f"{path.stem}.lock"):
+        try:
+            fields = json.loads(kept.read_text())
+        except (OSError, ValueError):  # not made yet (or cut off by a worker that died writing it)
             with tempfile.TemporaryDirectory(prefix="lesson-run-") as folder:
                 summary = Path(folder) / "summary.jsonl"
-                result = run_script(str(path), "--device", "cpu", cwd=Path(folder), timeout=300,
-                                    env={SUMMARY_ENV: str(summary)})
-                run = TerminalRun(result.returncode, result.stdout, result.stderr,
-                                  summary.read_text() if summary.exists() else "",
-                                  tuple(sorted(p.name for p in Path(folder).iterdir())))
-            kept.write_text(json.dumps(run.__dict__))
-    fields = json.loads(kept.read_text())
+                try:
+                    result = run_script(str(path), "--device", "cpu", cwd=Path(folder), timeout=300,
+                                        env={SUMMARY_ENV: str(summary)})
+                    code, out, err = result.returncode, result.stdout, result.stderr
+                except subprocess.TimeoutExpired as late:
+                    code, out = None, (late.stdout or b"").decode(errors="replace")
+                    err = "timed out after 300 s"
+                fields = {"returncode": code, "stdout": out, "stderr": err,
+                          "summary": summary.read_text() if summary.exists() else "",
+                          "left": sorted(p.name for p in Path(folder).iterdir())}
+            written = kept.with_suffix(".part")
+            written.write_text(json.dumps(fields))
+            os.replace(written, kept)  # whole or not at all
     return TerminalRun(**{**fields, "left": tuple(fields["left"])})
 
 

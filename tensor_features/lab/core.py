@@ -444,9 +444,10 @@ def snapshot(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Expectation:
-    """What a check compared its observed value with, and how close counted as agreeing."""
+    """What a check compared its observed value with, and how close counted as agreeing. (No ==:
+    the value may be a tensor; compare .value, .rtol and .atol.)"""
 
     value: Any
     rtol: float

@@ -41,7 +41,7 @@ import pickle
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -118,6 +118,10 @@ def _fit_to_travel(seen: Seen) -> Seen:
     for label in seen:
         for value in seen.every(label):
             sent.add(label, _to_cpu(value) if _travels(value) else repr(value))
+    for label, expectation in seen.expected.items():
+        value = expectation.value
+        sent.expected[label] = replace(expectation,
+                                       value=_to_cpu(value) if _travels(value) else repr(value))
     sent.names = {name: _to_cpu(value) for name, value in seen.names.items()
                   if name != "lab" and _travels(value)}
     return sent
@@ -163,6 +167,7 @@ def merge(lab: Lab, reports: list[RankReport]) -> list[Seen]:
     for label in first.seen:
         for value in first.seen.every(label):
             lab.seen.add(label, value)
+    lab.seen.expected.update(first.seen.expected)
     lab.seen.names = first.seen.names  # what a notebook leaves to inspect: rank 0's variables
     lab.seen.ranks = [report.seen for report in reports]
     return lab.seen.ranks

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tensor_features.lab.core import Expectation, Lab, Try, format_value, tidy_message, values_match
+from tensor_features.lab.core import Lab, Try, format_value, tidy_message, values_match
 from tensor_features.utils import feature_map
 
 MUTANTS = [
@@ -388,8 +388,9 @@ def test_seen_holds_what_each_check_saw_under_its_label():
     # The observation's locals as it returned: x.grad was zeroed after the first check.
     assert set(seen.names) >= {"x", "scale", "k"} and seen.names["x"].grad.tolist() == [0.0, 0.0]
     # What each check expected, and how close counted: the last check under a label.
-    assert seen.expected["scale"] == Expectation(20, 0.1, 2)
-    assert seen.expected["x.grad"] == Expectation([0.0, 0.0], 1e-5, 1e-6)  # the defaults
+    scale, grad = seen.expected["scale"], seen.expected["x.grad"]
+    assert (scale.value, scale.rtol, scale.atol) == (20, 0.1, 2)
+    assert (grad.value, grad.rtol, grad.atol) == ([0.0, 0.0], 1e-5, 1e-6)  # the defaults
     assert "error" not in seen.expected  # a provoked error is no comparison
     assert lab.run(recorded, k=3)["scale"] == 30 and lab.failed == ["[2] scale = 30"]
 

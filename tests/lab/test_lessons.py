@@ -26,12 +26,12 @@ def test_the_teaching_order_lists_every_lesson_file_once():
 def test_runs_in_a_terminal_and_every_check_matches(path, shared_folder):
     """One process per lesson, as `python LESSON --device cpu` from another folder (the run
     tests/lab/test_tries.py compares each Try with: tests/support.py, terminal_run)."""
-    result = run = terminal_run(path, shared_folder)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    assert "Traceback" not in result.stderr and "FAIL" not in result.stdout
-    counted = re.search(r"^(\d+)/(\d+) checks match across (\d+) observations\.$", result.stdout, re.M)
+    run = terminal_run(path, shared_folder)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    assert "Traceback" not in run.stderr and "FAIL" not in run.stdout
+    counted = re.search(r"^(\d+)/(\d+) checks match across (\d+) observations\.$", run.stdout, re.M)
     assert counted and counted[1] == counted[2] and int(counted[1]) > 0
-    assert len(re.findall(r"^\[\d+\] ", result.stdout, re.M)) == int(counted[3])
+    assert len(re.findall(r"^\[\d+\] ", run.stdout, re.M)) == int(counted[3])
     report = json.loads(run.summary)
     assert report["passed"] == report["total"] == int(counted[1]) and report["device"] == "cpu"
     assert run.left == ("summary.jsonl",)  # wrote nothing else

@@ -135,6 +135,9 @@ def test_local_gradients_differ_and_their_mean_is_the_full_batch(lab):
         assert torch.allclose(local[rank], by_hand(HALVES[rank]), **EXACT)
         assert torch.allclose(seen.ranks[rank]["model.weight.grad"], one_process_gradient()[0], **EXACT)
     assert not torch.allclose(local[0], local[1])
+    # What rank 0's checks expected travelled too (on the CPU): the mean gradient, by hand.
+    expected = seen.expected["model.weight.grad"].value
+    assert expected.device.type == "cpu" and torch.allclose(expected, one_process_gradient()[0].cpu(), **EXACT)
 
 
 def test_ddp_gradient_equals_one_process_on_the_full_batch(lab):
