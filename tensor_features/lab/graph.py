@@ -1,0 +1,495 @@
+"""The graph lens: the real autograd graph behind a tensor, read from its `grad_fn`, as text, as
+Graphviz DOT, and as SVG; and what changed between two readings.
+
+    graph = read_graph(loss, names={"x": x, "w": w})
+    print(graph.text())            # an indented tree, one line per node
+    graph.dot(), graph.svg()       # the same graph as a picture
+    loss.backward()
+    print(diff(graph, read_graph(loss, names={"x": x, "w": w})).text())   # the saved tensors, freed
+
+What is read is what backward() walks: each `torch.autograd.graph.Node` (`name()`,
+`next_functions`), the `AccumulateGrad` node of each leaf with its `.variable`, the tensors a node
+saved for backward (its `_saved_*` attributes: shape, dtype, bytes, or "freed" once backward()
+released them, or "modified in place" once an in-place op bumped their version), and the `None`
+edges of inputs that need no gradient. Node ids are n0, n1, ... in walk order (depth first, inputs
+in `next_functions` order), so two readings of the same structure give the same ids and the same
+text, unlike `id()`-based names.
+
+A reading is a snapshot of plain values: it holds no tensor and no node, so keeping a Graph keeps
+no memory alive. Leaves and saved tensors are named by identity (`is`) to the caller's `names`;
+tensors of at most SMALL elements carry their values (and a leaf its .grad's values).
+
+Hooks: a leaf's own hooks (`register_hook`, `register_post_accumulate_grad_hook`) are counted; hooks
+registered on a node (`Node.register_hook`) live in C++ and are not readable from Python.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tensor_features.lab.core import format_value
+
+SMALL = 4  # tensors of at most this many elements show their values
+PROGRAM = "graphviz-pure"  # a pip wheel: Graphviz's dot ported to Rust, no system Graphviz needed
+INSTALL_HINT = f"pip install {PROGRAM}"
+
+HELD, FREED, MODIFIED = "held", "freed", "modified in place"
+
+
+class RendererMissing(RuntimeError):
+    """The graphviz-pure program that draws SVG is not installed; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a tensor was when read: shape, dtype, bytes (numel × element_size), the caller's name
+    for it, and its values (flattened) when it has at most SMALL elements."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    name: str | None = None
+    values: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A tensor a node saved for backward, the attribute `_saved_<slot>`: state is "held",
+    "freed" (backward() released it) or "modified in place" (its version moved since it was
+    saved); tensor is None when it can no longer be read."""
+
+    slot: str
+    state: str
+    tensor: TensorInfo | None = None
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """The leaf an AccumulateGrad node adds into: the tensor, its `_version`, its .grad, and how
+    many hooks are registered on it."""
+
+    tensor: TensorInfo
+    version: int = 0
+    grad: TensorInfo | None = None
+    hooks: int = 0
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the backward graph: `inputs` are the ids of its next_functions, None for an
+    input that needs no gradient; `leaf` is set for AccumulateGrad nodes."""
+
+    id: str
+    name: str
+    inputs: tuple[str | None, ...] = ()
+    saved: tuple[Saved, ...] = ()
+    leaf: Leaf | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An edge source -> target (None: an input that needs no gradient), the slot-th input."""
+
+    source: str
+    slot: int
+    target: str | None
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A reading of the backward graph: the output and the nodes in walk order (nodes[0] is the
+    output's grad_fn; no nodes when the output has no grad_fn)."""
+
+    output: TensorInfo
+    requires_grad: bool
+    nodes: tuple[Node, ...]
+
+    def node(self, node_id: str) -> Node:
+        """The node with this id."""
+        position = int(node_id[1:]) if node_id[1:].isdigit() else -1
+        if 0 <= position < len(self.nodes) and self.nodes[position].id == node_id:
+            return self.nodes[position]  # read_graph's ids are positions: no scan on deep graphs
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def edges(self) -> tuple[Edge, ...]:
+        """Every edge, in walk order."""
+        return tuple(Edge(node.id, slot, target) for node in self.nodes
+                     for slot, target in enumerate(node.inputs))
+
+    def text(self) -> str:
+        """An indented tree, one line per node; a node reached again is referenced by its id."""
+        lines = [_titled("output", self.output)]
+        if not self.nodes:
+            why = ("a leaf: backward() adds straight into its .grad" if self.requires_grad
+                   else "it does not require grad, so no graph was recorded")
+            return "\n".join(lines + [f"  no grad_fn: {why}"])
+        shown: set[str] = set()
+        stack: list[tuple[str | None, int]] = [(self.nodes[0].id, 1)]
+        while stack:  # a stack, not recursion: a long chain of ops is a deep graph
+            node_id, depth = stack.pop()
+            indent = "  " * depth
+            if node_id is None:
+                lines.append(f"{indent}None  (needs no gradient)")
+            elif node_id in shown:
+                lines.append(f"{indent}{node_id} (above)")
+            else:
+                shown.add(node_id)
+                node = self.node(node_id)
+                lines.append(indent + _node_line(node))
+                stack.extend((target, depth + 1) for target in reversed(node.inputs))
+        return "\n".join(lines)
+
+    def dot(self) -> str:
+        """Graphviz DOT: edges point the way backward() walks, from the output to the leaves."""
+        lines = ["digraph autograd {",
+                 '  node [fontname="Helvetica" fontsize=11];',
+                 "  " + _dot_node("out", _output_label(self.output),
+                                  "shape=box style=filled fillcolor=darkolivegreen1")]
+        if self.nodes:
+            lines.append(f"  out -> {self.nodes[0].id};")
+        for node in self.nodes:
+            if node.leaf is not None:
+                lines.append("  " + _dot_node(node.id, _leaf_label(node),
+                                              "shape=box style=filled fillcolor=lightblue"))
+            else:
+                lines.append("  " + _dot_node(node.id, [f"{node.id} {node.name}"],
+                                              "shape=ellipse style=filled fillcolor=lightgrey"))
+            for saved in node.saved:
+                saved_id = f"{node.id}_{_dot_safe(saved.slot)}"
+                look = _SAVED_LOOK[saved.state]
+                lines.append("  " + _dot_node(saved_id, _saved_label(saved), look))
+                lines.append(f"  {node.id} -> {saved_id} [style=dashed arrowhead=none];")
+            for slot, target in enumerate(node.inputs):
+                if target is None:  # drawn, as torchviz does not: the input that needs no gradient
+                    none_id = f"{node.id}_in{slot}"
+                    look = "shape=plaintext fontcolor=grey"
+                    lines.append("  " + _dot_node(none_id, ["None"], look))
+                    lines.append(f"  {node.id} -> {none_id} [style=dotted];")
+                else:
+                    lines.append(f"  {node.id} -> {target};")
+        return "\n".join(lines + ["}"]) + "\n"
+
+    def svg(self) -> str:
+        """The DOT drawn as SVG by graphviz-pure; RendererMissing when it is not installed."""
+        program = renderer()
+        done = subprocess.run([str(program), "-Tsvg"], input=self.dot(), capture_output=True,
+                              text=True, encoding="utf-8", timeout=60, check=False)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {first}")
+        return done.stdout
+
+
+@dataclass(frozen=True)
+class SavedChange:
+    """A saved tensor whose state changed ("held" -> "freed", "held" -> "modified in place")."""
+
+    node: str
+    name: str
+    slot: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class VersionBump:
+    """A leaf whose `_version` moved: an in-place op wrote into it."""
+
+    node: str
+    name: str | None
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
+class GraphDiff:
+    """What changed between two readings. Removed nodes and edges carry the ids of the reading
+    before, added ones the ids of the reading after; saved and version changes the ids before."""
+
+    removed: tuple[Node, ...] = ()
+    added: tuple[Node, ...] = ()
+    edges_removed: tuple[Edge, ...] = ()
+    edges_added: tuple[Edge, ...] = ()
+    saved: tuple[SavedChange, ...] = ()
+    versions: tuple[VersionBump, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing changed: same nodes, same edges, same saved tensors, same versions."""
+        return not (self.removed or self.added or self.edges_removed or self.edges_added
+                    or self.saved or self.versions)
+
+    def text(self) -> str:
+        """One line per change, or one line saying nothing changed."""
+        if self.empty:
+            return "no change: same nodes, same edges, saved tensors and leaf versions as before"
+        lines = [f"removed {n.id} {n.name}" for n in self.removed]
+        lines += [f"added {n.id} {n.name}" for n in self.added]
+        lines += [f"removed edge {_edge_text(e)}" for e in self.edges_removed]
+        lines += [f"added edge {_edge_text(e)}" for e in self.edges_added]
+        lines += [f"{c.node} {c.name} saved {c.slot}: {c.before} -> {c.after}" for c in self.saved]
+        lines += [f"{v.node} leaf {v.name + ' ' if v.name else ''}version {v.before} -> {v.after}"
+                  for v in self.versions]
+        return "\n".join(lines)
+
+
+def read_graph(output: torch.Tensor, names: dict[str, torch.Tensor] | None = None) -> Graph:
+    """Read the graph behind `output` from its grad_fn; `names` names tensors by identity."""
+    known = list((names or {}).items())
+    order: list[Any] = []
+    ids: dict[Any, str] = {}  # holding each node object keeps its identity for the whole walk
+    stack = [output.grad_fn] if output.grad_fn is not None else []
+    while stack:  # depth first, inputs in next_functions order: the ids are the walk order
+        function = stack.pop()
+        if function in ids:
+            continue
+        ids[function] = f"n{len(ids)}"
+        order.append(function)
+        stack.extend(f for f, _ in reversed(function.next_functions) if f is not None)
+    nodes = tuple(_read_node(f, ids, known) for f in order)
+    return Graph(_info(output, known), output.requires_grad, nodes)
+
+
+def diff(before: Graph, after: Graph) -> GraphDiff:
+    """What changed from one reading to the next: nodes matched by walking both graphs together
+    from the output (same name at the same input), so a cut branch is one removal, not a shift."""
+    pairs = _match(before, after)
+    matched_after = set(pairs.values())
+    kept = {_carried(e, pairs) for e in before.edges() if e.source in pairs}
+    after_edges = {(e.source, e.slot, e.target) for e in after.edges()}
+    saved, versions = [], []
+    for old_id, new_id in pairs.items():
+        old, new = before.node(old_id), after.node(new_id)
+        for item in old.saved:
+            state = _state_of(new, item.slot)
+            if state is not None and state != item.state:
+                saved.append(SavedChange(old_id, old.name, item.slot, item.state, state))
+        if old.leaf and new.leaf and new.leaf.version != old.leaf.version:
+            versions.append(VersionBump(old_id, old.leaf.tensor.name, old.leaf.version,
+                                        new.leaf.version))
+    return GraphDiff(
+        removed=tuple(n for n in before.nodes if n.id not in pairs),
+        added=tuple(n for n in after.nodes if n.id not in matched_after),
+        edges_removed=tuple(e for e in before.edges()
+                            if e.source not in pairs or _carried(e, pairs) not in after_edges),
+        edges_added=tuple(e for e in after.edges() if (e.source, e.slot, e.target) not in kept),
+        saved=tuple(saved), versions=tuple(versions))
+
+
+def renderer() -> Path:
+    """Where graphviz-pure is: beside this Python (a venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent
+    for name in (PROGRAM, PROGRAM + ".exe"):
+        if (beside / name).is_file():
+            return beside / name
+    found = shutil.which(PROGRAM)
+    if found is None:
+        raise RendererMissing(f"{PROGRAM} is not installed (it draws the graph as SVG): "
+                              f"{INSTALL_HINT}")
+    return Path(found)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_node(function: Any, ids: dict[Any, str], known: list[tuple[str, torch.Tensor]]) -> Node:
+    inputs = tuple(ids[f] if f is not None else None for f, _ in function.next_functions)
+    # "torch::autograd::AccumulateGrad" -> "AccumulateGrad", as type(node).__name__ says it.
+    name = function.name().rsplit("::", 1)[-1]
+    leaf = None
+    variable = getattr(function, "variable", None)
+    if isinstance(variable, torch.Tensor):
+        hooks = (len(getattr(variable, "_backward_hooks", None) or {})
+                 + len(getattr(variable, "_post_accumulate_grad_hooks", None) or {}))
+        grad = variable.grad
+        leaf = Leaf(_info(variable, known), variable._version,
+                    _info(grad, []) if grad is not None else None, hooks)
+    return Node(ids[function], name, inputs, _read_saved(function, known), leaf)
+
+
+def _read_saved(function: Any, known: list[tuple[str, torch.Tensor]]) -> tuple[Saved, ...]:
+    attributes = set(dir(function))
+    found = []
+    # A saved tensor has a raw twin, `_raw_saved_<slot>`; numbers saved beside it (an exponent,
+    # an alpha, sizes) have none. A custom Function's tensors are read as `saved_tensors`.
+    for raw in sorted(a for a in attributes if a.startswith("_raw_saved_")):
+        slot = raw.removeprefix("_raw_saved_")
+        attribute = f"_saved_{slot}" if f"_saved_{slot}" in attributes else f"saved_{slot}"
+        if attribute not in attributes:
+            continue
+        try:
+            value = getattr(function, attribute)
+        except RuntimeError as error:  # released by backward(), or stale after an in-place op
+            state = MODIFIED if "modified by an inplace operation" in str(error) else FREED
+            found.append(Saved(slot, state))
+            continue
+        if isinstance(value, torch.Tensor):
+            found.append(Saved(slot, HELD, _info(value, known)))
+        elif isinstance(value, (list, tuple)):
+            found += [Saved(f"{slot}[{i}]", HELD, _info(t, known))
+                      for i, t in enumerate(value) if isinstance(t, torch.Tensor)]
+        # None: the slot exists but this call did not need it (e.g. 2 * x keeps no copy of x)
+    return tuple(found)
+
+
+def _info(tensor: torch.Tensor, known: list[tuple[str, torch.Tensor]]) -> TensorInfo:
+    name = next((n for n, t in known if t is tensor), None)
+    values = None
+    if tensor.numel() <= SMALL and tensor.layout == torch.strided and tensor.device.type != "meta":
+        values = tuple(tensor.detach().reshape(-1).tolist())
+    return TensorInfo(tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."),
+                      tensor.numel() * tensor.element_size(), name, values)
+
+
+# ---------------------------------------------------------------------------- showing
+
+
+def _shown_values(info: TensorInfo) -> str:
+    """The values as the tensor's shape nests them: 3.0, [1.0, 2.0], [[1.0, 2.0], [3.0, 4.0]]."""
+    assert info.values is not None
+    nested: Any = list(info.values)
+    for size in reversed(info.shape[1:]):
+        nested = [nested[i:i + size] for i in range(0, len(nested), size)]
+    return format_value(nested[0] if info.shape == () else nested)
+
+
+def _about(info: TensorInfo) -> str:
+    text = f"shape {info.shape}, {info.dtype}, {info.nbytes} bytes"
+    return text + (f", value {_shown_values(info)}" if info.values is not None else "")
+
+
+def _titled(title: str, info: TensorInfo) -> str:
+    return f"{title}{' ' + info.name if info.name else ''} ({_about(info)})"
+
+
+def _grad_text(grad: TensorInfo | None) -> str:
+    if grad is None:
+        return "None"
+    return _shown_values(grad) if grad.values is not None else f"shape {grad.shape}"
+
+
+def _node_line(node: Node) -> str:
+    if node.leaf is not None:
+        leaf = node.leaf
+        line = f"{node.id} {node.name}  {_titled('leaf', leaf.tensor)}"
+        line += f", grad {_grad_text(leaf.grad)}"
+        if leaf.version:
+            line += f", version {leaf.version}"
+        if leaf.hooks:
+            line += f", {leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}"
+        return line
+    line = f"{node.id} {node.name}"
+    if node.saved:
+        line += "  saved " + "; ".join(_saved_text(s) for s in node.saved)
+    return line
+
+
+def _saved_text(saved: Saved) -> str:
+    if saved.tensor is None:
+        return f"{saved.slot} ({saved.state})"
+    name = f" = {saved.tensor.name}" if saved.tensor.name else ""
+    return f"{saved.slot}{name} ({_about(saved.tensor)})"
+
+
+def _edge_text(edge: Edge) -> str:
+    return f"{edge.source} -> {edge.target if edge.target else 'None'} (input {edge.slot})"
+
+
+_SAVED_LOOK = {
+    HELD: "shape=note style=filled fillcolor=orange",
+    FREED: "shape=note style=dashed color=grey fontcolor=grey",
+    MODIFIED: "shape=note style=\"filled,dashed\" fillcolor=mistyrose color=red",
+}
+
+
+def _dot_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text)
+
+
+def _dot_node(node_id: str, label: list[str], look: str) -> str:
+    escaped = "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in label)
+    return f'{node_id} [label="{escaped}" {look}];'
+
+
+def _shape_line(info: TensorInfo) -> str:
+    return f"shape {info.shape} {info.dtype}"
+
+
+def _output_label(info: TensorInfo) -> list[str]:
+    label = [f"output{' ' + info.name if info.name else ''}", _shape_line(info)]
+    return label + ([f"value {_shown_values(info)}"] if info.values is not None else [])
+
+
+def _leaf_label(node: Node) -> list[str]:
+    assert node.leaf is not None
+    leaf = node.leaf
+    label = [f"{node.id} {node.name}", f"leaf{' ' + leaf.tensor.name if leaf.tensor.name else ''}",
+             _shape_line(leaf.tensor)]
+    if leaf.tensor.values is not None:
+        label += [f"value {_shown_values(leaf.tensor)}", f"grad {_grad_text(leaf.grad)}"]
+    if leaf.version:
+        label.append(f"version {leaf.version}")
+    if leaf.hooks:
+        label.append(f"{leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}")
+    return label
+
+
+def _saved_label(saved: Saved) -> list[str]:
+    if saved.tensor is None:
+        return [f"saved {saved.slot}", saved.state]
+    info = saved.tensor
+    label = [f"saved {saved.slot}{' = ' + info.name if info.name else ''}", _shape_line(info),
+             f"{info.nbytes} bytes"]
+    return label + ([f"value {_shown_values(info)}"] if info.values is not None else [])
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def _match(before: Graph, after: Graph) -> dict[str, str]:
+    """Pairs (id before -> id after) found by walking both graphs from the output together."""
+    pairs: dict[str, str] = {}
+    if not before.nodes or not after.nodes:
+        return pairs
+    taken: set[str] = set()
+    stack = [(before.nodes[0].id, after.nodes[0].id)]
+    while stack:
+        old_id, new_id = stack.pop()
+        old, new = before.node(old_id), after.node(new_id)
+        if old_id in pairs or new_id in taken or old.name != new.name:
+            continue
+        pairs[old_id] = new_id
+        taken.add(new_id)
+        stack.extend((a, b) for a, b in reversed(list(zip(old.inputs, new.inputs)))
+                     if a is not None and b is not None)
+    # A named leaf reached by another path after the edit is still the same leaf.
+    named_after = {n.leaf.tensor.name: n.id for n in after.nodes
+                   if n.leaf and n.leaf.tensor.name and n.id not in taken}
+    for node in before.nodes:
+        if node.leaf and node.id not in pairs and node.leaf.tensor.name in named_after:
+            pairs[node.id] = named_after.pop(node.leaf.tensor.name)
+    return pairs
+
+
+def _carried(edge: Edge, pairs: dict[str, str]) -> tuple[str, int, str | None]:
+    """An edge of the reading before, in the ids after; a target with no match stays unmatchable."""
+    target = edge.target and pairs.get(edge.target, f"unmatched {edge.target}")
+    return pairs[edge.source], edge.slot, target
+
+
+def _state_of(node: Node, slot: str) -> str | None:
+    """The state of a saved slot; a list slot (tensors[0]) no longer readable is one entry."""
+    for saved in node.saved:
+        if saved.slot in (slot, slot.split("[")[0]):
+            return saved.state
+    return None

@@ -1,0 +1,359 @@
+"""The graph lens (tensor_features/lab/graph.py): the real autograd graph, read from grad_fn, as
+records, text, DOT and SVG, and the diff of two readings. Each expected graph is written down here
+by hand, from what the forward pass does and what PyTorch's derivative formulas need to keep
+(checked against torch 2.14: 2 * x keeps the 2, not x; pow keeps its base; mv keeps the matrix when
+only the vector needs a gradient), never read back from the module under test."""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from torch import nn
+
+from tensor_features.lab.graph import (Edge, Graph, Leaf, Node, RendererMissing, Saved, SavedChange,
+                                       TensorInfo, VersionBump, diff, read_graph, renderer)
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def renderer_or_none():
+    try:
+        return renderer()
+    except RendererMissing:
+        return None
+
+
+NEEDS_RENDERER = pytest.mark.skipif(
+    renderer_or_none() is None, reason="graphviz-pure is not installed (pip install graphviz-pure)")
+
+
+def square_plus_twice(x: torch.Tensor) -> torch.Tensor:
+    return x**2 + 2 * x
+
+
+def x_graph() -> tuple[Graph, torch.Tensor, torch.Tensor]:
+    x = torch.tensor(3.0, requires_grad=True)
+    y = square_plus_twice(x)
+    return read_graph(y, names={"x": x, "y": y}), x, y
+
+
+# -------------------------------------------------------- y = x**2 + 2x, the lesson's example
+
+X = TensorInfo((), "float32", 4, "x", (3.0,))
+TWO = TensorInfo((), "int64", 8, None, (2,))  # the 2 of 2 * x: a Python int, wrapped as int64
+
+
+def test_x_squared_plus_2x_is_add_of_pow_and_mul_with_a_none_edge_for_the_2():
+    graph, _, _ = x_graph()
+    assert graph.output == TensorInfo((), "float32", 4, "y", (15.0,))  # 3**2 + 2*3
+    assert graph.nodes == (
+        Node("n0", "AddBackward0", ("n1", "n3")),
+        # d(x**2)/dx = 2x needs x: pow saves its base, the leaf itself (named by identity)
+        Node("n1", "PowBackward0", ("n2",), saved=(Saved("self", "held", X),)),
+        Node("n2", "AccumulateGrad", (), leaf=Leaf(X)),
+        # x * 2: d/dx = 2 needs the 2 (saved as other); x is not kept, since the 2 needs no gradient
+        Node("n3", "MulBackward0", ("n2", None), saved=(Saved("other", "held", TWO),)),
+    )
+
+
+def test_x_squared_plus_2x_as_text_shows_x_once_and_refers_back_to_it():
+    graph, _, _ = x_graph()
+    assert graph.text() == "\n".join([
+        "output y (shape (), float32, 4 bytes, value 15.0)",
+        "  n0 AddBackward0",
+        "    n1 PowBackward0  saved self = x (shape (), float32, 4 bytes, value 3.0)",
+        "      n2 AccumulateGrad  leaf x (shape (), float32, 4 bytes, value 3.0), grad None",
+        "    n3 MulBackward0  saved other (shape (), int64, 8 bytes, value 2)",
+        "      n2 (above)",
+        "      None  (needs no gradient)",
+    ])
+
+
+# Output: a green box; operations: grey ellipses; leaves: blue boxes; saved tensors: orange notes.
+GOLDEN_DOT = "\n".join([
+    "digraph autograd {",
+    '  node [fontname="Helvetica" fontsize=11];',
+    '  out [label="output y\\nshape () float32\\nvalue 15.0"'
+    " shape=box style=filled fillcolor=darkolivegreen1];",
+    "  out -> n0;",
+    '  n0 [label="n0 AddBackward0" shape=ellipse style=filled fillcolor=lightgrey];',
+    "  n0 -> n1;",
+    "  n0 -> n3;",
+    '  n1 [label="n1 PowBackward0" shape=ellipse style=filled fillcolor=lightgrey];',
+    '  n1_self [label="saved self = x\\nshape () float32\\n4 bytes\\nvalue 3.0"'
+    " shape=note style=filled fillcolor=orange];",
+    "  n1 -> n1_self [style=dashed arrowhead=none];",
+    "  n1 -> n2;",
+    '  n2 [label="n2 AccumulateGrad\\nleaf x\\nshape () float32\\nvalue 3.0\\ngrad None"'
+    " shape=box style=filled fillcolor=lightblue];",
+    '  n3 [label="n3 MulBackward0" shape=ellipse style=filled fillcolor=lightgrey];',
+    '  n3_other [label="saved other\\nshape () int64\\n8 bytes\\nvalue 2"'
+    " shape=note style=filled fillcolor=orange];",
+    "  n3 -> n3_other [style=dashed arrowhead=none];",
+    "  n3 -> n2;",
+    '  n3_in1 [label="None" shape=plaintext fontcolor=grey];',
+    "  n3 -> n3_in1 [style=dotted];",
+    "}",
+    "",
+])
+
+
+def test_x_squared_plus_2x_as_dot_matches_the_golden_text_and_is_stable():
+    first, _, _ = x_graph()
+    second, _, _ = x_graph()  # new tensors, new nodes at new addresses: the same ids and text
+    assert first.dot() == GOLDEN_DOT
+    assert second.dot() == first.dot()
+
+
+def test_after_backward_the_saved_tensors_read_as_freed_and_the_leaf_has_its_grad():
+    before, x, y = x_graph()
+    y.backward()
+    after = read_graph(y, names={"x": x, "y": y})
+    assert after.text().splitlines()[2:4] == [
+        "    n1 PowBackward0  saved self (freed)",
+        # the grad: d/dx (x**2 + 2x) = 2x + 2 = 8 at x = 3
+        "      n2 AccumulateGrad  leaf x (shape (), float32, 4 bytes, value 3.0), grad 8.0",
+    ]
+    assert "n1_self [label=\"saved self\\nfreed\" shape=note style=dashed" in after.dot()
+    change = diff(before, after)
+    assert change.saved == (SavedChange("n1", "PowBackward0", "self", "held", "freed"),
+                            SavedChange("n3", "MulBackward0", "other", "held", "freed"))
+    assert change.removed == change.added == change.edges_removed == change.edges_added == ()
+    assert not change.empty
+    assert change.text() == ("n1 PowBackward0 saved self: held -> freed\n"
+                             "n3 MulBackward0 saved other: held -> freed")
+
+
+# ---------------------------------------------------------------- ((Φw − t)**2).mean(): saved bytes
+
+
+@pytest.mark.parametrize("dtype, element_size", [(torch.float32, 4), (torch.float64, 8)])
+def test_a_linear_loss_saves_the_residual_and_the_feature_matrix_bytes_by_hand(dtype, element_size):
+    phi = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=dtype)
+    w = torch.tensor([1.0, 1.0], dtype=dtype, requires_grad=True)
+    target = torch.tensor([1.0, 2.0, 3.0], dtype=dtype)
+    loss = ((phi @ w - target) ** 2).mean()
+    graph = read_graph(loss, names={"phi": phi, "w": w, "target": target})
+    name = str(dtype).removeprefix("torch.")
+    assert [n.name for n in graph.nodes] == ["MeanBackward0", "PowBackward0", "SubBackward0",
+                                             "MvBackward0", "AccumulateGrad"]
+    # mean keeps only sizes and sub nothing; pow keeps the residual Φw − t = (3, 7, 11) − (1, 2, 3)
+    residual = TensorInfo((3,), name, 3 * element_size, None, (2.0, 5.0, 8.0))
+    phi_info = TensorInfo((3, 2), name, 3 * 2 * element_size, "phi")  # 6 elements: no values shown
+    assert graph.nodes[0].saved == () and graph.nodes[2].saved == ()
+    assert graph.node("n1").saved == (Saved("self", "held", residual),)
+    # Φ needs no gradient: mv keeps Φ (for w's gradient), not w; the Φ and t inputs are None edges
+    assert graph.node("n3") == Node("n3", "MvBackward0", (None, "n4"),
+                                    saved=(Saved("self", "held", phi_info),))
+    assert graph.node("n2").inputs == ("n3", None)
+    assert graph.node("n4").leaf == Leaf(TensorInfo((2,), name, 2 * element_size, "w", (1.0, 1.0)))
+    held = sum(s.tensor.nbytes for n in graph.nodes for s in n.saved)
+    assert held == (3 + 6) * element_size
+
+
+# -------------------------------------------------------- an MLP: one AccumulateGrad per parameter
+
+
+def small_mlp() -> tuple[nn.Sequential, torch.Tensor, dict[str, torch.Tensor]]:
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    # Fresh parameters of small integers: their values and versions are ours, not the initializer's.
+    model[0].weight = nn.Parameter(torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]))
+    model[0].bias = nn.Parameter(torch.tensor([0.0, 1.0, 1.0]))
+    model[2].weight = nn.Parameter(torch.tensor([[1.0, 2.0, 3.0]]))
+    model[2].bias = nn.Parameter(torch.tensor([1.0]))
+    inputs = torch.ones(4, 2)
+    names = {"X": inputs, "w1": model[0].weight, "b1": model[0].bias,
+             "w2": model[2].weight, "b2": model[2].bias}
+    return model, inputs, names
+
+
+# The second Linear keeps its input (relu's result) and w2ᵀ; the first keeps X, not w1ᵀ (X needs
+# no gradient); relu keeps its result; each parameter is reached once, through its AccumulateGrad.
+MLP_TEXT = "\n".join([
+    "output (shape (), float32, 4 bytes, value 20.0)",
+    "  n0 SumBackward0",
+    "    n1 AddmmBackward0  saved mat1 (shape (4, 3), float32, 48 bytes);"
+    " mat2 (shape (3, 1), float32, 12 bytes, value [[1.0], [2.0], [3.0]])",
+    "      n2 AccumulateGrad  leaf b2 (shape (1,), float32, 4 bytes, value [1.0]), grad None",
+    "      n3 ReluBackward0  saved result (shape (4, 3), float32, 48 bytes)",
+    "        n4 AddmmBackward0  saved mat1 = X (shape (4, 2), float32, 32 bytes)",
+    "          n5 AccumulateGrad  leaf b1 (shape (3,), float32, 12 bytes,"
+    " value [0.0, 1.0, 1.0]), grad None",
+    "          None  (needs no gradient)",
+    "          n6 TBackward0",
+    "            n7 AccumulateGrad  leaf w1 (shape (3, 2), float32, 24 bytes), grad None",
+    "      n8 TBackward0",
+    "        n9 AccumulateGrad  leaf w2 (shape (1, 3), float32, 12 bytes,"
+    " value [[1.0, 2.0, 3.0]]), grad None",
+])
+
+
+def test_an_mlp_has_one_accumulate_grad_per_parameter():
+    model, inputs, names = small_mlp()
+    # Each row: X·w1ᵀ = (2, 0, −2), + b1 = (2, 1, −1), relu (2, 1, 0), ·w2ᵀ + b2 = 2 + 2 + 1 = 5;
+    # 4 rows: 20
+    out = model(inputs).sum()
+    graph = read_graph(out, names=names)
+    assert graph.text() == MLP_TEXT
+    leaves = [n.leaf.tensor.name for n in graph.nodes if n.name == "AccumulateGrad"]
+    assert sorted(leaves) == ["b1", "b2", "w1", "w2"]  # one each, however often reached
+    assert len(leaves) == len(list(model.parameters()))
+
+
+def test_the_mlp_after_backward_has_every_saved_tensor_freed_and_the_same_structure():
+    model, inputs, names = small_mlp()
+    out = model(inputs).sum()
+    before = read_graph(out, names=names)
+    out.backward()
+    after = read_graph(out, names=names)
+    assert all(s.state == "freed" and s.tensor is None for n in after.nodes for s in n.saved)
+    assert [(c.node, c.slot) for c in diff(before, after).saved] == [
+        ("n1", "mat1"), ("n1", "mat2"), ("n3", "result"), ("n4", "mat1")]
+    assert after.edges() == before.edges()
+    # b2's gradient: one per row, 4 rows; w2's: the sum of relu's rows, 4 · (2, 1, 0)
+    assert after.node("n2").leaf.grad.values == (4.0,)
+    assert after.node("n9").leaf.grad.values == (8.0, 4.0, 0.0)
+    assert after.node("n7").leaf.grad == TensorInfo((3, 2), "float32", 24)  # 6 elements: no values
+
+
+def test_eval_on_a_model_without_dropout_or_batchnorm_gives_the_same_graph():
+    model, inputs, names = small_mlp()
+    before = read_graph(model(inputs).sum(), names=names)
+    model.eval()
+    change = diff(before, read_graph(model(inputs).sum(), names=names))
+    assert change.empty
+    assert change.text().startswith("no change:")
+
+
+# ---------------------------------------------------------------- edits: a detach, an in-place op
+
+
+def test_a_detach_cuts_the_branch_and_the_diff_shows_it_removed():
+    before, x, _ = x_graph()
+    y = x.detach() ** 2 + 2 * x  # the square no longer reaches x: its pow node is not recorded
+    after = read_graph(y, names={"x": x, "y": y})
+    change = diff(before, after)
+    assert [(n.id, n.name) for n in change.removed] == [("n1", "PowBackward0")]
+    assert change.added == ()
+    assert change.edges_removed == (Edge("n0", 0, "n1"), Edge("n1", 0, "n2"))
+    assert change.edges_added == (Edge("n0", 0, None),)  # Add's first input now needs no gradient
+    assert change.text() == "\n".join([
+        "removed n1 PowBackward0",
+        "removed edge n0 -> n1 (input 0)",
+        "removed edge n1 -> n2 (input 0)",
+        "added edge n0 -> None (input 0)",
+    ])
+
+
+def test_an_in_place_op_bumps_the_leaf_version_and_stales_what_was_saved():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (a * a).sum()  # mul saves both factors: a, twice
+    before = read_graph(loss, names={"a": a})
+    with torch.no_grad():
+        a.mul_(2)  # an in-place write: a._version 0 -> 1
+    after = read_graph(loss, names={"a": a})
+    change = diff(before, after)
+    assert change.versions == (VersionBump("n2", "a", 0, 1),)
+    assert change.saved == (SavedChange("n1", "MulBackward0", "other", "held", "modified in place"),
+                            SavedChange("n1", "MulBackward0", "self", "held", "modified in place"))
+    assert "n2 leaf a version 0 -> 1" in change.text().splitlines()
+    # The oracle for "modified in place": backward() itself refuses the stale saved tensor.
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+# ---------------------------------------------------------------- smaller points
+
+
+def test_names_match_by_identity_not_by_value():
+    x = torch.tensor(3.0, requires_grad=True)
+    graph = read_graph(x * 2, names={"a copy": x.detach().clone()})
+    assert graph.node("n1").leaf.tensor.name is None
+
+
+def test_a_leaf_hook_is_counted_and_shown():
+    x = torch.tensor(3.0, requires_grad=True)
+    x.register_hook(lambda grad: grad)
+    graph = read_graph(x * 2, names={"x": x})
+    assert graph.node("n1").leaf.hooks == 1
+    assert graph.text().splitlines()[2].endswith("grad None, 1 hook")
+
+
+def test_an_output_without_grad_fn_says_why_there_is_no_graph():
+    x = torch.tensor(3.0, requires_grad=True)
+    assert read_graph(x).text().splitlines()[1] == (
+        "  no grad_fn: a leaf: backward() adds straight into its .grad")
+    plain = read_graph(torch.ones(2))
+    assert plain.nodes == () and "does not require grad" in plain.text()
+
+
+def test_a_custom_function_saved_tensors_are_read_and_freed():
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = Square.apply(x).sum()
+    before = read_graph(y, names={"x": x})
+    x_info = TensorInfo((2,), "float32", 8, "x", (1.0, 2.0))
+    assert before.node("n1").saved == (Saved("tensors[0]", "held", x_info),)
+    y.backward()
+    after = read_graph(y, names={"x": x})
+    assert after.node("n1").saved == (Saved("tensors", "freed"),)
+    assert diff(before, after).saved == (
+        SavedChange("n1", "SquareBackward", "tensors[0]", "held", "freed"),)
+
+
+def test_a_graph_deeper_than_the_recursion_limit_is_read_and_shown():
+    x = torch.tensor(1.0, requires_grad=True)
+    y = x
+    for _ in range(sys.getrecursionlimit() + 200):
+        y = -y  # NegBackward0: no saved tensor, no None edge, one line per node
+    graph = read_graph(y)
+    assert len(graph.nodes) == sys.getrecursionlimit() + 201
+    assert len(graph.text().splitlines()) == len(graph.nodes) + 1
+    assert diff(graph, graph).empty
+
+
+# ---------------------------------------------------------------- SVG
+
+
+@NEEDS_RENDERER
+def test_the_svg_has_one_node_group_per_dot_node_with_its_label():
+    graph, _, _ = x_graph()
+    root = ET.fromstring(graph.svg())
+    drawn = {g.find(f"{SVG}title").text: [t.text for t in g.iter(f"{SVG}text")]
+             for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
+    assert drawn == {
+        "out": ["output y", "shape () float32", "value 15.0"],
+        "n0": ["n0 AddBackward0"],
+        "n1": ["n1 PowBackward0"],
+        "n1_self": ["saved self = x", "shape () float32", "4 bytes", "value 3.0"],
+        "n2": ["n2 AccumulateGrad", "leaf x", "shape () float32", "value 3.0", "grad None"],
+        "n3": ["n3 MulBackward0"],
+        "n3_other": ["saved other", "shape () int64", "8 bytes", "value 2"],
+        "n3_in1": ["None"],
+    }
+    edges = [g for g in root.iter(f"{SVG}g") if g.get("class") == "edge"]
+    assert len(edges) == 8  # out→n0, n0→n1, n0→n3, n1→saved, n1→n2, n3→saved, n3→n2, n3→None
+
+
+def test_a_missing_renderer_raises_renderer_missing_with_one_line(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    graph, _, _ = x_graph()
+    with pytest.raises(RendererMissing, match="pip install graphviz-pure") as caught:
+        graph.svg()
+    assert "\n" not in str(caught.value)
