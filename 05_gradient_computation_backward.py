@@ -80,6 +80,9 @@ def real_graph(lab: Lab) -> None:
     y = x**2 + 2 * x  # its graph is printed below
     lines = graph_lines(y.grad_fn)
     lab.note("\n".join(lines))
+    # The same graph through the lab's graph lens, with what each node saved for backward: a
+    # picture in a notebook, or with --graphs DIR.
+    lab.graph(y, names={"x": x, "y": y})
     names = [line.strip().split(" ")[0] for line in lines]
     lab.check(names, ["AddBackward0", "PowBackward0", "AccumulateGrad",
                       "MulBackward0", "AccumulateGrad", "None"],

@@ -62,6 +62,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -74,8 +75,10 @@ from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
-from tensor_features.cli import (OneLineArgumentParser, add_device_argument, device_or_exit, environment_problem,
-                                 int_in_range, interrupted, program_name, run_main, say, stdout_failed)
+from tensor_features.cli import (OneLineArgumentParser, add_device_argument, cannot_write_into, device_or_exit,
+                                 environment_problem, int_in_range, interrupted, missing_folders,
+                                 program_name, remove_empty, run_main, say, stdout_failed, whole_file)
+from tensor_features.lab.values import format_value
 
 FORCE_AGREE_ENV = "LAB_FORCE_AGREE"
 SUMMARY_ENV = "LAB_SUMMARY"
@@ -87,32 +90,6 @@ PUBLISHED = "__lab_published__"  # in a lesson's globals: the names the last obs
 
 
 # -- values ----------------------------------------------------------------------------------------
-
-def format_value(value: Any) -> str:
-    """A short, exact-enough text for an observed or expected value."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.numel() == 1 and value.dim() == 0:
-            return format_value(value.item())
-        if value.numel() <= 16:
-            return format_value(value.cpu().tolist())
-        shape = "×".join(str(s) for s in value.shape)
-        return f"<{shape} {str(value.dtype).removeprefix('torch.')}>"
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-        # As Python prints it: 8.0, not 8, so that a float is never mistaken for an int.
-        return text + ".0" if text.lstrip("-").isdigit() else text
-    if isinstance(value, torch.Size):
-        return str(tuple(value))
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(format_value(v) for v in value)
-        if isinstance(value, list):
-            return f"[{inner}]"
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    return str(value)
-
 
 def _as_cpu_tensor(value: Any) -> torch.Tensor:
     """A tensor on the CPU; Python floats become float64, so 0.1 is not first rounded to float32."""
@@ -520,6 +497,7 @@ class Lab:
         self._hinted: set[str] = set()  # helpers whose definition a printed line has pointed to
         self.prog = program_name()  # for the one-line messages on stderr
         self._stopped = False  # after Ctrl-C or a failed write to stdout: print nothing more
+        self._pictures = 0  # graph pictures written with --graphs, for their file names
         self._print(f"{title:<44} torch {torch.__version__} · device {self.device}")
 
     @classmethod
@@ -543,6 +521,9 @@ class Lab:
         add_device_argument(parser)
         if add_arguments is not None:
             add_arguments(parser)
+        parser.add_argument("--graphs", metavar="DIR",
+                            help="also draw each graph the lesson shows (lab.graph) as an SVG picture "
+                            "in DIR (created if needed), named LESSON-OBSERVATION-K.svg")
         parser.add_argument("--tries", action="store_true", help="list this lesson's Try lines and stop")
         parser.add_argument("--try", dest="try_number", type=int_in_range(1), metavar="N",
                             help="run Try N on a temporary copy of this lesson: prints the edit as a diff, "
@@ -564,6 +545,9 @@ class Lab:
             problem = environment_problem()  # an unwritable LAB_SUMMARY: say so now, not after the lesson
             if problem and not in_notebook():
                 parser.exit(2, f"{parser.prog}: error: {problem}\n")
+            unwritable = args.graphs is not None and cannot_write_into(args.graphs)
+            if unwritable:  # now, in one line, not after the lesson has run
+                parser.error(f"argument --graphs: {args.graphs!r}: {unwritable}")
             lab = None
 
             def stop(signum: int, frame: FrameType | None) -> None:  # from the title line on: see _interrupted
@@ -735,6 +719,46 @@ class Lab:
         """Text rendered elsewhere (another process's lab), printed as it is."""
         for line in text.splitlines():
             self._print(line)
+
+    def graph(self, output: torch.Tensor, names: dict[str, torch.Tensor] | None = None) -> Any:
+        """Show the real autograd graph behind output (tensor_features/lab/graph.py): its text tree
+        under the current observation; in a notebook, the picture too; with --graphs DIR, the
+        picture also written to DIR/LESSON-OBSERVATION-K.svg (whole or not at all). Without the
+        graphviz-pure program the picture is one line saying how to get it. Returns the reading."""
+        from tensor_features.lab.graph import RendererMissing, read_graph
+
+        reading = read_graph(output, names)
+        self.seen.add("graph", reading.text())
+        self.note(reading.text())
+        folder = getattr(self.args, "graphs", None)
+        if not self.live or (folder is None and not in_notebook()):
+            return reading
+        try:
+            svg = reading.svg()
+        except RendererMissing as missing:
+            self.note(f"(no picture: {missing})")
+            return reading
+        except (RuntimeError, OSError, subprocess.SubprocessError) as failed:  # it ran and failed
+            self.note(f"(no picture: {' '.join(str(failed).split())})")
+            return reading
+        if in_notebook():
+            from IPython.display import SVG, display
+
+            display(SVG(svg))
+        if folder is not None:
+            self._pictures += 1
+            path = Path(folder) / f"{Path(self.prog).stem}-{self.observation}-{self._pictures}.svg"
+            created = missing_folders(path.parent)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with whole_file(path) as partial:
+                    partial.write_text(svg, encoding="utf-8")
+            except OSError as err:  # the folder was writable at the start; a disk can fill up
+                remove_empty(created)
+                self.note(f"(no picture: {path} cannot be written: {err.strerror or err})")
+                return reading
+            self.note(f"picture: {path}")
+        return reading
 
     def note(self, text: str) -> None:
         """An explanation, indented under the current observation."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from tensor_features.lab.core import format_value
+from tensor_features.lab.values import format_value
 
 SMALL = 4  # tensors of at most this many elements show their values
 PROGRAM = "graphviz-pure"  # a pip wheel: Graphviz's dot ported to Rust, no system Graphviz needed

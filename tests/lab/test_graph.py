@@ -13,8 +13,59 @@ import pytest
 import torch
 from torch import nn
 
+from tests.support import ROOT, load_lesson, run_in_process
+
 from tensor_features.lab.graph import (Edge, Graph, Leaf, Node, RendererMissing, Saved, SavedChange,
                                        TensorInfo, VersionBump, diff, read_graph, renderer)
+
+# Written by a tester who had not read these tests, from graph.py alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # off-by-one in SMALL test: 4-element tensors (w, a 2x2 leaf) no longer show values or grad
+    ("tensor_features/lab/graph.py", "    if tensor.numel() <= SMALL and tensor.layout", "    if tensor.numel() < SMALL and tensor.layout"),
+    # missing element_size factor: nbytes reports element count (4-byte float32 scalar shows 1 bytes)
+    ("tensor_features/lab/graph.py", "                      tensor.numel() * tensor.element_size(), name, values)", "                      tensor.numel(), name, values)"),
+    # names by value instead of identity: a clone equal to x is wrongly labelled "= x"
+    ("tensor_features/lab/graph.py", "    name = next((n for n, t in known if t is tensor), None)", "    name = next((n for n, t in known if torch.equal(t, tensor)), None)"),
+    # ids start at n1 instead of n0 (every node id shifts by one)
+    ("tensor_features/lab/graph.py", "        ids[function] = f\"n{len(ids)}\"", "        ids[function] = f\"n{len(ids) + 1}\""),
+    # walk pushes inputs without reversing: ids no longer follow next_functions order (last input gets n1)
+    ("tensor_features/lab/graph.py", "        stack.extend(f for f, _ in reversed(function.next_functions) if f is not None)", "        stack.extend(f for f, _ in function.next_functions if f is not None)"),
+    # node name split at the first '::': AccumulateGrad shown as "autograd::AccumulateGrad"
+    ("tensor_features/lab/graph.py", "    name = function.name().rsplit(\"::\", 1)[-1]", "    name = function.name().split(\"::\", 1)[-1]"),
+    # post-accumulate-grad hooks not counted: a leaf with only such a hook shows no hook, register_hook counted twice
+    ("tensor_features/lab/graph.py", "                 + len(getattr(variable, \"_post_accumulate_grad_hooks\", None) or {}))", "                 + len(getattr(variable, \"_backward_hooks\", None) or {}))"),
+    # freed / modified-in-place states swapped: after backward saved tensors read "modified in place"
+    ("tensor_features/lab/graph.py", "            state = MODIFIED if \"modified by an inplace operation\" in str(error) else FREED", "            state = FREED if \"modified by an inplace operation\" in str(error) else MODIFIED"),
+    # values nested by the wrong dims: a (1, 2) tensor shows [[-2.9], [6.7]] instead of [[-2.9, 6.7]]
+    ("tensor_features/lab/graph.py", "    for size in reversed(info.shape[1:]):", "    for size in reversed(info.shape[:-1]):"),
+    # text tree children in reverse input order (MulBackward0 branch printed before PowBackward0)
+    ("tensor_features/lab/graph.py", "                stack.extend((target, depth + 1) for target in reversed(node.inputs))", "                stack.extend((target, depth + 1) for target in node.inputs)"),
+    # shared node never marked shown: n2 expanded again instead of "n2 (above)"
+    ("tensor_features/lab/graph.py", "                shown.add(node_id)\n", "                pass\n"),
+    # no-grad_fn explanation inverted: a leaf is called "does not require grad" and vice versa
+    ("tensor_features/lab/graph.py", "            why = (\"a leaf: backward() adds straight into its .grad\" if self.requires_grad", "            why = (\"a leaf: backward() adds straight into its .grad\" if not self.requires_grad"),
+    # a single hook pluralised: "1 hooks" in the text line
+    ("tensor_features/lab/graph.py", "            line += f\", {leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}\"", "            line += f\", {leaf.hooks} hook{'s' if leaf.hooks >= 1 else ''}\""),
+    # DOT edges drawn forward (input -> node) instead of the backward direction node -> input
+    ("tensor_features/lab/graph.py", "                    lines.append(f\"  {node.id} -> {target};\")", "                    lines.append(f\"  {target} -> {node.id};\")"),
+    # DOT output arrow goes to the last node (a leaf) instead of nodes[0], the output's grad_fn
+    ("tensor_features/lab/graph.py", "            lines.append(f\"  out -> {self.nodes[0].id};\")", "            lines.append(f\"  out -> {self.nodes[-1].id};\")"),
+    # every saved tensor drawn in the "held" style, even when modified in place or freed
+    ("tensor_features/lab/graph.py", "                look = _SAVED_LOOK[saved.state]", "                look = _SAVED_LOOK[HELD]"),
+    # SavedChange before/after swapped: diff says "freed -> held" after backward
+    ("tensor_features/lab/graph.py", "                saved.append(SavedChange(old_id, old.name, item.slot, item.state, state))", "                saved.append(SavedChange(old_id, old.name, item.slot, state, item.state))"),
+    # VersionBump before/after swapped: "version 1 -> 0" after q.add_(1)
+    ("tensor_features/lab/graph.py", "            versions.append(VersionBump(old_id, old.leaf.tensor.name, old.leaf.version,\n                                        new.leaf.version))", "            versions.append(VersionBump(old_id, old.leaf.tensor.name, new.leaf.version,\n                                        old.leaf.version))"),
+    # matching ignores node names: SinBackward0 paired with MulBackward0, the replaced branch not reported
+    ("tensor_features/lab/graph.py", "        if old_id in pairs or new_id in taken or old.name != new.name:", "        if old_id in pairs or new_id in taken:"),
+    # named-leaf fallback never runs: leaves u, v reported removed/added when the root op changes
+    ("tensor_features/lab/graph.py", "        if node.leaf and node.id not in pairs and node.leaf.tensor.name in named_after:", "        if node.leaf and node.id in pairs and node.leaf.tensor.name in named_after:"),
+    # unmatched edge target keeps its old id: a replaced child with the same id hides "removed/added edge n0 -> n4"
+    ("tensor_features/lab/graph.py", "    target = edge.target and pairs.get(edge.target, f\"unmatched {edge.target}\")", "    target = edge.target and pairs.get(edge.target, edge.target)"),
+    # list slot lookup exact only: freed "indices" no longer matches "indices[0]", its change is dropped from the diff
+    ("tensor_features/lab/graph.py", "        if saved.slot in (slot, slot.split(\"[\")[0]):", "        if saved.slot == slot:"),
+]
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -357,3 +408,51 @@ def test_a_missing_renderer_raises_renderer_missing_with_one_line(tmp_path, monk
     with pytest.raises(RendererMissing, match="pip install graphviz-pure") as caught:
         graph.svg()
     assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- lab.graph and --graphs DIR
+
+BACKWARD = ROOT / "05_gradient_computation_backward.py"
+
+
+@NEEDS_RENDERER
+def test_graphs_dir_gets_the_picture_of_05_backward_and_nothing_else(tmp_path):
+    pictures = tmp_path / "new" / "pictures"  # created if needed
+    finished = run_in_process(BACKWARD, ["--device", "cpu", "--graphs", str(pictures)])
+    assert finished.code == 0, finished.stdout[-2000:] + finished.stderr
+    written = pictures / "05_gradient_computation_backward-3-1.svg"  # observation [3], its first graph
+    assert sorted(p.name for p in pictures.iterdir()) == [written.name]
+    assert f"picture: {written}" in finished.stdout
+    root = ET.fromstring(written.read_text())
+    titles = sorted(g.find(f"{SVG}title").text for g in root.iter(f"{SVG}g") if g.get("class") == "node")
+    # y = x**2 + 2*x as the test reads it: the output, Add, Pow (saving x), the leaf x, Mul (saving
+    # the 2) and the None edge of the 2.
+    assert titles == ["n0", "n1", "n1_self", "n2", "n3", "n3_in1", "n3_other", "out"]
+    labels = [t.text for t in root.iter(f"{SVG}text")]
+    assert "leaf x" in labels and "output y" in labels
+
+
+def test_without_graphs_dir_the_lesson_writes_no_picture_and_shows_the_text(tmp_path, lab):
+    seen = lab.run(load_lesson(BACKWARD).real_graph)
+    text = seen["graph"]
+    assert text.splitlines()[1:3] == ["  n0 AddBackward0",
+                                      "    n1 PowBackward0  saved self = x (shape (), float32, 4 bytes, value 3.0)"]
+    assert "picture:" not in lab.stream.getvalue()
+
+
+def test_graphs_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    finished = run_in_process(BACKWARD, ["--device", "cpu", "--graphs", str(blocker / "pictures")])
+    assert finished.code == 2 and finished.stderr.count("\n") == 1 and "--graphs" in finished.stderr
+    assert "Traceback" not in finished.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_missing_renderer_is_one_line_in_the_lesson_and_the_run_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    finished = run_in_process(BACKWARD, ["--device", "cpu", "--graphs", str(tmp_path / "pictures")])
+    assert finished.code == 0 and "Traceback" not in finished.stderr
+    assert finished.stdout.count("(no picture: graphviz-pure is not installed") == 1
+    assert not (tmp_path / "pictures").exists() or list((tmp_path / "pictures").iterdir()) == []

@@ -26,7 +26,7 @@ MUTANTS = [
     ("tensor_features/lab/core.py", "code = 1 if self.failed else 0", "code = 0"),
     ("tensor_features/lab/core.py", "hidden.update(range(node.lineno, node.end_lineno + 1))\n            elif",
      "pass\n            elif"),
-    ("tensor_features/lab/core.py", 'return text + ".0" if text.lstrip("-").isdigit() else text', "return text"),
+    ("tensor_features/lab/values.py", 'return text + ".0" if text.lstrip("-").isdigit() else text', "return text"),
     ("tensor_features/lab/core.py", "if span.count(old) != 1:", "if span.count(old) == 0:"),
     ("tensor_features/lab/core.py", "return torch.as_tensor(value, dtype=torch.float64) if tensor.is_floating_point() else tensor",
      "return tensor"),
