@@ -456,3 +456,40 @@ def test_a_missing_renderer_is_one_line_in_the_lesson_and_the_run_goes_on(tmp_pa
     assert finished.code == 0 and "Traceback" not in finished.stderr
     assert finished.stdout.count("(no picture: graphviz-pure is not installed") == 1
     assert not (tmp_path / "pictures").exists() or list((tmp_path / "pictures").iterdir()) == []
+
+
+# ---------------------------------------------------------------- diffs the blind mutants found untested
+
+def test_a_branch_put_in_front_of_a_named_leaf_keeps_the_leaf_paired_by_its_name():
+    # y = u * v, then y = sin(u) * v: u's AccumulateGrad moves from n1 to n2, and is the same leaf.
+    u = torch.tensor(2.0, requires_grad=True)
+    v = torch.tensor(3.0, requires_grad=True)
+    before = read_graph(u * v, names={"u": u, "v": v})
+    after = read_graph(u.sin() * v, names={"u": u, "v": v})
+    # Removed items are named by the first reading's ids, added ones by the second's.
+    assert diff(before, after).text().splitlines() == [
+        "added n1 SinBackward0",
+        "removed edge n0 -> n1 (input 0)",  # Mul -> u's leaf
+        "added edge n0 -> n1 (input 0)",  # Mul -> Sin
+        "added edge n1 -> n2 (input 0)",  # Sin -> u's leaf
+    ]
+
+
+def test_an_op_replaced_by_another_is_removed_and_added_with_its_edges():
+    x = torch.tensor(2.0, requires_grad=True)
+    before = read_graph(x.sin() * 2, names={"x": x})
+    after = read_graph(x.cos() * 2, names={"x": x})
+    assert diff(before, after).text().splitlines() == [
+        "removed n1 SinBackward0", "added n1 CosBackward0",
+        "removed edge n0 -> n1 (input 0)", "removed edge n1 -> n2 (input 0)",
+        "added edge n0 -> n1 (input 0)", "added edge n1 -> n2 (input 0)",
+    ]
+
+
+def test_a_tensor_of_four_elements_shows_its_values_and_five_do_not():
+    w = torch.arange(4.0).reshape(2, 2).requires_grad_()
+    shown = read_graph((w * 2).sum(), names={"w": w}).text()
+    assert "leaf w (shape (2, 2), float32, 16 bytes, value [[0.0, 1.0], [2.0, 3.0]]), grad None" in shown
+    five = torch.arange(5.0).requires_grad_()
+    assert "leaf five (shape (5,), float32, 20 bytes), grad None" in \
+        read_graph((five * 2).sum(), names={"five": five}).text()
