@@ -44,6 +44,7 @@ LESSONS = (
     "02_autograd_from_scratch_tensor_engine.py",
     "03_tensor_attributes_and_methods_basics.py",
     "03_tensor_attributes_and_methods_storage.py",
+    "04_computation_graph_pictured.py",
     "05_gradient_computation_backward.py",
     "05_gradient_computation_accumulation.py",
     "05_gradient_computation_retain_graph.py",
