@@ -41,6 +41,75 @@ MUTANTS = [
      "    loss.backward(retain_graph=True)\n    after = lab.graph"),
 ]
 
+# Written by a tester who had not read these tests, from the lesson alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # [1] evaluated at x = 2 instead of 3: the output value is 8, x's leaf value 2, not 15 and 3
+    ("04_computation_graph_pictured.py",
+     "    x = torch.tensor(3.0, requires_grad=True)\n    y = x**2 + 2 * x",
+     "    x = torch.tensor(2.0, requires_grad=True)\n    y = x**2 + 2 * x"),
+    # [1] 3x instead of 2x: mul keeps other = 3, output 18 instead of 15
+    ("04_computation_graph_pictured.py",
+     "    y = x**2 + 2 * x\n",
+     "    y = x**2 + 3 * x\n"),
+    # [1] pow and mul nodes taken in the wrong order: the saved-slot/inputs/saved-value checks read the wrong node
+    ("04_computation_graph_pictured.py",
+     "    power, product = graph.nodes[1], graph.nodes[3]",
+     "    power, product = graph.nodes[3], graph.nodes[1]"),
+    # [2]/[4] the trainer's data has 50 points, not 100: residual 200 bytes, Φ 600 bytes, total 800, loss changes
+    ("04_computation_graph_pictured.py",
+     "    x, y = load_data(n=100, noise=0.1, seed=0, device=lab.device)",
+     "    x, y = load_data(n=50, noise=0.1, seed=0, device=lab.device)"),
+    # [2]/[4] noise 0.01 instead of 0.1: the loss value and w's gradient change
+    ("04_computation_graph_pictured.py",
+     "    x, y = load_data(n=100, noise=0.1, seed=0, device=lab.device)",
+     "    x, y = load_data(n=100, noise=0.01, seed=0, device=lab.device)"),
+    # [2]/[4] initial weights drawn with seed 1: w's values, the loss and w's gradient change
+    ("04_computation_graph_pictured.py",
+     "    w = initial_weights(3, seed=0, device=lab.device)",
+     "    w = initial_weights(3, seed=1, device=lab.device)"),
+    # [2]/[4] everything in float64: saved bytes double (800 + 2400 = 3200 instead of 1600)
+    ("04_computation_graph_pictured.py",
+     "    return feature_map(x), y, w",
+     "    return feature_map(x).double(), y.double(), w.double()"),
+    # [2] sum instead of mean: SumBackward0 at the root, loss 100x larger
+    ("04_computation_graph_pictured.py",
+     "    loss = (residual**2).mean()\n    graph = lab.graph(loss",
+     "    loss = (residual**2).sum()\n    graph = lab.graph(loss"),
+    # [4] residual with +y instead of -y: AddBackward0 instead of SubBackward0, loss and w.grad change
+    ("04_computation_graph_pictured.py",
+     "    residual = Phi @ w - y\n    loss = (residual**2).mean()\n    names",
+     "    residual = Phi @ w + y\n    loss = (residual**2).mean()\n    names"),
+    # [4] graph read only after backward: diff finds no held->freed change (empty change list)
+    ("04_computation_graph_pictured.py",
+     "    before = read_graph(loss, names=names)\n    loss.backward()\n",
+     "    loss.backward()\n    before = read_graph(loss, names=names)\n"),
+    # [3] a different seed: every parameter's initial value changes
+    ("04_computation_graph_pictured.py",
+     "    torch.manual_seed(0)  # the same initial weights on every run",
+     "    torch.manual_seed(1)  # the same initial weights on every run"),
+    # [3] ReLU instead of Tanh: the middle node is ReluBackward0, not TanhBackward0
+    ("04_computation_graph_pictured.py",
+     "    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))",
+     "    model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))"),
+    # [3] hidden width 8 instead of 4: parameter shapes and saved tensors' shapes/bytes change
+    ("04_computation_graph_pictured.py",
+     "    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))",
+     "    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))"),
+    # [3] second layer without bias: 3 leaves (no 2.bias), its addmm becomes mm
+    ("04_computation_graph_pictured.py",
+     "    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))",
+     "    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1, bias=False))"),
+    # [3] 6 points instead of 5: output and saved tensors have 6 rows
+    ("04_computation_graph_pictured.py",
+     "    x = torch.linspace(-1, 1, 5).unsqueeze(1)",
+     "    x = torch.linspace(-1, 1, 6).unsqueeze(1)"),
+    # [3] the input asks for a gradient: x becomes a fifth AccumulateGrad leaf
+    ("04_computation_graph_pictured.py",
+     "    x = torch.linspace(-1, 1, 5).unsqueeze(1)",
+     "    x = torch.linspace(-1, 1, 5).unsqueeze(1).requires_grad_()"),
+]
+
 FLOAT32 = 4  # bytes per element, by hand
 
 
@@ -154,3 +223,29 @@ def test_trainer_start_is_the_trainers_data(lab):
     Phi, y, w = lesson.trainer_start(lab)
     assert Phi.shape == (100, 3) and y.shape == (100, 1) and w.shape == (3, 1)
     assert not (Phi.requires_grad or y.requires_grad or w.requires_grad)
+
+
+# -- what the blind mutants found untested (12/16 killed before) -----------------------------------
+
+def test_trainer_start_holds_the_trainers_numbers(lab):
+    """The trainer's data and first w are load_data's and initial_weights' defaults (seed 0, noise
+    0.1): the lesson's 400 and 1200 bytes are of those very tensors."""
+    from tensor_features.load_data import load_data
+    from tensor_features.trainer.model import initial_weights
+
+    Phi, y, w = lesson.trainer_start(lab)
+    x_ref, y_ref = load_data(n=100, noise=0.1, seed=0)
+    assert torch.equal(y.cpu(), y_ref) and torch.equal(w.cpu(), initial_weights(3, seed=0, device="cpu"))
+    assert torch.equal(Phi.cpu(), torch.cat([x_ref, x_ref**2, x_ref**3], dim=1))
+
+
+def test_the_mlp_is_1_4_1_with_torch_seed_0(lab):
+    seen = lab.run(lesson.mlp_graph)
+    shapes = {name: tuple(p.shape) for name, p in seen.names["model"].named_parameters()}
+    assert shapes == {"0.weight": (4, 1), "0.bias": (4,), "2.weight": (1, 4), "2.bias": (1,)}
+    if lab.device.type != "cpu":
+        return  # on a GPU the default generator there draws other numbers from the same seed
+    torch.manual_seed(0)  # the lesson's "same initial weights on every run": torch's seed 0
+    fresh = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+    for (name, mine), (_, theirs) in zip(seen.names["model"].named_parameters(), fresh.named_parameters()):
+        assert torch.equal(mine.detach().cpu(), theirs.detach()), name
