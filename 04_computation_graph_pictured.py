@@ -1,10 +1,11 @@
 """04 · graph pictured: the real graph autograd records, node by node, and what it keeps.
 
-Every op on a tensor that requires grad adds a node to a graph, and backward() walks that graph
-from the output to the leaves. Here the graph is read from grad_fn (tensor_features/lab/graph.py)
-and shown as a tree (a picture in a notebook, or with --graphs DIR): the original example, the
-trainer's loss with the tensors its nodes keep for backward and their bytes, a small MLP whose
-leaves are its parameters, and the same loss after backward(), its saved tensors freed.
+Every differentiable op on a tensor that requires grad (outside no_grad) adds a node to a graph,
+and backward() walks that graph from the output to the leaves. Here the graph is read from grad_fn
+(tensor_features/lab/graph.py) and shown as a tree (a picture in a notebook, or with --graphs
+DIR): the original example, the trainer's loss with the tensors its nodes keep for backward and
+their bytes, a small MLP whose leaves are its parameters, and the same loss after backward(), its
+saved tensors freed.
 """
 
 # %% Setup
@@ -57,7 +58,7 @@ lab.run(original_graph)
 # The trainer's loss ((Φw − y)**2).mean(), with w the only leaf that requires grad. Mm keeps Φ
 # (100×3 float32, 1200 bytes): w's gradient is Φᵀ·(upstream). It keeps no w, since Φ needs no
 # gradient. Pow keeps the residual (100×1, 400 bytes) for 2·residual; sub and mean keep no
-# tensor. These tensors stay alive until backward() has used them.
+# tensor. These tensors stay alive until backward() has used them, or until the graph is dropped.
 def trainer_loss_graph(lab: Lab) -> None:
     """The trainer's loss: Mean(Pow(Sub(Mm(Φ, w), y))), and the bytes it keeps"""
     Phi, y, w = trainer_start(lab)
@@ -74,16 +75,17 @@ def trainer_loss_graph(lab: Lab) -> None:
                      ("MmBackward0", "self", "Phi", 1200)],
               "pow keeps the residual (100 × 4 bytes), mm keeps Φ (100 × 3 × 4 bytes)")
     lab.check(sum(nbytes for *_, nbytes in kept), 1600,
-              "the graph keeps 1600 bytes alive for backward: 400 + 1200")
+              "the saved tensors hold 1600 bytes of elements (numel × element_size): 400 + 1200")
 
 
 lab.run(trainer_loss_graph)
 
 
 # %% [3] A two-layer MLP: one leaf per parameter
-# nn.Linear computes x·Wᵀ + b as one addmm node; its weight goes through a transpose (T) first.
-# Every parameter is a leaf with its own AccumulateGrad, named here by the module's own
-# parameter names; the input x needs no gradient, so it is no leaf, only a tensor addmm keeps.
+# On a 2-D input (a batch of rows), nn.Linear computes x·Wᵀ + b as one addmm node; its weight goes
+# through a transpose (T) first. Every parameter is a leaf with its own AccumulateGrad, named here
+# by the module's own parameter names; the input x needs no gradient, so it is no leaf, only a
+# tensor addmm keeps.
 def mlp_graph(lab: Lab) -> None:
     """nn.Sequential(Linear(1, 4), Tanh(), Linear(4, 1)) on 5 points: 4 parameter leaves"""
     torch.manual_seed(0)  # the same initial weights on every run
@@ -104,8 +106,9 @@ lab.run(mlp_graph)
 
 # %% [4] After backward(): the saved tensors are freed
 # backward() drops the nodes' references to what they kept as soon as it has used them: the
-# graph no longer keeps those tensors alive. The nodes are still there, but they cannot be walked
-# again: a second backward raises (05 retain_graph shows how to keep them).
+# graph no longer keeps those tensors alive. The nodes are still there, but this graph cannot be
+# walked again: its nodes need the freed tensors, so a second backward raises (a graph that saved
+# nothing could be; 05 retain_graph shows both, and how to keep them).
 def after_backward(lab: Lab) -> None:
     """The loss of [2] after loss.backward(): every saved tensor freed"""
     Phi, y, w = trainer_start(lab)

@@ -523,7 +523,8 @@ class Lab:
             add_arguments(parser)
         parser.add_argument("--graphs", metavar="DIR",
                             help="also draw each graph the lesson shows (lab.graph) as an SVG picture "
-                            "in DIR (created if needed), named LESSON-OBSERVATION-K.svg")
+                            "in DIR (created if needed), named LESSON-OBSERVATION-K.svg, K counting "
+                            "the pictures of this run")
         parser.add_argument("--tries", action="store_true", help="list this lesson's Try lines and stop")
         parser.add_argument("--try", dest="try_number", type=int_in_range(1), metavar="N",
                             help="run Try N on a temporary copy of this lesson: prints the edit as a diff, "
@@ -723,7 +724,8 @@ class Lab:
     def graph(self, output: torch.Tensor, names: dict[str, torch.Tensor] | None = None) -> Any:
         """Show the real autograd graph behind output (tensor_features/lab/graph.py): its text tree
         under the current observation; in a notebook, the picture too; with --graphs DIR, the
-        picture also written to DIR/LESSON-OBSERVATION-K.svg (whole or not at all). Without the
+        picture also written to DIR/LESSON-OBSERVATION-K.svg (K counts this run's pictures; whole
+        or not at all; only when the lesson runs as a program or in a notebook). Without the
         graphviz-pure program the picture is one line saying how to get it. Returns the reading."""
         from tensor_features.lab.graph import RendererMissing, read_graph
 

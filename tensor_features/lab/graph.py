@@ -16,8 +16,9 @@ in `next_functions` order), so two readings of the same structure give the same 
 text, unlike `id()`-based names.
 
 A reading is a snapshot of plain values: it holds no tensor and no node, so keeping a Graph keeps
-no memory alive. Leaves and saved tensors are named by identity (`is`) to the caller's `names`;
-tensors of at most SMALL elements carry their values (and a leaf its .grad's values).
+no tensor, storage or autograd node alive. Leaves and saved tensors are named by identity (`is`)
+to the caller's `names`; tensors of at most SMALL elements (strided, not on the meta device)
+carry their values (and a leaf its .grad's values).
 
 Hooks: a leaf's own hooks (`register_hook`, `register_post_accumulate_grad_hook`) are counted; hooks
 registered on a node (`Node.register_hook`) live in C++ and are not readable from Python.
@@ -170,7 +171,7 @@ class Graph:
                 lines.append("  " + _dot_node(saved_id, _saved_label(saved), look))
                 lines.append(f"  {node.id} -> {saved_id} [style=dashed arrowhead=none];")
             for slot, target in enumerate(node.inputs):
-                if target is None:  # drawn, as torchviz does not: the input that needs no gradient
+                if target is None:  # drawn (torchviz's make_dot skips it): the input that needs no gradient
                     none_id = f"{node.id}_in{slot}"
                     look = "shape=plaintext fontcolor=grey"
                     lines.append("  " + _dot_node(none_id, ["None"], look))
@@ -338,7 +339,8 @@ def _read_saved(function: Any, known: list[tuple[str, torch.Tensor]]) -> tuple[S
         elif isinstance(value, (list, tuple)):
             found += [Saved(f"{slot}[{i}]", HELD, _info(t, known))
                       for i, t in enumerate(value) if isinstance(t, torch.Tensor)]
-        # None: the slot exists but this call did not need it (e.g. 2 * x keeps no copy of x)
+        # None: the slot exists but this call did not need it (e.g. 2 * x does not keep x: only
+        # x's factor, the 2, is needed)
     return tuple(found)
 
 
