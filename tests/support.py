@@ -35,6 +35,18 @@ class Promise:
     exit: int = 0
 
 
+# Lessons whose every run starts a process group of their own (09 starts two ranks): their runs
+# beyond the one terminal run (each Try, the notebook) are marked `processes` (pytest.ini), so that
+# make test-processes runs them and make test stays under its 3 minutes.
+STARTS_PROCESSES = ("09_distributed_gradients_ddp.py",)
+
+
+def lesson_param(path: Path, *values):
+    """pytest.param(*values) for a test of the lesson at path, marked `processes` if it starts them."""
+    marks = [pytest.mark.processes] if Path(path).name in STARTS_PROCESSES else []
+    return pytest.param(*values, marks=marks)
+
+
 def quiet_lab(device: str = "cpu") -> Lab:
     """A Lab that prints into a buffer; its .failed list is what a test checks."""
     return Lab("test", device, stream=io.StringIO())

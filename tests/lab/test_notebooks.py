@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, lesson_param
 from tensor_features.lab.lessons import lesson_paths, short_name
 from tensor_features.lab.notebook import lesson_notebook
 
@@ -101,7 +101,8 @@ print("PROBE" + _json.dumps({
 """
 
 
-@pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
+@pytest.mark.parametrize("path", [lesson_param(p, p) for p in lesson_paths()],
+                         ids=lambda p: short_name(p.name))
 def test_each_cell_shows_its_observation_and_leaves_its_tensors(kernel, path):
     notebook = lesson_notebook(path)
     assert notebook.cells[0].cell_type == "markdown", "the introduction, as text"

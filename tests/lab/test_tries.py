@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from tests.support import Promise, run_in_process, terminal_run
+from tests.support import Promise, lesson_param, run_in_process, terminal_run
 from tensor_features.lab.core import FORCE_AGREE_ENV, Try, _code_only
 from tensor_features.lab.lessons import lesson_paths, load_lesson, short_name
 
@@ -47,7 +47,7 @@ def test_every_lesson_has_tries_and_a_promise_for_each(path):
 
 
 @honest_checks
-@pytest.mark.parametrize("path, index, attempt", CASES,
+@pytest.mark.parametrize("path, index, attempt", [lesson_param(p, p, i, a) for p, i, a in CASES],
                          ids=[f"{short_name(p.name)}-{i}" for p, i, _ in CASES])
 def test_try_does_what_it_says(path, index, attempt, tmp_path, shared_folder):
     if attempt.needs_cuda and not torch.cuda.is_available():
