@@ -15,7 +15,9 @@ lab = Lab.start("05 · retain_graph", __doc__, __name__)
 
 # %% [1] The original loop: 12, then 24
 # The original loop calls y.backward(retain_graph=True) twice on y = x**3 and prints 12, then
-# 24: keeping the graph does not make the gradient start afresh, it still adds up.
+# 24: keeping the graph does not make the gradient start afresh, it still adds up. The graph
+# read after both calls shows why a third call would work too: PowBackward0 still holds x itself,
+# the one tensor it saved, and x's leaf carries the 24.
 def original_loop(lab: Lab) -> None:
     """The original loop: y = x**3 at x = 2, backward twice, keeping the graph"""
     # From docs/original-description.ko.md (§3), the description this lab started from.
@@ -29,6 +31,10 @@ def original_loop(lab: Lab) -> None:
                   f"{call} × 3x²: the kept graph was walked again, "
                   "and .grad added to what it held",
                   label=f"call {call}: x.grad")
+    graph = lab.graph(y, names={"x": x, "y": y})
+    lab.check([(saved.slot, saved.state, saved.tensor.name) for saved in graph.nodes[0].saved],
+              [("self", "held", "x")],
+              "retain_graph=True freed nothing: after two walks pow still holds x itself")
 
 
 lab.run(original_loop)
@@ -36,7 +42,9 @@ lab.run(original_loop)
 
 # %% [2] What backward() frees
 # Without retain_graph the second call raises, because the first one released what y's graph
-# saved, its reference to x (x itself is untouched).
+# saved, its reference to x (x itself is untouched). The graph read just after backward() shows
+# the same node as in [1], its saved x now marked freed: the node is still there, what it kept is
+# not.
 def what_backward_frees(lab: Lab) -> None:
     """y = x**3: what its graph saved, and what is left after y.backward()"""
     x = torch.tensor(2.0, requires_grad=True)
@@ -47,6 +55,9 @@ def what_backward_frees(lab: Lab) -> None:
               "PowBackward0 saved x itself, to compute 3x² later")
     y.backward(retain_graph=False)  # the default (docs: Tensor.backward): free what the graph saved
     lab.check(x.grad, 12.0, "3x² at x = 2")
+    graph = lab.graph(y, names={"x": x, "y": y})
+    lab.check([(saved.slot, saved.state) for saved in graph.nodes[0].saved], [("self", "freed")],
+              "backward() released pow's reference to x as soon as it had used it")
     with lab.expect_error("after they have already been freed",
                           "the backward released the node's reference to x: "
                           "it cannot read x any more"):

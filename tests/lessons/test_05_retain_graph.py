@@ -31,6 +31,23 @@ MUTANTS = [
     ("05_gradient_computation_retain_graph.py", "    (d2y,) = torch.autograd.grad(dy, x)", "    (d2y,) = torch.autograd.grad(dy, x, create_graph=True)\n    y.backward()"),
     ("05_gradient_computation_retain_graph.py", "(dy,) = torch.autograd.grad(y, x, create_graph=True)",
      "(dy,) = torch.autograd.grad(y**2, x, create_graph=True)"),
+    # [1]/[2]: the graph read at the wrong moment, or x not named
+    ("05_gradient_computation_retain_graph.py",
+     ('    y.backward(retain_graph=False)  # the default (docs: Tensor.backward): '
+      'free what the graph saved\n'
+      '    lab.check(x.grad, 12.0, "3x² at x = 2")\n'
+      '    graph = lab.graph(y, names={"x": x, "y": y})\n'),
+     ('    graph = lab.graph(y, names={"x": x, "y": y})\n'
+      '    y.backward(retain_graph=False)  # the default (docs: Tensor.backward): '
+      'free what the graph saved\n'
+      '    lab.check(x.grad, 12.0, "3x² at x = 2")\n')),
+    ("05_gradient_computation_retain_graph.py",
+     "        y.backward(retain_graph=True)  # keep what",
+     "        y.backward(retain_graph=call == 1)  # keep what"),
+    ("05_gradient_computation_retain_graph.py",
+     '    graph = lab.graph(y, names={"x": x, "y": y})\n    lab.check([(saved.slot, saved.state, s',
+     ('    graph = lab.graph(y, names={"x": x.detach(), "y": y})\n'
+      '    lab.check([(saved.slot, saved.state, s')),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -55,6 +72,17 @@ def test_original_loop_accumulates_12_then_24(lab):
         pytest.approx(3 * x**2), pytest.approx(2 * 3 * x**2)]
     printed = lab.stream.getvalue()
     assert printed.count("into an empty .grad") == 1 and printed.count(".grad added to what it held") == 1
+    # The reading after both calls: pow's one saved tensor, still held, is x itself.
+    label = "[(saved.slot, saved.state, saved.tensor.name) for saved in graph.nodes[0].saved]"
+    assert seen[label] == [("self", "held", "x")]
+    # torch's own node, read directly: retain_graph=True left the saved x readable, x itself.
+    leaf, y = seen.names["x"], seen.names["y"]
+    assert y.grad_fn._saved_self is leaf and y.grad_fn.next_functions[0][0].variable is leaf
+    # The tree, written by hand: y = 2³, pow keeps x = 2, and x's leaf holds 2 × 3·2² = 24.
+    assert seen["graph"].splitlines() == [
+        "output y (shape (), float32, 4 bytes, value 8.0)",
+        "  n0 PowBackward0  saved self = x (shape (), float32, 4 bytes, value 2.0)",
+        "    n1 AccumulateGrad  leaf x (shape (), float32, 4 bytes, value 2.0), grad 24.0"]
 
 
 def test_the_original_loop_is_in_the_original_description():
@@ -76,6 +104,16 @@ def test_backward_frees_the_saved_x(lab):
     read_error, backward_error = seen.every("error")
     assert_caught(read_error, RuntimeError, "after they have already been freed")
     assert_caught(backward_error, RuntimeError, "Trying to backward through the graph a second time")
+    # The reading just after backward(): the same node, its saved x freed; x's grad 3·2² = 12.
+    assert seen["[(saved.slot, saved.state) for saved in graph.nodes[0].saved]"] == [
+        ("self", "freed")]
+    assert seen["graph"].splitlines() == [
+        "output y (shape (), float32, 4 bytes, value 8.0)",
+        "  n0 PowBackward0  saved self (freed)",
+        "    n1 AccumulateGrad  leaf x (shape (), float32, 4 bytes, value 2.0), grad 12.0"]
+    # torch's own node, read directly, says the same: reading the saved x raises.
+    with pytest.raises(RuntimeError, match="after they have already been freed"):
+        seen.names["y"].grad_fn._saved_self  # noqa: B018
 
 
 def test_graph_without_saved_tensors_doubles_silently(lab):
