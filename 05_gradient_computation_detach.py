@@ -18,7 +18,9 @@ lab = Lab.start("05 · detach", __doc__, __name__)
 
 # %% [1] The original example
 # detach() gives a new tensor with no history: the graph stops there. torch.no_grad() records
-# nothing for a whole block.
+# nothing for a whole block. The graph of total = y + w shows where it stopped: the add leads back
+# to x through y's multiply, while w, made from the detached z, adds no node and no path to x: its
+# input is a None edge.
 def original_example(lab: Lab) -> None:
     """The original example: z = (x * 3).detach(), w = z**2; u = x**2 inside torch.no_grad()"""
     # docs/original-description.ko.md, "4. detach vs no_grad", with checks in place of print().
@@ -32,6 +34,14 @@ def original_example(lab: Lab) -> None:
     lab.check((z.grad_fn, z.is_leaf), (None, True),
               "no edge back to x; a tensor that needs no grad counts as a leaf "
               "(docs: Tensor.is_leaf)")
+    total = y + w  # the recorded branch and the detached one, added
+    graph = lab.graph(total, names={"x": x, "y": y, "z": z, "w": w, "total": total})
+    lab.check([node.name for node in graph.nodes],
+              ["AddBackward0", "MulBackward0", "AccumulateGrad"],
+              "the add, y's multiply and x's leaf; z**2 recorded no node to lead back through")
+    lab.check(graph.nodes[0].inputs, ("n1", None),
+              "the add's input from y leads on to x; its input from w is None: no gradient flows "
+              "that way")
     with torch.no_grad():
         u = x**2  # x requires grad, but nothing in this block is recorded
     lab.check((u.requires_grad, u.grad_fn), (False, None), "no_grad: no graph for the whole block")
@@ -65,7 +75,8 @@ lab.run(three_ways)
 # copy, and, though the docs list it among the view ops, not a view in autograd's sense (no
 # ._base). The shared storage has a cost: an in-place write through a detached tensor changes
 # the original too. Autograd saved the original for backward here (exp does), so the shared
-# version counter makes backward raise.
+# version counter makes backward raise. The graph read after the write shows it before backward
+# does: exp's saved result is marked modified in place, though the write went through z.
 def detach_shares_storage(lab: Lab) -> None:
     """z.add_(1) on z, the detach() of y = x.exp(); then backward through the exp"""
     x = torch.tensor([0.0, 1.0], requires_grad=True)
@@ -82,6 +93,10 @@ def detach_shares_storage(lab: Lab) -> None:
     lab.check(y, [math.exp(0.0) + 1, math.exp(1.0) + 1],
               "exp(x) + 1: the write through z changed y")
     lab.check((y._version, z._version), (1, 1), "one counter for both: one in-place write")
+    graph = lab.graph(y, names={"x": x, "y": y, "z": z})
+    lab.check([(saved.slot, saved.state) for saved in graph.nodes[0].saved],
+              [("result", "modified in place")],
+              "exp saved y at version 0; the write through z moved the counter z shares with y")
     with lab.expect_error("modified by an inplace operation",
                           "ExpBackward0 saved y at version 0; backward finds version 1"):
         y.sum().backward()

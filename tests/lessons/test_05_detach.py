@@ -35,6 +35,12 @@ MUTANTS = [
     ("05_gradient_computation_detach.py", "    w = w - lr * w.grad  #", "    w = w.detach() - lr * w.grad  #"),
     ("05_gradient_computation_detach.py", "    with torch.no_grad():\n        w -= lr * w.grad",
      "    with torch.no_grad():\n        w = w - lr * w.grad"),
+    # [1]: the second term recorded from x; [3]: the graph of another tensor than y
+    ("05_gradient_computation_detach.py",
+     "    total = y + w  # the", "    total = y + x**2  # the"),
+    ("05_gradient_computation_detach.py",
+     '    graph = lab.graph(y, names={"x": x, "y": y, "z": z})',
+     '    graph = lab.graph(y * 1, names={"x": x, "y": y, "z": z})'),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -64,6 +70,21 @@ def test_original_example(lab):
     x = 2.0
     values = (names["z"].item(), names["w"].item(), names["u"].item())
     assert values == (pytest.approx(3 * x), pytest.approx((3 * x) ** 2), pytest.approx(x**2))
+    # The reading of total = y + w: torch's own nodes, walked here, lead to x through y only.
+    assert seen["[node.name for node in graph.nodes]"] == [
+        "AddBackward0", "MulBackward0", "AccumulateGrad"]
+    assert seen["graph.nodes[0].inputs"] == ("n1", None)
+    (mul, _), (from_w, _) = names["total"].grad_fn.next_functions
+    assert mul is names["y"].grad_fn and from_w is None and names["w"].grad_fn is None
+    assert mul.next_functions[0][0].variable is names["x"] and mul.next_functions[1][0] is None
+    # The tree, by hand: total = 3x + (3x)² = 6 + 36 at x = 2; mul keeps the 3, an int64 number.
+    assert seen["graph"].splitlines() == [
+        "output total (shape (), float32, 4 bytes, value 42.0)",
+        "  n0 AddBackward0",
+        "    n1 MulBackward0  saved other (shape (), int64, 8 bytes, value 3)",
+        "      n2 AccumulateGrad  leaf x (shape (), float32, 4 bytes, value 2.0), grad None",
+        "      None  (needs no gradient)",
+        "    None  (needs no gradient)"]
 
 
 def test_three_ways(lab):
@@ -82,6 +103,15 @@ def test_detach_shares_storage_and_the_version_counter(lab):
     assert seen["(y._version, z._version)"] == (1, 1)  # one add_, counted once, seen by both
     assert seen["(z._is_view(), z._base)"] == (False, None)
     assert_caught(seen["error"], RuntimeError, "modified by an inplace operation")
+    # The reading after the write: exp's one saved tensor, its result, is stale.
+    assert seen["[(saved.slot, saved.state) for saved in graph.nodes[0].saved]"] == [
+        ("result", "modified in place")]
+    assert seen["graph"].splitlines()[1] == "  n0 ExpBackward0  saved result (modified in place)"
+    # torch's own node, read directly, says the same; the leaf x itself was never written.
+    y, x = seen.names["y"], seen.names["x"]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.grad_fn._saved_result  # noqa: B018
+    assert y.grad_fn.next_functions[0][0].variable is x and x._version == 0
 
 
 def test_a_write_nobody_saved_changes_y_silently(lab):
