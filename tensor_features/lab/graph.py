@@ -85,13 +85,17 @@ class Leaf:
 @dataclass(frozen=True)
 class Node:
     """One node of the backward graph: `inputs` are the ids of its next_functions, None for an
-    input that needs no gradient; `leaf` is set for AccumulateGrad nodes."""
+    input that needs no gradient; `leaf` is set for AccumulateGrad nodes. `value` and `grad` are
+    set only by read_engine, for an op: the number it computed and the gradient it holds (torch
+    keeps neither on a grad_fn node)."""
 
     id: str
     name: str
     inputs: tuple[str | None, ...] = ()
     saved: tuple[Saved, ...] = ()
     leaf: Leaf | None = None
+    value: TensorInfo | None = None
+    grad: TensorInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -152,43 +156,11 @@ class Graph:
 
     def dot(self) -> str:
         """Graphviz DOT: edges point the way backward() walks, from the output to the leaves."""
-        lines = ["digraph autograd {",
-                 '  node [fontname="Helvetica" fontsize=11];',
-                 "  " + _dot_node("out", _output_label(self.output),
-                                  "shape=box style=filled fillcolor=darkolivegreen1")]
-        if self.nodes:
-            lines.append(f"  out -> {self.nodes[0].id};")
-        for node in self.nodes:
-            if node.leaf is not None:
-                lines.append("  " + _dot_node(node.id, _leaf_label(node),
-                                              "shape=box style=filled fillcolor=lightblue"))
-            else:
-                lines.append("  " + _dot_node(node.id, [f"{node.id} {node.name}"],
-                                              "shape=ellipse style=filled fillcolor=lightgrey"))
-            for saved in node.saved:
-                saved_id = f"{node.id}_{_dot_safe(saved.slot)}"
-                look = _SAVED_LOOK[saved.state]
-                lines.append("  " + _dot_node(saved_id, _saved_label(saved), look))
-                lines.append(f"  {node.id} -> {saved_id} [style=dashed arrowhead=none];")
-            for slot, target in enumerate(node.inputs):
-                if target is None:  # drawn (torchviz's make_dot skips it): the input that needs no gradient
-                    none_id = f"{node.id}_in{slot}"
-                    look = "shape=plaintext fontcolor=grey"
-                    lines.append("  " + _dot_node(none_id, ["None"], look))
-                    lines.append(f"  {node.id} -> {none_id} [style=dotted];")
-                else:
-                    lines.append(f"  {node.id} -> {target};")
-        return "\n".join(lines + ["}"]) + "\n"
+        return "\n".join([*_DOT_HEAD, *_dot_body(self), "}"]) + "\n"
 
     def svg(self) -> str:
         """The DOT drawn as SVG by graphviz-pure; RendererMissing when it is not installed."""
-        program = renderer()
-        done = subprocess.run([str(program), "-Tsvg"], input=self.dot(), capture_output=True,
-                              text=True, encoding="utf-8", timeout=60, check=False)
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or ["no message"])[0]
-            raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {first}")
-        return done.stdout
+        return _render(self.dot())
 
 
 @dataclass(frozen=True)
@@ -287,6 +259,80 @@ def diff(before: Graph, after: Graph) -> GraphDiff:
         saved=tuple(saved), versions=tuple(versions))
 
 
+def diff_dot(before: Graph, after: Graph) -> str:
+    """The two readings side by side in one DOT picture: a cluster "before" and a cluster "after",
+    each drawn as Graph.dot draws it, its ids prefixed b_ and a_. What diff() found is marked:
+    a removed node has a red border and a "removed" line (in "before"), an added one a green
+    border and an "added" line (in "after"), removed and added edges are red and green, a saved
+    tensor whose state changed keeps its new state's look and says what it was, and a leaf whose
+    version moved says "version A -> B". When nothing changed the picture says "no change"."""
+    changes = diff(before, after)
+    pairs = _match(before, after)
+    before_marks = {node.id: _Mark(("removed",), _REMOVED) for node in changes.removed}
+    after_marks = {node.id: _Mark(("added",), _ADDED) for node in changes.added}
+    for change in changes.saved:
+        new = after.node(pairs[change.node])
+        for saved in new.saved:  # "tensors[0]", once freed, is read back as one slot, "tensors"
+            if saved.slot in (change.slot, change.slot.split("[")[0]):
+                after_marks[f"{new.id}_{_dot_safe(saved.slot)}"] = _Mark((f"was {change.before}",))
+    for bump in changes.versions:
+        after_marks[pairs[bump.node]] = _Mark(version=f"version {bump.before} -> {bump.after}")
+    lines = ["digraph autograd_diff {", _NODE_FONT]
+    for title, graph, marks, edges, look in (
+            ("before", before, before_marks, changes.edges_removed, _REMOVED_EDGE),
+            ("after", after, after_marks, changes.edges_added, _ADDED_EDGE)):
+        edge_looks = {(edge.source, edge.slot): look for edge in edges}
+        lines += [f"  subgraph cluster_{title} {{", f'    label="{title}";',
+                  *_dot_body(graph, title[0] + "_", "    ", marks, edge_looks), "  }"]
+    if changes.empty:
+        lines.append('  label="no change";')  # after the clusters: they keep their own labels
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def diff_svg(before: Graph, after: Graph) -> str:
+    """diff_dot drawn as SVG by graphviz-pure; RendererMissing when it is not installed."""
+    return _render(diff_dot(before, after))
+
+
+def read_engine(output: Any, names: dict[str, Any] | None = None) -> Graph:
+    """Read the graph of a micrograd-style scalar engine (lesson 02's Value) from its own objects.
+
+    The protocol: each object has `.data` (a float), `.grad` (a float), `.name` (a str: the op
+    that made it, or an input's name) and `.parents` (a tuple of objects of the same kind, empty
+    for an input). A Value with parents becomes an op node named by its `.name` ("+", "*",
+    "**2", "tanh"), its inputs its parents' ids in order, with its `value` and `grad`; a Value
+    without parents becomes a leaf node "input" whose tensor is a float64 scalar (a Python float
+    is an IEEE double) named by its `.name`, with its data and its grad. Ids are n0, n1, ... in
+    the walk order of read_graph; a Value reached twice is one node (by identity). `names` names
+    the output and the inputs by identity, before their `.name`. Unlike torch, the engine draws
+    no None edge: a number it was given (the 2 of 2 * x) is an input with a gradient of its own.
+    """
+    known = list((names or {}).items())
+    order: list[Any] = []
+    ids: dict[int, str] = {}  # by id(): `order` holds each Value, so no id is reused in the walk
+    stack = [output]
+    while stack:
+        value = stack.pop()
+        if id(value) in ids:
+            continue
+        ids[id(value)] = f"n{len(ids)}"
+        order.append(value)
+        stack.extend(reversed(value.parents))
+    nodes = []
+    for value in order:
+        name = next((n for n, v in known if v is value), None)
+        if value.parents:
+            nodes.append(Node(ids[id(value)], value.name,
+                              tuple(ids[id(parent)] for parent in value.parents),
+                              value=_float_info(value.data), grad=_float_info(value.grad)))
+        else:
+            leaf = Leaf(_float_info(value.data, name or value.name or None),
+                        grad=_float_info(value.grad))
+            nodes.append(Node(ids[id(value)], "input", leaf=leaf))
+    return Graph(_float_info(output.data, next((n for n, v in known if v is output), None)),
+                 True, tuple(nodes))
+
+
 def renderer() -> Path:
     """Where graphviz-pure is: beside this Python (a venv's bin/), else on PATH."""
     beside = Path(sys.executable).parent
@@ -353,7 +399,23 @@ def _info(tensor: torch.Tensor, known: list[tuple[str, torch.Tensor]]) -> Tensor
                       tensor.numel() * tensor.element_size(), name, values)
 
 
+def _float_info(number: float, name: str | None = None) -> TensorInfo:
+    """A Python float as a tensor would be read: a float64 scalar of 8 bytes."""
+    return TensorInfo((), "float64", 8, name, (float(number),))
+
+
 # ---------------------------------------------------------------------------- showing
+
+
+def _render(dot: str) -> str:
+    """DOT drawn as SVG by graphviz-pure; RendererMissing when it is not installed."""
+    program = renderer()
+    done = subprocess.run([str(program), "-Tsvg"], input=dot, capture_output=True,
+                          text=True, encoding="utf-8", timeout=60, check=False)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["no message"])[0]
+        raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {first}")
+    return done.stdout
 
 
 def _shown_values(info: TensorInfo) -> str:
@@ -391,6 +453,8 @@ def _node_line(node: Node) -> str:
             line += f", {leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}"
         return line
     line = f"{node.id} {node.name}"
+    if node.value is not None:  # an engine's op (read_engine): the number it holds, its gradient
+        line += f"  value {_shown_values(node.value)}, grad {_grad_text(node.grad)}"
     if node.saved:
         line += "  saved " + "; ".join(_saved_text(s) for s in node.saved)
     return line
@@ -405,6 +469,65 @@ def _saved_text(saved: Saved) -> str:
 
 def _edge_text(edge: Edge) -> str:
     return f"{edge.source} -> {edge.target if edge.target else 'None'} (input {edge.slot})"
+
+
+_NODE_FONT = '  node [fontname="Helvetica" fontsize=11];'
+_DOT_HEAD = ("digraph autograd {", _NODE_FONT)
+_REMOVED, _ADDED = " color=red penwidth=2", " color=green3 penwidth=2"
+_REMOVED_EDGE, _ADDED_EDGE = "color=red", "color=green3"
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """What a diff picture adds to one drawn node: lines under its label, attributes after its
+    look, and the line that replaces a leaf's version line."""
+
+    lines: tuple[str, ...] = ()
+    look: str = ""
+    version: str | None = None
+
+
+def _dot_body(graph: Graph, prefix: str = "", indent: str = "  ",
+              marks: dict[str, _Mark] | None = None,
+              edge_looks: dict[tuple[str, int], str] | None = None) -> list[str]:
+    """The nodes and edges of Graph.dot, each id prefixed (a diff draws two readings in one
+    picture); marks (by node id, unprefixed) and edge_looks (by source and slot) show changes."""
+    marks, edge_looks = marks or {}, edge_looks or {}
+
+    def drawn(node_id: str, label: list[str], look: str) -> str:
+        mark = marks.get(node_id, _Mark())
+        return indent + _dot_node(prefix + node_id, [*label, *mark.lines], look + mark.look)
+
+    def arrow(source: str, target: str, look: str = "") -> str:
+        attributes = f" [{look}]" if look else ""
+        return f"{indent}{prefix}{source} -> {prefix}{target}{attributes};"
+
+    lines = [drawn("out", _output_label(graph.output),
+                   "shape=box style=filled fillcolor=darkolivegreen1")]
+    if graph.nodes:
+        lines.append(arrow("out", graph.nodes[0].id))
+    for node in graph.nodes:
+        if node.leaf is not None:
+            label = _leaf_label(node, marks.get(node.id, _Mark()).version)
+            lines.append(drawn(node.id, label, "shape=box style=filled fillcolor=lightblue"))
+        else:
+            lines.append(drawn(node.id, [f"{node.id} {node.name}", *_value_lines(node)],
+                               "shape=ellipse style=filled fillcolor=lightgrey"))
+        for saved in node.saved:
+            saved_id = f"{node.id}_{_dot_safe(saved.slot)}"
+            lines.append(drawn(saved_id, _saved_label(saved), _SAVED_LOOK[saved.state]))
+            lines.append(arrow(node.id, saved_id, "style=dashed arrowhead=none"))
+        for slot, target in enumerate(node.inputs):
+            changed = edge_looks.get((node.id, slot), "")
+            # A None input is drawn (torchviz's make_dot skips it): the input needs no gradient.
+            if target is None:
+                none_id = f"{node.id}_in{slot}"
+                lines.append(drawn(none_id, ["None"], "shape=plaintext fontcolor=grey"))
+                lines.append(arrow(node.id, none_id, " ".join(filter(None, ["style=dotted",
+                                                                            changed]))))
+            else:
+                lines.append(arrow(node.id, target, changed))
+    return lines
 
 
 _SAVED_LOOK = {
@@ -432,14 +555,23 @@ def _output_label(info: TensorInfo) -> list[str]:
     return label + ([f"value {_shown_values(info)}"] if info.values is not None else [])
 
 
-def _leaf_label(node: Node) -> list[str]:
+def _value_lines(node: Node) -> list[str]:
+    if node.value is None:
+        return []
+    return [f"value {_shown_values(node.value)}", f"grad {_grad_text(node.grad)}"]
+
+
+def _leaf_label(node: Node, version: str | None = None) -> list[str]:
+    """version, when given, replaces the leaf's own version line (a diff's "version 0 -> 1")."""
     assert node.leaf is not None
     leaf = node.leaf
     label = [f"{node.id} {node.name}", f"leaf{' ' + leaf.tensor.name if leaf.tensor.name else ''}",
              _shape_line(leaf.tensor)]
     if leaf.tensor.values is not None:
         label += [f"value {_shown_values(leaf.tensor)}", f"grad {_grad_text(leaf.grad)}"]
-    if leaf.version:
+    if version is not None:
+        label.append(version)
+    elif leaf.version:
         label.append(f"version {leaf.version}")
     if leaf.hooks:
         label.append(f"{leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}")

@@ -6,6 +6,7 @@ only the vector needs a gradient), never read back from the module under test.""
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -16,7 +17,8 @@ from torch import nn
 from tests.support import ROOT, load_lesson, run_in_process
 
 from tensor_features.lab.graph import (Edge, Graph, Leaf, Node, RendererMissing, Saved, SavedChange,
-                                       TensorInfo, VersionBump, diff, read_graph, renderer)
+                                       TensorInfo, VersionBump, diff, diff_dot, diff_svg,
+                                       read_engine, read_graph, renderer)
 
 # Written by a tester who had not read these tests, from graph.py alone
 # (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
@@ -48,11 +50,11 @@ BLIND_MUTANTS = [
     # a single hook pluralised: "1 hooks" in the text line
     ("tensor_features/lab/graph.py", "            line += f\", {leaf.hooks} hook{'s' if leaf.hooks > 1 else ''}\"", "            line += f\", {leaf.hooks} hook{'s' if leaf.hooks >= 1 else ''}\""),
     # DOT edges drawn forward (input -> node) instead of the backward direction node -> input
-    ("tensor_features/lab/graph.py", "                    lines.append(f\"  {node.id} -> {target};\")", "                    lines.append(f\"  {target} -> {node.id};\")"),
+    ("tensor_features/lab/graph.py", "                lines.append(arrow(node.id, target, changed))", "                lines.append(arrow(target, node.id, changed))"),
     # DOT output arrow goes to the last node (a leaf) instead of nodes[0], the output's grad_fn
-    ("tensor_features/lab/graph.py", "            lines.append(f\"  out -> {self.nodes[0].id};\")", "            lines.append(f\"  out -> {self.nodes[-1].id};\")"),
+    ("tensor_features/lab/graph.py", "        lines.append(arrow(\"out\", graph.nodes[0].id))", "        lines.append(arrow(\"out\", graph.nodes[-1].id))"),
     # every saved tensor drawn in the "held" style, even when modified in place or freed
-    ("tensor_features/lab/graph.py", "                look = _SAVED_LOOK[saved.state]", "                look = _SAVED_LOOK[HELD]"),
+    ("tensor_features/lab/graph.py", "_saved_label(saved), _SAVED_LOOK[saved.state]))", "_saved_label(saved), _SAVED_LOOK[HELD]))"),
     # SavedChange before/after swapped: diff says "freed -> held" after backward
     ("tensor_features/lab/graph.py", "                saved.append(SavedChange(old_id, old.name, item.slot, item.state, state))", "                saved.append(SavedChange(old_id, old.name, item.slot, state, item.state))"),
     # VersionBump before/after swapped: "version 1 -> 0" after q.add_(1)
@@ -493,3 +495,215 @@ def test_a_tensor_of_four_elements_shows_its_values_and_five_do_not():
     five = torch.arange(5.0).requires_grad_()
     assert "leaf five (shape (5,), float32, 20 bytes), grad None" in \
         read_graph((five * 2).sum(), names={"five": five}).text()
+
+
+# ---------------------------------------------------------------- diffs side by side: diff_dot, diff_svg
+
+
+def in_cluster(golden_line: str, prefix: str) -> str:
+    """A line of GOLDEN_DOT as a cluster draws it: ids (before any [attributes]) prefixed, indented
+    once more. Labels keep their text: "n1 PowBackward0" stays as it is."""
+    head, bracket, attributes = golden_line.strip().partition(" [")
+    head = re.sub(r"\b(out|n\d\w*)", lambda found: prefix + found.group(0), head)
+    return "    " + head + bracket + attributes
+
+
+GOLDEN_BODY = GOLDEN_DOT.splitlines()[2:-1]  # between the node font line and the closing brace
+
+
+def cluster(dot: str, title: str) -> list[str]:
+    """The lines of one cluster of a diff's DOT, between its label and its closing brace."""
+    lines = dot.splitlines()
+    start = lines.index(f"  subgraph cluster_{title} {{")
+    assert lines[start + 1] == f'    label="{title}";'
+    return lines[start + 2:lines.index("  }", start)]
+
+
+def test_a_diff_of_identical_readings_draws_both_as_graph_dot_does_and_says_no_change():
+    before, _, _ = x_graph()
+    after, _, _ = x_graph()
+    dot = diff_dot(before, after)
+    lines = dot.splitlines()
+    assert lines[:2] == ["digraph autograd_diff {", '  node [fontname="Helvetica" fontsize=11];']
+    assert cluster(dot, "before") == [in_cluster(line, "b_") for line in GOLDEN_BODY]
+    assert cluster(dot, "after") == [in_cluster(line, "a_") for line in GOLDEN_BODY]
+    assert lines[-2:] == ['  label="no change";', "}"] and dot.endswith("}\n")
+    assert len(lines) == 2 + 2 * (2 + len(GOLDEN_BODY) + 1) + 2  # nothing else, no mark
+
+
+def test_a_diff_picture_of_a_detach_marks_the_cut_pow_removed_and_its_edges_red():
+    before, x, _ = x_graph()
+    y = x.detach() ** 2 + 2 * x
+    after = read_graph(y, names={"x": x, "y": y})
+    dot = diff_dot(before, after)
+    marked = {"  n1 [": ('  n1 [label="n1 PowBackward0\\nremoved" shape=ellipse style=filled '
+                          "fillcolor=lightgrey color=red penwidth=2];"),
+              "  n0 -> n1;": "  n0 -> n1 [color=red];", "  n1 -> n2;": "  n1 -> n2 [color=red];"}
+    expected_before = [next((new for old, new in marked.items() if line.startswith(old)), line)
+                       for line in GOLDEN_BODY]
+    assert cluster(dot, "before") == [in_cluster(line, "b_") for line in expected_before]
+    # After: Add's first input is a None edge now (added, green); mul, then x, take ids n1 and n2.
+    assert cluster(dot, "after")[2:6] == [
+        '    a_n0 [label="n0 AddBackward0" shape=ellipse style=filled fillcolor=lightgrey];',
+        '    a_n0_in0 [label="None" shape=plaintext fontcolor=grey];',
+        "    a_n0 -> a_n0_in0 [style=dotted color=green3];",
+        "    a_n0 -> a_n1;"]
+    assert "added" not in dot and "no change" not in dot
+
+
+def test_a_diff_picture_after_backward_keeps_the_freed_look_and_says_what_was_held():
+    before, x, y = x_graph()
+    y.backward()
+    after = read_graph(y, names={"x": x, "y": y})
+    dot = diff_dot(before, after)
+    assert cluster(dot, "before") == [in_cluster(line, "b_") for line in GOLDEN_BODY]
+    freed = "shape=note style=dashed color=grey fontcolor=grey"  # GOLDEN's look of a freed tensor
+    drawn = cluster(dot, "after")
+    assert f'    a_n1_self [label="saved self\\nfreed\\nwas held" {freed}];' in drawn
+    assert f'    a_n3_other [label="saved other\\nfreed\\nwas held" {freed}];' in drawn
+    assert ('    a_n2 [label="n2 AccumulateGrad\\nleaf x\\nshape () float32\\nvalue 3.0\\ngrad 8.0"'
+            " shape=box style=filled fillcolor=lightblue];") in drawn  # d/dx = 2x + 2 = 8
+    assert "removed" not in dot and "added" not in dot and "no change" not in dot
+
+
+def test_a_diff_picture_of_an_in_place_op_says_the_leaf_version_moved():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (a * a).sum()
+    before = read_graph(loss, names={"a": a})
+    with torch.no_grad():
+        a.mul_(2)  # a._version 0 -> 1; mul's two saved copies of a are stale
+    drawn = cluster(diff_dot(before, read_graph(loss, names={"a": a})), "after")
+    assert ('    a_n2 [label="n2 AccumulateGrad\\nleaf a\\nshape (2,) float32\\nvalue [2.0, 4.0]'
+            '\\ngrad None\\nversion 0 -> 1" shape=box style=filled fillcolor=lightblue];') in drawn
+    stale = 'shape=note style="filled,dashed" fillcolor=mistyrose color=red'
+    assert f'    a_n1_self [label="saved self\\nmodified in place\\nwas held" {stale}];' in drawn
+    assert f'    a_n1_other [label="saved other\\nmodified in place\\nwas held" {stale}];' in drawn
+
+
+def test_a_diff_picture_marks_an_added_node_green():
+    u = torch.tensor(2.0, requires_grad=True)
+    v = torch.tensor(3.0, requires_grad=True)
+    before = read_graph(u * v, names={"u": u, "v": v})
+    dot = diff_dot(before, read_graph(u.sin() * v, names={"u": u, "v": v}))
+    assert ('    a_n1 [label="n1 SinBackward0\\nadded" shape=ellipse style=filled '
+            "fillcolor=lightgrey color=green3 penwidth=2];") in cluster(dot, "after")
+    assert "    b_n0 -> b_n1 [color=red];" in cluster(dot, "before")  # Mul -> u's leaf, cut
+
+
+def svg_nodes(svg: str) -> dict[str, list[str]]:
+    root = ET.fromstring(svg)
+    return {g.find(f"{SVG}title").text: [t.text for t in g.iter(f"{SVG}text")]
+            for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
+
+
+@NEEDS_RENDERER
+def test_the_diff_svg_has_both_clusters_one_node_group_per_dot_node_and_the_marks():
+    before, x, _ = x_graph()
+    y = x.detach() ** 2 + 2 * x
+    svg = diff_svg(before, read_graph(y, names={"x": x, "y": y}))
+    root = ET.fromstring(svg)
+    clusters = {g.find(f"{SVG}title").text: [t.text for t in g.iter(f"{SVG}text")]
+                for g in root.iter(f"{SVG}g") if g.get("class") == "cluster"}
+    assert clusters == {"cluster_before": ["before"], "cluster_after": ["after"]}
+    drawn = svg_nodes(svg)
+    # The reading before as in test_the_svg_has_one_node_group_per_dot_node_with_its_label, and
+    # after: out, Add (with its new None input), Mul (its 2 a None input), x.
+    assert sorted(drawn) == sorted(
+        ["b_out", "b_n0", "b_n1", "b_n1_self", "b_n2", "b_n3", "b_n3_other", "b_n3_in1",
+         "a_out", "a_n0", "a_n0_in0", "a_n1", "a_n1_other", "a_n1_in1", "a_n2"])
+    assert drawn["b_n1"] == ["n1 PowBackward0", "removed"]
+    assert drawn["a_n1"] == ["n1 MulBackward0"] and drawn["a_n0_in0"] == ["None"]
+    removed = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "node"
+                   and g.find(f"{SVG}title").text == "b_n1")
+    assert removed.find(f"{SVG}ellipse").get("stroke") == "red"
+
+
+@NEEDS_RENDERER
+def test_the_diff_svg_of_freed_tensors_and_of_no_change_shows_it_in_words():
+    before, x, y = x_graph()
+    same = ET.fromstring(diff_svg(before, before))
+    graph_label = [t.text for t in same.find(f"{SVG}g").findall(f"{SVG}text")]
+    assert graph_label == ["no change"]  # the root graph's own text, outside every node
+    y.backward()
+    drawn = svg_nodes(diff_svg(before, read_graph(y, names={"x": x, "y": y})))
+    assert drawn["a_n1_self"] == ["saved self", "freed", "was held"]
+    assert drawn["b_n1_self"] == ["saved self = x", "shape () float32", "4 bytes", "value 3.0"]
+
+
+# ---------------------------------------------------------------- a scalar engine's own graph
+
+
+class Scalar:
+    """The protocol read_engine reads, and nothing else: data, grad, name, parents (micrograd's)."""
+
+    def __init__(self, data: float, name: str = "", parents: tuple = (), grad: float = 0.0):
+        self.data, self.grad, self.name, self.parents = data, grad, name, parents
+
+
+def engine_example() -> tuple[Scalar, Scalar]:
+    """y = x*x + x*c at x = 3, c = 2, with the gradients backward() would leave: dy/dx = 2x + c = 8,
+    dy/dc = x = 3, and 1 on every op (each is added once into y)."""
+    x, c = Scalar(3.0, "x", grad=8.0), Scalar(2.0, "c", grad=3.0)
+    square, product = Scalar(9.0, "*", (x, x), 1.0), Scalar(6.0, "*", (x, c), 1.0)
+    return Scalar(15.0, "+", (square, product), 1.0), x
+
+
+def scalar(value: float, name: str | None = None) -> TensorInfo:
+    return TensorInfo((), "float64", 8, name, (value,))  # a Python float: an IEEE double
+
+
+def test_read_engine_makes_op_nodes_and_one_leaf_per_input_in_walk_order():
+    y, x = engine_example()
+    graph = read_engine(y, names={"y": y})
+    assert graph.output == scalar(15.0, "y") and graph.requires_grad
+    assert graph.nodes == (
+        Node("n0", "+", ("n1", "n3"), value=scalar(15.0), grad=scalar(1.0)),
+        Node("n1", "*", ("n2", "n2"), value=scalar(9.0), grad=scalar(1.0)),  # x twice: one node
+        Node("n2", "input", leaf=Leaf(scalar(3.0, "x"), grad=scalar(8.0))),
+        Node("n3", "*", ("n2", "n4"), value=scalar(6.0), grad=scalar(1.0)),
+        Node("n4", "input", leaf=Leaf(scalar(2.0, "c"), grad=scalar(3.0))),
+    )
+
+
+def test_an_engine_reading_as_text_and_dot_shows_each_op_value_and_grad():
+    y, _ = engine_example()
+    graph = read_engine(y)
+    assert graph.text() == "\n".join([
+        "output (shape (), float64, 8 bytes, value 15.0)",
+        "  n0 +  value 15.0, grad 1.0",
+        "    n1 *  value 9.0, grad 1.0",
+        "      n2 input  leaf x (shape (), float64, 8 bytes, value 3.0), grad 8.0",
+        "      n2 (above)",
+        "    n3 *  value 6.0, grad 1.0",
+        "      n2 (above)",
+        "      n4 input  leaf c (shape (), float64, 8 bytes, value 2.0), grad 3.0",
+    ])
+    dot = graph.dot()
+    assert ('  n1 [label="n1 *\\nvalue 9.0\\ngrad 1.0" shape=ellipse style=filled '
+            "fillcolor=lightgrey];") in dot.splitlines()
+    assert dot.count("  n1 -> n2;") == 2 and "None" not in dot  # two edges; no None edge
+
+
+def test_an_unnamed_input_and_a_lone_input_are_read_too():
+    lone = Scalar(4.0, grad=1.0)
+    graph = read_engine(lone)  # backward() from an input: its own, only node
+    assert graph.nodes == (Node("n0", "input", leaf=Leaf(scalar(4.0), grad=scalar(1.0))),)
+    assert graph.text().splitlines()[1] == (
+        "  n0 input  leaf (shape (), float64, 8 bytes, value 4.0), grad 1.0")
+
+
+def test_diff_of_engine_readings_pairs_the_same_ops_and_finds_a_replaced_one():
+    y, x = engine_example()
+    assert diff(read_engine(y), read_engine(engine_example()[0])).empty  # new objects, same graph
+    changed = Scalar(15.0, "+", (y.parents[0], Scalar(0.9, "tanh", (x,), 1.0)), 1.0)
+    assert diff(read_engine(y), read_engine(changed)).text().splitlines() == [
+        "removed n3 *", "removed n4 input", "added n3 tanh",
+        "removed edge n0 -> n3 (input 1)", "removed edge n3 -> n2 (input 0)",
+        "removed edge n3 -> n4 (input 1)",
+        "added edge n0 -> n3 (input 1)", "added edge n3 -> n2 (input 0)",
+    ]
+
+
+def test_torch_readings_carry_no_value_or_grad_on_their_op_nodes():
+    graph, _, _ = x_graph()
+    assert all(node.value is None and node.grad is None for node in graph.nodes)
