@@ -19,7 +19,9 @@ lab = Lab.start("06 · saved tensors", __doc__, __name__)
 
 # %% [1] Which tensors a graph saves
 # Which tensors mul and exp save, read from their grad_fn: mul saves both inputs, exp its own
-# result.
+# result. The graph of y + e shows both nodes at once, each saved tensor named when it is one of
+# the lesson's tensors by identity: mul's are a and b themselves; exp's result has e's values but
+# is not the object e, so it carries no name.
 def what_is_saved(lab: Lab) -> None:
     """What y = a * b and e = exp(a) save for backward, read from grad_fn._saved_*"""
     a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -36,6 +38,13 @@ def what_is_saved(lab: Lab) -> None:
     lab.check(saved is e, False, "a new Python object ...")
     lab.check(torch.equal(saved, e), True, "... with e's values")
     lab.check(saved.data_ptr() == e.data_ptr(), True, "... on e's memory: nothing was copied")
+    both = y + e  # one graph holding both nodes, to see what each keeps
+    graph = lab.graph(both, names={"a": a, "b": b, "y": y, "e": e, "both": both})
+    lab.check([(node.name, kept.slot, kept.tensor.name)
+               for node in graph.nodes for kept in node.saved],
+              [("MulBackward0", "other", "b"), ("MulBackward0", "self", "a"),
+               ("ExpBackward0", "result", None)],
+              "mul keeps a and b themselves; exp keeps a tensor that is not e, so no name")
 
 
 lab.run(what_is_saved)

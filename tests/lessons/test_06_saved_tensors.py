@@ -38,6 +38,12 @@ MUTANTS = [
      "    out = layers(x)\n    lab.check(len(runs), 1"),
     ("06_extending_autograd_saved_tensors.py", "out = checkpoint(layers, x, use_reentrant=True)", "out = checkpoint(layers, x, use_reentrant=False)"),
     ("06_extending_autograd_saved_tensors.py", "layers.append(torch.nn.Tanh())", "layers.append(torch.nn.Sigmoid())"),
+    # [1]: the graph without exp's node, or b not named
+    ("06_extending_autograd_saved_tensors.py",
+     "    both = y + e  # one", "    both = y + e.detach()  # one"),
+    ("06_extending_autograd_saved_tensors.py",
+     'names={"a": a, "b": b, "y": y, "e": e, "both": both}',
+     'names={"a": a, "b": b.detach(), "y": y, "e": e, "both": both}'),
     ("bench/rows/checkpoint.py", "return max(1, math.isqrt(layers))", "return max(1, math.isqrt(layers) + 1)"),
     ("bench/rows/checkpoint.py", "storages[storage.data_ptr()] = storage.nbytes()",
      "storages[len(storages)] = storage.nbytes()"),
@@ -80,6 +86,24 @@ def test_what_is_saved(lab):
     assert made["saved"] is not made["e"]
     assert made["saved"].cpu().tolist() == pytest.approx([math.exp(v) for v in (1.0, 2.0, 3.0)])
     assert made["saved"].data_ptr() == made["e"].data_ptr()
+    # The reading of both = y + e: named by identity, mul's saved tensors are a and b, exp's is
+    # another object than e (so no name).
+    label = ("[(node.name, kept.slot, kept.tensor.name) "
+             "for node in graph.nodes for kept in node.saved]")
+    assert seen[label] == [("MulBackward0", "other", "b"), ("MulBackward0", "self", "a"),
+                           ("ExpBackward0", "result", None)]
+    # torch's own nodes, walked from both: add -> (mul, exp); what each saved, read directly.
+    (mul, _), (exp, _) = made["both"].grad_fn.next_functions
+    assert mul is made["y"].grad_fn and exp is made["e"].grad_fn
+    assert mul._saved_self is made["a"] and mul._saved_other is made["b"]
+    assert exp._saved_result is not made["e"] and torch.equal(exp._saved_result, made["e"])
+    assert exp.next_functions[0][0] is mul.next_functions[0][0]  # one AccumulateGrad for a
+    # Two lines of the tree, by hand: mul's inputs as written in the lesson, exp's result unnamed.
+    lines = seen["graph"].splitlines()
+    assert lines[2] == ("    n1 MulBackward0  saved other = b (shape (3,), float32, 12 bytes, "
+                        "value [4.0, 5.0, 6.0]); self = a (shape (3,), float32, 12 bytes, "
+                        "value [1.0, 2.0, 3.0])")
+    assert lines[5].startswith("    n4 ExpBackward0  saved result (shape (3,), float32, 12 bytes")
 
 
 def test_pack_unpack_counts(lab):
