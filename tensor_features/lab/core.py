@@ -522,9 +522,10 @@ class Lab:
         if add_arguments is not None:
             add_arguments(parser)
         parser.add_argument("--graphs", metavar="DIR",
-                            help="also draw each graph the lesson shows (lab.graph) as an SVG picture "
-                            "in DIR (created if needed), named LESSON-OBSERVATION-K.svg, K counting "
-                            "the pictures of this run")
+                            help="also draw each graph the lesson shows (lab.graph; "
+                            "lab.graph_diff: two readings side by side) as an SVG picture in DIR "
+                            "(created if needed), named LESSON-OBSERVATION-K.svg, K counting the "
+                            "pictures of this run")
         parser.add_argument("--tries", action="store_true", help="list this lesson's Try lines and stop")
         parser.add_argument("--try", dest="try_number", type=int_in_range(1), metavar="N",
                             help="run Try N on a temporary copy of this lesson: prints the edit as a diff, "
@@ -721,28 +722,51 @@ class Lab:
         for line in text.splitlines():
             self._print(line)
 
-    def graph(self, output: torch.Tensor, names: dict[str, torch.Tensor] | None = None) -> Any:
-        """Show the real autograd graph behind output (tensor_features/lab/graph.py): its text tree
-        under the current observation; in a notebook, the picture too; with --graphs DIR, the
-        picture also written to DIR/LESSON-OBSERVATION-K.svg (K counts this run's pictures; whole
-        or not at all; only when the lesson runs as a program or in a notebook). Without the
-        graphviz-pure program the picture is one line saying how to get it. Returns the reading."""
-        from tensor_features.lab.graph import RendererMissing, read_graph
+    def graph(self, output: Any, names: dict[str, Any] | None = None) -> Any:
+        """Show the real graph behind output (tensor_features/lab/graph.py): its text tree under the
+        current observation; in a notebook, the picture too; with --graphs DIR, the picture also
+        written to DIR/LESSON-OBSERVATION-K.svg (K counts this run's pictures; whole or not at
+        all; only when the lesson runs as a program or in a notebook). Without the graphviz-pure
+        program the picture is one line saying how to get it. output is a tensor (its autograd
+        graph, read_graph) or a micrograd-style Value with .parents (the engine's own graph,
+        read_engine). Returns the reading."""
+        from tensor_features.lab.graph import read_engine, read_graph
 
-        reading = read_graph(output, names)
+        engine = not isinstance(output, torch.Tensor) and hasattr(output, "parents")
+        reading = read_engine(output, names) if engine else read_graph(output, names)
         self.seen.add("graph", reading.text())
         self.note(reading.text())
+        self._show_picture(reading.svg)
+        return reading
+
+    def graph_diff(self, before: Any, after: Any) -> Any:
+        """Show what changed between two readings of a graph (lab.graph's or read_graph's): one
+        line per change under the current observation, and the two readings side by side in a
+        picture, the changes marked, where lab.graph shows its picture. Returns the GraphDiff."""
+        from tensor_features.lab.graph import diff, diff_svg
+
+        changes = diff(before, after)
+        self.seen.add("graph diff", changes.text())
+        self.note(changes.text())
+        self._show_picture(lambda: diff_svg(before, after))
+        return changes
+
+    def _show_picture(self, draw: Callable[[], str]) -> None:
+        """Draw an SVG picture (draw()) in a notebook, and with --graphs DIR into
+        DIR/LESSON-OBSERVATION-K.svg; a renderer that is missing or fails is one note line."""
+        from tensor_features.lab.graph import RendererMissing
+
         folder = getattr(self.args, "graphs", None)
         if not self.live or (folder is None and not in_notebook()):
-            return reading
+            return
         try:
-            svg = reading.svg()
+            svg = draw()
         except RendererMissing as missing:
             self.note(f"(no picture: {missing})")
-            return reading
+            return
         except (RuntimeError, OSError, subprocess.SubprocessError) as failed:  # it ran and failed
             self.note(f"(no picture: {' '.join(str(failed).split())})")
-            return reading
+            return
         if in_notebook():
             from IPython.display import SVG, display
 
@@ -758,9 +782,8 @@ class Lab:
             except OSError as err:  # the folder was writable at the start; a disk can fill up
                 remove_empty(created)
                 self.note(f"(no picture: {path} cannot be written: {err.strerror or err})")
-                return reading
+                return
             self.note(f"picture: {path}")
-        return reading
 
     def note(self, text: str) -> None:
         """An explanation, indented under the current observation."""

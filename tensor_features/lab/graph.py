@@ -5,7 +5,9 @@ Graphviz DOT, and as SVG; and what changed between two readings.
     print(graph.text())            # an indented tree, one line per node
     graph.dot(), graph.svg()       # the same graph as a picture
     loss.backward()
-    print(diff(graph, read_graph(loss, names={"x": x, "w": w})).text())   # the saved tensors, freed
+    after = read_graph(loss, names={"x": x, "w": w})
+    print(diff(graph, after).text())   # the saved tensors, freed
+    diff_svg(graph, after)             # both readings side by side, what changed marked
 
 What is read is what backward() walks: each `torch.autograd.graph.Node` (`name()`,
 `next_functions`), the `AccumulateGrad` node of each leaf with its `.variable`, the tensors a node
@@ -19,6 +21,9 @@ A reading is a snapshot of plain values: it holds no tensor and no node, so keep
 no tensor, storage or autograd node alive. Leaves and saved tensors are named by identity (`is`)
 to the caller's `names`; tensors of at most SMALL elements (strided, not on the meta device)
 carry their values (and a leaf its .grad's values).
+
+read_engine reads a micrograd-style scalar engine's own objects (lesson 02's Value) into the same
+records, so that its graph is drawn by the same lens.
 
 Hooks: a leaf's own hooks (`register_hook`, `register_post_accumulate_grad_hook`) are counted; hooks
 registered on a node (`Node.register_hook`) live in C++ and are not readable from Python.
@@ -304,8 +309,9 @@ def read_engine(output: Any, names: dict[str, Any] | None = None) -> Graph:
     without parents becomes a leaf node "input" whose tensor is a float64 scalar (a Python float
     is an IEEE double) named by its `.name`, with its data and its grad. Ids are n0, n1, ... in
     the walk order of read_graph; a Value reached twice is one node (by identity). `names` names
-    the output and the inputs by identity, before their `.name`. Unlike torch, the engine draws
-    no None edge: a number it was given (the 2 of 2 * x) is an input with a gradient of its own.
+    the output and the inputs by identity, before their `.name`. There is no None edge: lesson
+    02's engine wraps the 2 of 2 * x as a Value, an input with a gradient of its own, where torch
+    draws a None edge.
     """
     known = list((names or {}).items())
     order: list[Any] = []

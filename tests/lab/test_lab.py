@@ -7,11 +7,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
 
 from tensor_features.lab.core import Lab, Try, format_value, tidy_message, values_match
+from tensor_features.lab.graph import RendererMissing, read_graph, renderer
 from tensor_features.utils import feature_map
 
 MUTANTS = [
@@ -558,3 +561,107 @@ def test_a_cpu_lab_inside_another_labs_device_makes_cpu_tensors():
 def test_a_caught_error_is_kept_without_its_traceback():
     seen = strict_lab(live=True).run(recorded)
     assert seen["error"].__traceback__ is None  # its frames (and their tensors) are not kept alive
+
+
+# -- lab.graph_diff, and lab.graph on a scalar engine (the lens: tests/lab/test_graph.py) ---------
+
+def detached_square(lab: Lab) -> None:
+    """y = x**2 + 2x, then its square detached"""
+    x = torch.tensor(3.0, requires_grad=True)
+    before = lab.graph(x**2 + 2 * x, names={"x": x})
+    after = read_graph(x.detach() ** 2 + 2 * x, names={"x": x})
+    lab.graph_diff(before, after)
+    lab.check(x.grad, None, "no backward ran")  # the run goes on after the picture
+
+
+# What the detach cuts, by hand: Add(Pow(x), Mul(x, 2)) loses Pow (n1) and its two edges; Add's
+# first input becomes a None edge.
+DETACHED_CHANGES = ["removed n1 PowBackward0", "removed edge n0 -> n1 (input 0)",
+                    "removed edge n1 -> n2 (input 0)", "added edge n0 -> None (input 0)"]
+
+
+def test_graph_diff_prints_one_line_per_change_and_returns_the_diff():
+    lab = strict_lab(live=True)
+    seen = lab.run(detached_square)
+    assert seen["graph diff"].splitlines() == DETACHED_CHANGES
+    printed = lab.stream.getvalue().splitlines()
+    start = printed.index("      " + DETACHED_CHANGES[0])
+    assert printed[start:start + 4] == ["      " + line for line in DETACHED_CHANGES]
+    assert "picture:" not in lab.stream.getvalue() and lab.failed == []  # no --graphs: no file
+
+
+def test_graph_diff_returns_the_graph_diff_with_its_fields():
+    x = torch.tensor(3.0, requires_grad=True)
+    before = read_graph(x**2 + 2 * x, names={"x": x})
+    changes = strict_lab().graph_diff(before, read_graph(x.detach() ** 2 + 2 * x, names={"x": x}))
+    assert [(node.id, node.name) for node in changes.removed] == [("n1", "PowBackward0")]
+    assert changes.added == () and changes.saved == () and changes.versions == ()
+    assert len(changes.edges_removed) == 2 and len(changes.edges_added) == 1 and not changes.empty
+
+
+def renderer_missing() -> bool:
+    try:
+        renderer()
+    except RendererMissing:
+        return True
+    return False
+
+
+NEEDS_RENDERER = pytest.mark.skipif(
+    renderer_missing(), reason="graphviz-pure is not installed (pip install graphviz-pure)")
+
+
+@NEEDS_RENDERER
+def test_graph_diff_with_graphs_dir_writes_the_side_by_side_picture_after_lab_graphs(tmp_path):
+    lab = strict_lab(live=True)
+    lab.args.graphs, lab.prog = str(tmp_path / "pictures"), "lesson.py"
+    lab.run(detached_square)
+    # One counter K for both kinds: lab.graph's picture is 1, the diff's 2, both of observation 1.
+    written = tmp_path / "pictures" / "lesson-1-2.svg"
+    assert sorted(p.name for p in written.parent.iterdir()) == ["lesson-1-1.svg", written.name]
+    assert f"      picture: {written}" in lab.stream.getvalue().splitlines()
+    root = ET.fromstring(written.read_text(encoding="utf-8"))
+    svg = "{http://www.w3.org/2000/svg}"
+    groups = {g.find(f"{svg}title").text: [t.text for t in g.iter(f"{svg}text")]
+              for g in root.iter(f"{svg}g") if g.get("class") in ("node", "cluster")}
+    assert groups["cluster_before"] == ["before"] and groups["cluster_after"] == ["after"]
+    assert groups["b_n1"] == ["n1 PowBackward0", "removed"] and groups["a_n0_in0"] == ["None"]
+    assert lab.failed == []
+
+
+def test_graph_diff_without_the_renderer_is_one_line_and_the_run_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    lab = strict_lab(live=True)
+    lab.args.graphs, lab.prog = str(tmp_path / "pictures"), "lesson.py"
+    lab.run(detached_square)
+    printed = lab.stream.getvalue()
+    # one line for lab.graph's picture, one for the diff's: each picture says it once
+    assert printed.count("(no picture: graphviz-pure is not installed") == 2
+    assert "Traceback" not in printed and "picture: " + str(tmp_path) not in printed
+    assert not (tmp_path / "pictures").exists() and check_lines(lab)[-1].startswith("  ok  x.grad")
+
+
+class Scalar:
+    """What lab.graph needs of a scalar engine's Value: data, grad, name, parents."""
+
+    def __init__(self, data: float, name: str = "", parents: tuple = (), grad: float = 0.0):
+        self.data, self.grad, self.name, self.parents = data, grad, name, parents
+
+
+def engine_values(lab: Lab) -> None:
+    """y = 2 * x on a scalar engine, after its backward"""
+    x = Scalar(3.0, "x", grad=2.0)
+    y = Scalar(6.0, "*", (Scalar(2.0, "2", grad=3.0), x), grad=1.0)
+    lab.graph(y)
+
+
+def test_lab_graph_reads_a_scalar_engines_values_from_their_parents():
+    seen = strict_lab(live=True).run(engine_values)
+    assert seen["graph"].splitlines() == [
+        "output (shape (), float64, 8 bytes, value 6.0)",
+        "  n0 *  value 6.0, grad 1.0",
+        "    n1 input  leaf 2 (shape (), float64, 8 bytes, value 2.0), grad 3.0",
+        "    n2 input  leaf x (shape (), float64, 8 bytes, value 3.0), grad 2.0",
+    ]
