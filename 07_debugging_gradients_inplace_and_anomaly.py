@@ -80,7 +80,9 @@ def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 # %% [1] The classic in-place error, part by part
 # The error provoked on purpose in a realistic shape: an activation saved for backward, then a
 # residual added to it in place. Its message taken apart: which tensor, which op, the two version
-# numbers, checked against _version.
+# numbers, checked against _version. Read before backward(), the graph already shows the trouble:
+# the in-place add is a node of its own, between the sum and the sigmoid, and the sigmoid's saved
+# result is marked modified in place.
 def inplace_error(lab: Lab) -> None:
     """x = sigmoid(z) is saved for backward, then z is added to x in place: backward() fails"""
     z = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
@@ -89,6 +91,15 @@ def inplace_error(lab: Lab) -> None:
     x += z  # a residual connection, added in place: the same tensor, its version goes up by one
     version_now = x._version
     loss = x.sum()
+    graph = lab.graph(loss, names={"z": z, "x": x, "loss": loss})
+    lab.check([node.name for node in graph.nodes],
+              ["SumBackward0", "AddBackward0", "SigmoidBackward0", "AccumulateGrad"],
+              "the in-place add is recorded as a node: x's history now ends in it, above "
+              "the sigmoid")
+    lab.check([(node.name, saved.slot, saved.state)
+               for node in graph.nodes for saved in node.saved],
+              [("SigmoidBackward0", "result", "modified in place")],
+              "the x the sigmoid saved has moved on since: stale before backward() even starts")
     with lab.expect_error("has been modified by an inplace operation",
                           "SigmoidBackward0 needs the x it saved, and x has changed "
                           "since") as caught:

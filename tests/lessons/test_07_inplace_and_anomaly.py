@@ -38,6 +38,12 @@ MUTANTS = [
      "            with torch.autograd.detect_anomaly(check_nan=False):"),
     ("07_debugging_gradients_inplace_and_anomaly.py", '"now": int(parts["now"]), "saved": int(parts["saved"])', '"now": int(parts["saved"]), "saved": int(parts["now"])'),
     ("07_debugging_gradients_inplace_and_anomaly.py", "            return frames[-1][0], int(frames[-1][1])", "            return frames[0][0], int(frames[0][1])"),
+    # [1]: z not named in the reading; the residual added out of place in the graph that is read
+    ("07_debugging_gradients_inplace_and_anomaly.py",
+     'names={"z": z, "x": x, "loss": loss}', 'names={"z": z.detach(), "x": x, "loss": loss}'),
+    ("07_debugging_gradients_inplace_and_anomaly.py",
+     "    loss = x.sum()\n    graph = lab.graph(loss,",
+     "    loss = x.sum()\n    graph = lab.graph((torch.sigmoid(z) + z).sum(),"),
 ]
 
 # Written by a tester who had not read these tests, from the lessons and the package alone
@@ -74,6 +80,29 @@ def test_the_classic_error_names_the_tensor_the_saver_and_both_versions(lab):
     assert seen["(version_when_saved, version_now)"] == (0, 1)
     assert seen.names["parts"] == {"type": float_tensor_type(lab.device), "shape": "3", "output": 0, "node": "Sigmoid",
                                "now": 1, "saved": 0}
+    # The reading before backward(): sum -> the in-place add -> sigmoid -> z, the add's second
+    # input z again; the sigmoid's saved result stale.
+    assert seen["[node.name for node in graph.nodes]"] == [
+        "SumBackward0", "AddBackward0", "SigmoidBackward0", "AccumulateGrad"]
+    label = ("[(node.name, saved.slot, saved.state) "
+             "for node in graph.nodes for saved in node.saved]")
+    assert seen[label] == [("SigmoidBackward0", "result", "modified in place")]
+    assert seen["graph"].splitlines()[1:] == [
+        "  n0 SumBackward0",
+        "    n1 AddBackward0",
+        "      n2 SigmoidBackward0  saved result (modified in place)",
+        "        n3 AccumulateGrad  leaf z (shape (3,), float32, 12 bytes, "
+        "value [0.5, -1.0, 2.0]), grad None",
+        "      n3 (above)"]
+    # torch's own nodes, walked from loss: the add is x's grad_fn now, and reading what the
+    # sigmoid saved raises with the two versions.
+    names = seen.names
+    (add, _), = names["loss"].grad_fn.next_functions
+    (sigmoid_node, _), (from_z, _) = add.next_functions
+    assert add is names["x"].grad_fn and from_z.variable is names["z"]
+    assert sigmoid_node.next_functions[0][0] is from_z
+    with pytest.raises(RuntimeError, match="is at version 1; expected version 0"):
+        sigmoid_node._saved_result  # noqa: B018
 
 
 def test_message_parts_reads_another_shape_and_version(lab):
