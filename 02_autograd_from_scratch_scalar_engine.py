@@ -22,6 +22,7 @@ import math
 import torch
 
 from tensor_features.lab import Lab, Try
+from tensor_features.lab.graph import read_graph
 
 lab = Lab.start("02 · scalar engine", __doc__, __name__)
 
@@ -118,7 +119,11 @@ def backward(output: Value) -> list[Value]:
 # y = x**2 + 2x at x = 3, the example lesson 05 runs on torch: the engine gives dy/dx = 2x + 2 =
 # 8, as torch.autograd does. x is used twice, by x**2 and by 2 * x, so its .grad collects a share
 # from each: 6 + 2. Every number on the way is a small integer, exact in float64, so the engine
-# and torch agree exactly.
+# and torch agree exactly. lab.graph(y) draws the engine's graph from the Values themselves
+# (their .parents, .name, .data, .grad), each op with its value and grad. It has the shape of
+# torch's graph of y_torch: the same ops in the same walk order, x one leaf reached from both
+# terms, with grad 8. Where torch has a None edge for the 2, which needs no gradient, the
+# engine has an input of its own, the Value 2, with a grad of 3 (= x).
 def original_example(lab: Lab) -> None:
     """y = x**2 + 2x at x = 3, on the engine and on torch.autograd"""
     x = Value(3.0, "x")
@@ -129,6 +134,16 @@ def original_example(lab: Lab) -> None:
     y_torch.backward()
     lab.check(y.data, y_torch, "torch's forward: 9 + 6 = 15", rtol=0, atol=0)
     lab.check(x.grad, x_torch.grad, "torch.autograd: 2x + 2 = 8, exactly", rtol=0, atol=0)
+    graph = lab.graph(y)  # the engine's Values, read by the lab's graph lens
+    torch_graph = read_graph(y_torch)
+    lab.check([node.id for node in graph.nodes if node.leaf is None],
+              [node.id for node in torch_graph.nodes if node.leaf is None],
+              "torch's Add n0, Pow n1, Mul n3: the same ops, in the same walk order")
+    lab.check([edge.source for edge in graph.edges() if edge.target == "n2"],
+              [edge.source for edge in torch_graph.edges() if edge.target == "n2"],
+              "torch's: x is one leaf, n2, reached from both terms")
+    lab.check(graph.node("n2").leaf.grad.values, torch_graph.node("n2").leaf.grad.values,
+              "torch's leaf x holds 8 too", rtol=0, atol=0)
 
 
 lab.run(original_example)

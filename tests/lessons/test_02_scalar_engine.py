@@ -111,6 +111,44 @@ def test_original_example_is_2x_plus_2_on_both_engines(lab):
     assert seen.names["x"].data == x and seen.names["y"].data == 15.0
 
 
+# The engine's graph of y = x**2 + 2 * x after y.backward(), by hand: y is + of x**2 and 2 * x
+# (__rmul__: x * 2, so x first, then the 2 wrapped as a Value); depth first from y, first parents
+# first: n0 +, n1 **2, n2 x, n3 *, n4 the 2. Grads: 1 on each op (each is added once into y),
+# dy/dx = 2x + 2 = 8, dy/d2 = x = 3. Values: 9, 6, 15. A Python float is 8 bytes of float64.
+ENGINE_GRAPH = [
+    "output (shape (), float64, 8 bytes, value 15.0)",
+    "  n0 +  value 15.0, grad 1.0",
+    "    n1 **2  value 9.0, grad 1.0",
+    "      n2 input  leaf x (shape (), float64, 8 bytes, value 3.0), grad 8.0",
+    "    n3 *  value 6.0, grad 1.0",
+    "      n2 (above)",
+    "      n4 input  leaf 2 (shape (), float64, 8 bytes, value 2.0), grad 3.0",
+]
+
+
+def test_original_example_draws_the_engines_own_values_as_torch_draws_its_graph(lab):
+    seen = lab.run(lesson.original_example)
+    assert seen["graph"].splitlines() == ENGINE_GRAPH
+    y, x = seen.names["y"], seen.names["x"]
+    graph = seen.names["graph"]
+    # The same Values, found by the test's own walk: n2 is x, reached from both terms.
+    square, product = y.parents
+    assert square.parents == (x,) and product.parents[0] is x and product.parents[1].parents == ()
+    x_leaf = graph.node("n2").leaf
+    assert x_leaf.tensor.values == (x.data,) and x_leaf.grad.values == (8.0,)
+    # torch's graph of y_torch, read from next_functions directly: Add(Pow(x), Mul(x, None)), x's
+    # AccumulateGrad one object reached from both; in walk order the ops are n0, n1 and n3.
+    add = seen.names["y_torch"].grad_fn
+    (power, _), (mul, _) = add.next_functions
+    (accumulate, _), = power.next_functions
+    assert [f.name() for f in (add, power, mul)] == ["AddBackward0", "PowBackward0", "MulBackward0"]
+    assert mul.next_functions[0][0] is accumulate and mul.next_functions[1][0] is None
+    assert accumulate.variable is seen.names["x_torch"] and accumulate.variable.grad.item() == 8.0
+    assert seen["[node.id for node in graph.nodes if node.leaf is None]"] == ["n0", "n1", "n3"]
+    assert seen['[edge.source for edge in graph.edges() if edge.target == "n2"]'] == ["n1", "n3"]
+    assert seen['graph.node("n2").leaf.grad.values'] == (8.0,)  # 2x + 2 at 3, on both leaves
+
+
 def test_reused_value_collects_a_share_from_each_use_and_accumulates_across_calls(lab):
     seen = lab.run(lesson.reused_value)
     x = 3.0
@@ -406,6 +444,12 @@ def test_every_check_expects_what_the_oracles_say(lab):
     expectation (and a tolerance too loose to tell) is caught here, against the oracles above."""
     seen = lab.run(lesson.original_example)
     assert expects(seen, "y.data") == ([15.0], 0, 0) and expects(seen, "x.grad") == ([8.0], 0, 0)
+    ops, into_x = ("[node.id for node in graph.nodes if node.leaf is None]",
+                   '[edge.source for edge in graph.edges() if edge.target == "n2"]')
+    assert seen.expected[ops].value == ["n0", "n1", "n3"]
+    assert seen.expected[into_x].value == ["n1", "n3"]
+    leaf_grad = seen.expected['graph.node("n2").leaf.grad.values']
+    assert (leaf_grad.value, leaf_grad.rtol, leaf_grad.atol) == ((8.0,), 0, 0)
     seen = lab.run(lesson.reused_value)
     assert [float(e) for e in [seen.expected["x.grad"].value]] == [12.0]  # the last of the two
     x, u = 0.5, math.exp(0.5)
