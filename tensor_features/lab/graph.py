@@ -12,8 +12,9 @@ Graphviz DOT, and as SVG; and what changed between two readings.
 What is read is what backward() walks: each `torch.autograd.graph.Node` (`name()`,
 `next_functions`), the `AccumulateGrad` node of each leaf with its `.variable`, the tensors a node
 saved for backward (its `_saved_*` attributes: shape, dtype, bytes, or "freed" once backward()
-released them, or "modified in place" once an in-place op bumped their version), and the `None`
-edges of inputs that need no gradient. Node ids are n0, n1, ... in walk order (depth first, inputs
+released them, or "modified in place" once an in-place op bumped their version, or "packed by a
+hook" under saved_tensors_hooks or checkpointing, read without calling the unpack hook), and the
+`None` edges of inputs that need no gradient. Node ids are n0, n1, ... in walk order (depth first, inputs
 in `next_functions` order), so two readings of the same structure give the same ids and the same
 text, unlike `id()`-based names.
 
@@ -46,7 +47,7 @@ SMALL = 4  # tensors of at most this many elements show their values
 PROGRAM = "graphviz-pure"  # a pip wheel: Graphviz's dot ported to Rust, no system Graphviz needed
 INSTALL_HINT = f"pip install {PROGRAM}"
 
-HELD, FREED, MODIFIED = "held", "freed", "modified in place"
+HELD, FREED, MODIFIED, PACKED = "held", "freed", "modified in place", "packed by a hook"
 
 
 class RendererMissing(RuntimeError):
@@ -68,8 +69,9 @@ class TensorInfo:
 @dataclass(frozen=True)
 class Saved:
     """A tensor a node saved for backward, the attribute `_saved_<slot>`: state is "held",
-    "freed" (backward() released it) or "modified in place" (its version moved since it was
-    saved); tensor is None when it can no longer be read."""
+    "freed" (backward() released it), "modified in place" (its version moved since it was
+    saved) or "packed by a hook" (tensor: what the pack hook returned, when it is a tensor);
+    tensor is None when it can no longer be read."""
 
     slot: str
     state: str
@@ -170,7 +172,8 @@ class Graph:
 
 @dataclass(frozen=True)
 class SavedChange:
-    """A saved tensor whose state changed ("held" -> "freed", "held" -> "modified in place")."""
+    """A saved tensor whose state changed ("held" -> "freed", "held" -> "modified in place",
+    "held" -> "packed by a hook")."""
 
     node: str
     name: str
@@ -381,6 +384,13 @@ def _read_saved(function: Any, known: list[tuple[str, torch.Tensor]]) -> tuple[S
         if attribute not in attributes:
             continue
         try:
+            packed = _packed(getattr(function, raw), slot, known)
+        except RuntimeError:  # a custom Function's list of saved tensors, released by backward()
+            packed = None
+        if packed is not None:  # reading `_saved_*` would call the unpack hook: read the raw one
+            found += packed
+            continue
+        try:
             value = getattr(function, attribute)
         except RuntimeError as error:  # released by backward(), or stale after an in-place op
             state = MODIFIED if "modified by an inplace operation" in str(error) else FREED
@@ -394,6 +404,27 @@ def _read_saved(function: Any, known: list[tuple[str, torch.Tensor]]) -> tuple[S
         # None: the slot exists but this call did not need it (e.g. 2 * x does not keep x: only
         # x's factor, the 2, is needed)
     return tuple(found)
+
+
+def _packed(raw: Any, slot: str, known: list[tuple[str, torch.Tensor]]) -> list[Saved] | None:
+    """The slots of a raw saved tensor (or a list of them) whose pack hook ran (saved_tensors_hooks,
+    checkpointing): what the hook returned, read without calling the unpack hook, which may run
+    code (checkpointing reruns the forward). None when no hook is set: read `_saved_*` as usual."""
+    items = list(enumerate(raw)) if isinstance(raw, (list, tuple)) else [(None, raw)]
+    if not any(getattr(item, "unpack_hook", None) is not None for _, item in items):
+        return None
+    found = []
+    for index, item in items:
+        name = slot if index is None else f"{slot}[{index}]"
+        if getattr(item, "unpack_hook", None) is None:  # not packed (a list may mix): as it is
+            content = getattr(item, "data", None)
+            found.append(Saved(name, HELD, _info(content, known)) if isinstance(
+                content, torch.Tensor) else Saved(name, FREED))
+            continue
+        content = item.data  # what the pack hook returned: a tensor, or a placeholder
+        tensor = _info(content, known) if isinstance(content, torch.Tensor) else None
+        found.append(Saved(name, PACKED, tensor))
+    return found
 
 
 def _info(tensor: torch.Tensor, known: list[tuple[str, torch.Tensor]]) -> TensorInfo:
@@ -470,7 +501,8 @@ def _saved_text(saved: Saved) -> str:
     if saved.tensor is None:
         return f"{saved.slot} ({saved.state})"
     name = f" = {saved.tensor.name}" if saved.tensor.name else ""
-    return f"{saved.slot}{name} ({_about(saved.tensor)})"
+    state = f"{saved.state}: " if saved.state != HELD else ""
+    return f"{saved.slot}{name} ({state}{_about(saved.tensor)})"
 
 
 def _edge_text(edge: Edge) -> str:
@@ -540,6 +572,7 @@ _SAVED_LOOK = {
     HELD: "shape=note style=filled fillcolor=orange",
     FREED: "shape=note style=dashed color=grey fontcolor=grey",
     MODIFIED: "shape=note style=\"filled,dashed\" fillcolor=mistyrose color=red",
+    PACKED: "shape=note style=\"filled,dotted\" fillcolor=lightyellow color=goldenrod",
 }
 
 
@@ -589,7 +622,7 @@ def _saved_label(saved: Saved) -> list[str]:
         return [f"saved {saved.slot}", saved.state]
     info = saved.tensor
     label = [f"saved {saved.slot}{' = ' + info.name if info.name else ''}", _shape_line(info),
-             f"{info.nbytes} bytes"]
+             f"{info.nbytes} bytes"] + ([saved.state] if saved.state != HELD else [])
     return label + ([f"value {_shown_values(info)}"] if info.values is not None else [])
 
 
@@ -606,7 +639,10 @@ def _match(before: Graph, after: Graph) -> dict[str, str]:
     while stack:
         old_id, new_id = stack.pop()
         old, new = before.node(old_id), after.node(new_id)
-        if old_id in pairs or new_id in taken or old.name != new.name:
+        if old_id in pairs or new_id in taken:
+            continue
+        if old.name != new.name:  # one of them may have been inserted or cut out: step past it
+            stack.extend(_step_past(old, new, before, after))
             continue
         pairs[old_id] = new_id
         taken.add(new_id)
@@ -619,6 +655,19 @@ def _match(before: Graph, after: Graph) -> dict[str, str]:
         if node.leaf and node.id not in pairs and node.leaf.tensor.name in named_after:
             pairs[node.id] = named_after.pop(node.leaf.tensor.name)
     return pairs
+
+
+def _step_past(old: Node, new: Node, before: Graph, after: Graph) -> list[tuple[str, str]]:
+    """Where to go on when two nodes at the same place differ: a node added after (CopySlices
+    wrapping the old grad_fn) has the old node among its inputs; a node gone (a dropout in eval
+    mode) had the new one among its inputs. Nothing when neither is so."""
+    for target in new.inputs:
+        if target is not None and after.node(target).name == old.name:
+            return [(old.id, target)]
+    for target in old.inputs:
+        if target is not None and before.node(target).name == new.name:
+            return [(target, new.id)]
+    return []
 
 
 def _carried(edge: Edge, pairs: dict[str, str]) -> tuple[str, int, str | None]:
