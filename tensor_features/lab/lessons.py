@@ -45,6 +45,7 @@ LESSONS = (
     "03_tensor_attributes_and_methods_basics.py",
     "03_tensor_attributes_and_methods_storage.py",
     "04_computation_graph_pictured.py",
+    "04_computation_graph_what_changes_it.py",
     "05_gradient_computation_backward.py",
     "05_gradient_computation_accumulation.py",
     "05_gradient_computation_retain_graph.py",
