@@ -1,0 +1,249 @@
+"""The web book (tensor_features/lab/book.py, `make book`).
+
+Two kinds of test. In `make test` (fast, in process): a lesson whose check disagrees stops the
+build with one line naming it and leaves no book behind, bad input ends in one line and exit
+code 2, and the pieces that read the README and docs/performance.md. Marked `book` (`make
+test-book`, which builds book/ first when it is missing or older than its sources): the built
+book opened in a real browser, Debian's Chromium driven by Playwright: every page without a
+console error, each lesson page with its "N/N checks match", every picture drawn at a non-zero
+size, every link from the index reaching its page and back. These tests read the book in
+ROOT/book as `make test-book` left it (BOOK=PATH reads another); when there is none they build
+it first (about two minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+from tensor_features.lab.lessons import lesson_paths
+
+BROKEN_LESSON = '''\
+"""99 · broken: a lesson whose check disagrees on purpose."""
+
+import torch
+
+from tensor_features.lab import Lab
+
+lab = Lab.start("99 · broken", __doc__, __name__)
+
+
+# %% [1] Two and two
+def two_and_two(lab: Lab) -> None:
+    """2 + 2, expected 5"""
+    total = torch.tensor(2.0) + 2
+    lab.check(total, 5.0, "wrong on purpose")
+
+
+lab.run(two_and_two)
+
+# %%
+lab.finish()
+'''
+
+
+def test_a_lesson_whose_check_disagrees_stops_the_build_in_one_line(tmp_path, capsys):
+    from tensor_features.lab.book import main
+
+    lesson = tmp_path / "99_broken.py"
+    lesson.write_text(BROKEN_LESSON)
+    out = tmp_path / "book"
+    out.mkdir()
+    (out / "index.html").write_text("the last good book")
+    code = main([str(lesson), "--out", str(out), "--no-trainer", "--jobs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    # The one line names the lesson and what disagreed: 4 (2 + 2) against the 5 it expected.
+    assert "99_broken.py: 0/1 checks match; these do not: [1] total" in err, err
+    # Whole or nothing: the last good book stays as it was, and no half-built folder is left.
+    assert [p.name for p in out.iterdir()] == ["index.html"]
+    assert (out / "index.html").read_text() == "the last good book"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["99_broken.py", "book"]
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["no-such-lesson.py"], "no-such-lesson.py"),
+    (["--jobs", "0"], "--jobs"),
+    (["--out", "FILE"], "is a file"),
+    (["--out", "FILE/book"], "cannot write into"),
+])
+def test_bad_input_ends_in_one_line_and_exit_code_2(tmp_path, capsys, argv, names):
+    from tensor_features.lab.book import main
+
+    (tmp_path / "FILE").write_text("")
+    argv = [str(tmp_path / a) if a.startswith(("FILE", "no-such")) else a for a in argv]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and names in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_the_index_quotes_the_readme_quick_start_with_links_into_the_clone():
+    from tensor_features.lab.book import quick_start
+
+    readme = (ROOT / "README.md").read_text()
+    text = quick_start(readme)
+    assert text.startswith("**Quick start.**") and "make run" in text and "make test" in text
+    assert "\n---" not in text
+    # The README's own links point from the clone's root; the book lives one folder down.
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        assert target.startswith("../") and (ROOT / "book" / target).resolve().exists(), target
+
+
+def test_the_bench_page_takes_the_latest_table_with_its_machine_line():
+    from tensor_features.lab.book import PageFailed, bench_markdown
+
+    text = ("# P\n\n## This run (today)\n\nmachine: a 2-core box\n\n| a |\n|---|\n| 1 |\n\n"
+            "## Rows\nmore\n")
+    section = bench_markdown(text)
+    assert section.startswith("## This run") and "machine: a 2-core box" in section
+    assert "| 1 |" in section and "## Rows" not in section
+    with pytest.raises(PageFailed, match="machine:"):
+        bench_markdown(text.replace("machine:", "box:"))
+    assert "machine: " in bench_markdown((ROOT / "docs" / "performance.md").read_text())
+
+
+def test_check_lines_are_marked_for_the_stylesheet():
+    from tensor_features.lab.book import mark_checks
+
+    printed = textwrap.dedent("""\
+        [1] The original example
+            y.backward()
+          ok  x.grad = 8.0     expected 8.0
+        FAIL  h.grad = None    expected 1.0
+        1/2 checks match; these do not:
+        Try 1: in [1], delete `y.backward()`: the check fails""")
+    lines = mark_checks(printed).split("\n")
+    assert lines[0] == '<span class="observation">[1] The original example</span>'
+    assert lines[1] == "    y.backward()"
+    assert lines[2].startswith('<span class="check ok">  ok  x.grad')
+    assert lines[3].startswith('<span class="check fail">FAIL  h.grad')
+    assert lines[4].startswith('<span class="count">1/2 checks match')
+    assert lines[5].startswith('<span class="try">Try 1:')
+
+
+# -- the built book in a real browser (make test-book) ------------------------------------------
+
+SCREENSHOTS = ("index", "04_computation_graph_pictured")
+
+
+@pytest.fixture(scope="module")
+def book() -> Path:
+    """The built book: BOOK=PATH, or ROOT/book, built first when it has no index."""
+    folder = Path(os.environ.get("BOOK", ROOT / "book"))
+    if not (folder / "index.html").exists():
+        built = subprocess.run([sys.executable, "-m", "tensor_features.lab.book",
+                                "--out", str(folder)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (as root: apt-get install -y chromium): "
+                    "the book is not opened in a browser")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is missing (requirements-dev.txt)")
+    with sync_api.sync_playwright() as playwright:
+        # Debian's Chromium, not a downloaded one (`playwright install` fails here).
+        launched = playwright.chromium.launch(executable_path=chromium)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A page that records every console error and uncaught script error."""
+    opened = browser.new_page(viewport={"width": 1200, "height": 1400})
+    opened.errors = []
+    opened.on("console",
+              lambda message: message.type == "error" and opened.errors.append(message.text))
+    opened.on("pageerror", lambda error: opened.errors.append(str(error)))
+    opened.on("requestfailed",
+              lambda request: opened.errors.append(f"request failed: {request.url}"))
+    yield opened
+    opened.close()
+
+
+def expected_pages() -> list[str]:
+    """The book's pages, from the teaching order (lessons.py's list), not from the book itself."""
+    return [f"{p.stem}.html" for p in lesson_paths()] + ["trainer.html", "bench.html"]
+
+
+# The rendered size of every <img> and every outermost <svg> (an <svg> inside one is part of it).
+PICTURE_SIZES = """() => [...document.querySelectorAll('img, svg')]
+    .filter(e => !(e.tagName.toLowerCase() === 'svg' && e.parentElement.closest('svg')))
+    .map(e => { const r = e.getBoundingClientRect();
+                return [e.tagName.toLowerCase(), r.width, r.height]; })"""
+
+
+@pytest.mark.book
+def test_the_index_links_every_page_in_teaching_order_and_each_leads_back(book, page):
+    page.goto((book / "index.html").as_uri())
+    hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
+    hrefs = [h for h in hrefs if not h.startswith("#")]  # nbconvert's anchors on the headings
+    inside = [h for h in hrefs if "/" not in h]
+    assert inside == expected_pages()
+    # The links out of the book (the Korean README, the README's own links) point into the clone.
+    outside = [(book / h).resolve() for h in hrefs if "/" in h]
+    assert ROOT / "README.ko.md" in outside
+    assert all(target.is_relative_to(ROOT) and target.exists() for target in outside), outside
+    for href in inside:
+        page.goto((book / "index.html").as_uri())
+        page.click(f"a[href='{href}']")
+        assert page.url == (book / href).as_uri()
+        assert page.locator("h1").count() >= 1 and page.title(), href
+        page.click("nav.book-nav-top a.book-contents")
+        assert page.url == (book / "index.html").as_uri(), href
+    assert page.errors == []
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("name", ["index.html", *expected_pages()])
+def test_each_page_opens_cleanly_with_its_checks_and_pictures(book, page, name):
+    page.goto((book / name).as_uri())
+    page.wait_for_load_state("load")
+    assert page.errors == [], page.errors
+    sizes = page.evaluate(PICTURE_SIZES)
+    assert all(width > 0 and height > 0 for _, width, height in sizes), sizes
+    text = page.inner_text("body")
+    if name.startswith("0"):
+        counts = re.findall(r"^(\d+)/(\d+) checks match across \d+ observations?\.$", text, re.M)
+        assert len(counts) == 1 and counts[0][0] == counts[0][1] != "0", counts
+        assert page.locator(".lab-output .check.ok").count() == int(counts[0][0])
+        assert page.locator(".lab-output .check.fail").count() == 0
+    if name == "04_computation_graph_pictured.html":
+        assert sum(tag == "svg" for tag, _, _ in sizes) >= 4  # the graph lens's pictures, inline
+        assert "AccumulateGrad" in page.inner_text(".jp-RenderedSVG")
+    if name.startswith("09_"):
+        # A real two-process world, run when the book was built: two operating-system processes
+        # joined the group, and rank 1's own checks came back to rank 0.
+        assert "dist.get_world_size() = 2" in text and "int(pids[0]) != int(pids[1]) = True" in text
+        assert re.search(r"rank 1: (\d+)/\1 checks match", text)
+    if name == "trainer.html":
+        assert sum(tag == "img" for tag, _, _ in sizes) >= 7  # 2 + 3 + 3 plots
+        assert text.count("least squares") >= 3
+    if name == "bench.html":
+        assert re.search(r"^machine: \S", text, re.M) and page.locator("table").count() >= 1
+    if name.removesuffix(".html") in SCREENSHOTS:
+        shots = book / "screenshots"
+        shots.mkdir(exist_ok=True)
+        shot = shots / f"{name.removesuffix('.html')}.png"
+        if name != "index.html":  # from the first observation's output: its picture and checks
+            page.locator(".lab-output .observation").first.evaluate(
+                "title => title.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
