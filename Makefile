@@ -3,6 +3,8 @@
 #                the trainer, and print a summary (one line per lesson, the trainer's verdict)
 #   make test    set up the virtual environment with the test tools (once) and run pytest
 #                (make test-processes: the tests that start process trees; CI runs both)
+#   make book    the lab as a static web book in book/ (every lesson executed); make test-book
+#                opens it in a real browser (Chromium)
 # More:
 #   make bench   the benchmark table (about 9 minutes here; BENCH_ARGS="--rows 2,3 --json bench.json")
 #   make mutate  small wrong edits of the lessons and the trainer; each must fail a test
@@ -19,12 +21,14 @@ NOTEBOOKS ?= notebooks
 NOTEBOOK_ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run lesson notebook train test test-processes bench mutate package clean help
+.PHONY: run lesson notebook train test test-processes book test-book bench mutate package clean help
 
 help:
 	@echo "make run     - install (once), run the lessons in teaching order and the trainer, print a summary"
 	@echo "make test    - install (once) and run the tests"
 	@echo "make test-processes - the tests that start process trees (torchrun, DDP, the bench, JupyterLab)"
+	@echo "make book    - build the lab as a static web book in book/ (open book/index.html)"
+	@echo "make test-book - build book/ if it is older than its sources, then test it in Chromium"
 	@echo "make lesson L=NAME - run one lesson with the environment's Python (make lesson lists them)"
 	@echo "make notebook L=NAME - open a lesson as a notebook in JupyterLab (installs the test tools once)"
 	@echo "make train   - run the trainer once (python -m tensor_features.train)"
@@ -79,12 +83,28 @@ train: $(VENV)/.installed-run package
 # Two workers, a test file each at a time (a file's tests share its kernel and module fixtures; a
 # lesson's terminal run is shared by both workers: tests/support.py, terminal_run).
 test: $(VENV)/.installed-dev package
-	$(PY) -m pytest -n 2 --dist loadfile -m "not processes"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not processes and not book"
 
 # The tests that start process trees (torchrun and DDP worlds, the bench's own runs, JupyterLab):
 # about 100 s of CPU that would push make test past its 3 minutes. .ci/run runs both.
 test-processes: $(VENV)/.installed-dev package
 	$(PY) -m pytest -n 2 --dist loadfile -m processes
+
+# The web book (tensor_features/lab/book.py): every lesson run as a notebook in its own kernel,
+# two at a time, and written as HTML by nbconvert; the build fails, leaving book/ as it was, when
+# a check disagrees. `make book` always builds; `make test-book` builds only when book/ is older
+# than what it is made from, then opens every page in Chromium (Playwright; tests/book).
+BOOK_SOURCES = $(wildcard [0-9][0-9]_*.py) README.md docs/performance.md \
+	$(shell find tensor_features -name '*.py' -o -name '*.j2' -o -name '*.css' -o -name '*.json')
+
+book: $(VENV)/.installed-dev package
+	$(PY) -m tensor_features.lab.book --out book
+
+book/index.html: $(BOOK_SOURCES) | $(VENV)/.installed-dev package
+	$(PY) -m tensor_features.lab.book --out book
+
+test-book: book/index.html $(VENV)/.installed-dev package
+	$(PY) -m pytest -m book tests/book
 
 # Row 6 of the table times the test suite, so the bench needs the test tools too.
 bench: $(VENV)/.installed-dev package
