@@ -20,7 +20,8 @@ lab = Lab.start("04 · graph what changes it", __doc__, __name__)
 
 
 def saved_bytes(graph) -> int:
-    """Bytes of elements (numel × element_size) of the saved tensors a reading found held."""
+    """Bytes of elements (numel × element_size) of the saved tensors a reading found held,
+    counted slot by slot: a tensor two nodes saved counts twice."""
     return sum(saved.tensor.nbytes for node in graph.nodes for saved in node.saved
                if saved.state == "held")
 
@@ -76,13 +77,14 @@ lab.run(nothing_recorded)
 # eval() is not no_grad(): it switches Dropout and BatchNorm to their evaluation behaviour, and
 # the graph is recorded as before, with a leaf for every parameter. What changes is what those
 # layers compute: in eval mode dropout returns its input unchanged, so its node (a Mul by the
-# scaled mask, on the CPU) is gone; batch norm normalizes with its running statistics, so it no
-# longer keeps the batch's mean and 1/std (result1, result2: 4 numbers each, 32 bytes in all).
+# scaled mask, on the CPU) is gone; batch norm normalizes with its running statistics, so the
+# result1 and result2 it saves, in training the batch's mean and 1/sqrt(var + eps) (4 numbers
+# each, 32 bytes in all), are saved empty.
 def eval_still_records(lab: Lab) -> None:
     """Linear(3, 4), BatchNorm1d(4), Dropout(0.5), Linear(4, 1) on 8 rows: train(), then eval()"""
-    # On the CPU whatever --device says: on CUDA, dropout and batch norm run as fused kernels
-    # whose nodes have other names and keep other tensors (aten/src/ATen/native/Dropout.cpp,
-    # is_fused_kernel_acceptable; Normalization.cpp, _batch_norm_impl_index).
+    # On the CPU whatever --device says: on CUDA, dropout runs as native_dropout, another node
+    # keeping a bool mask (aten/src/ATen/native/Dropout.cpp, is_fused_kernel_acceptable), and
+    # batch norm keeps its 4-number result1 and result2 in eval mode too (cuda/Normalization.cu).
     with torch.device("cpu"):
         torch.manual_seed(0)  # the same weights and rows on every run
         model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5),
@@ -106,10 +108,11 @@ lab.run(eval_still_records)
 
 
 # %% [4] An in-place op on a saved tensor: the version counter
-# Every tensor counts the in-place writes into its storage (its _version). A node that saves a
-# tensor remembers the version it saw, and backward() refuses a saved tensor whose version moved:
-# its values are no longer the ones the derivative needs. Here x**2 saved x, and an update
-# x.mul_(2), inside no_grad as an optimizer step is, bumps x from version 0 to 1.
+# Every tensor outside inference mode has a version counter (_version), shared with its views,
+# which each in-place op bumps. A node that saves a tensor remembers the version it saw, and
+# backward() refuses a saved tensor whose version moved: its values may no longer be the ones
+# the derivative needs. Here x**2 saved x, and an update x.mul_(2), inside no_grad as an
+# optimizer step is, bumps x from version 0 to 1.
 def in_place_bumps_the_version(lab: Lab) -> None:
     """y = (x**2).sum(), then x.mul_(2) under no_grad, before y.backward()"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -133,8 +136,8 @@ lab.run(in_place_bumps_the_version)
 
 # %% [5] Writing into a slice: CopySlices
 # h[0] = 0 writes into h in place. h has a history (h = x * 2), so autograd replaces h's grad_fn
-# with a CopySlices node that wraps the old one: backward now sends zero to the overwritten
-# element and the rest through Mul as before. The graph gained a node; nothing was removed.
+# with a CopySlices node whose first input is the old one, Mul: backward passes h's gradient on
+# to Mul with the overwritten entry set to zero. The graph gained a node; nothing was removed.
 def slice_write_adds_copyslices(lab: Lab) -> None:
     """h = x * 2, then h[0] = 0.0, then h.sum().backward()"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -144,7 +147,7 @@ def slice_write_adds_copyslices(lab: Lab) -> None:
     after = lab.graph(h, names={"x": x})
     changes = lab.graph_diff(before, after)
     lab.check(([node.name for node in changes.added], changes.removed), (["CopySlices"], ()),
-              "one node added at the top, wrapping Mul; nothing removed")
+              "one node added at the top, above Mul; nothing removed")
     lab.check(h._version, 1, "one in-place write into h")
     h.sum().backward()
     lab.check(x.grad, [0.0, 2.0, 2.0], "the overwritten element gets no gradient, the rest 2")
@@ -155,8 +158,8 @@ lab.run(slice_write_adds_copyslices)
 
 # %% [6] retain_grad(): no change in the graph
 # h.retain_grad() asks backward() to keep h's gradient, which a non-leaf does not keep by default.
-# It adds no node, no edge and no saved tensor: it registers a hook on h's node (in C++, not
-# visible to the lens), which copies the gradient into h.grad as it passes.
+# It adds no node, no edge and no saved tensor: it registers a hook on h's grad_fn (in C++, not
+# visible to the lens) that puts the passing gradient into h.grad (adds it, on a later backward).
 def retain_grad_changes_nothing(lab: Lab) -> None:
     """y = (h**2).sum() with h = x * 2, before and after h.retain_grad()"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -175,9 +178,11 @@ lab.run(retain_grad_changes_nothing)
 
 # %% [7] Checkpointing: the same nodes, their tensors packed away
 # checkpoint(block, rows) runs the block without keeping what its nodes would save: each saved
-# tensor is replaced by a placeholder (a pack hook), and backward() runs the block's forward
-# again to get them back. The graph has the same 13 nodes; the 11 tensors they saved, 112 KiB,
-# are packed away, and the forward runs twice. The gradients are the same. This is
+# tensor is replaced by a placeholder that checkpoint's pack hook returns, and backward() calls
+# the block again to recompute them (stopping, by default, once the last one is recomputed).
+# The graph has the same 13 nodes; their 11 saved slots, 112 KiB counted slot by slot (8
+# distinct tensors: 3 mm inputs are the tanh results saved beside them), are packed away, and
+# the block is entered a second time in backward. The gradients are the same. This is
 # use_reentrant=False, the variant torch's docs recommend; the older use_reentrant=True records
 # the whole block as one CheckpointFunctionBackward node, and nothing at all when no input of the
 # block requires grad.
@@ -210,10 +215,12 @@ def checkpoint_packs_saved_tensors(lab: Lab) -> None:
     lab.check(sorted({(change.before, change.after) for change in changes.saved}),
               [("held", "packed by a hook")], "each saved tensor replaced by a placeholder")
     lab.check((len(changes.saved), saved_bytes(before), saved_bytes(after)), (11, 114688, 0),
-              "4 tanh results and 4 mm inputs of 32 × 64, 3 weights of 64 × 64, 4 bytes each "
-              "(the first mm keeps no W0: rows needs no gradient); none held now")
+              "slot by slot: 4 tanh results and 4 mm inputs of 32 × 64 (3 of them the tanh "
+              "results again), 3 weights of 64 × 64, 4 bytes each (the first mm keeps no W0: "
+              "rows needs no gradient); none held now")
     checkpointed.backward()
-    lab.check(forwards, 3, "the plain forward, the checkpointed one, and its rerun in backward")
+    lab.check(forwards, 3,
+              "entered by the plain forward, the checkpointed one, and the rerun in backward")
     lab.check(torch.stack([w.grad for w in weights]), torch.stack(plain_grads),
               "the same gradients: the rerun computes the same tensors", rtol=1e-6, atol=0)
 
@@ -230,7 +237,7 @@ TRIES = [
         "removes nothing and its checks disagree",
         edit=("nn.Dropout(0.5)", "nn.Dropout(0.0)"), where=eval_still_records),
     Try("block(rows) in place of the checkpoint: the nodes keep their 112 KiB again and the "
-        "forward runs only twice, so the checks of [7] fail",
+        "block is entered only twice, so the checks of [7] fail",
         edit=("checkpoint(block, rows, use_reentrant=False)", "block(rows)"),
         where=checkpoint_packs_saved_tensors),
 ]

@@ -658,8 +658,8 @@ def _match(before: Graph, after: Graph) -> dict[str, str]:
 
 
 def _step_past(old: Node, new: Node, before: Graph, after: Graph) -> list[tuple[str, str]]:
-    """Where to go on when two nodes at the same place differ: a node added after (CopySlices
-    wrapping the old grad_fn) has the old node among its inputs; a node gone (a dropout in eval
+    """Where to go on when two nodes at the same place differ: a node added after (CopySlices,
+    in front of the old grad_fn) has the old node among its inputs; a node gone (a dropout in eval
     mode) had the new one among its inputs. Nothing when neither is so."""
     for target in new.inputs:
         if target is not None and after.node(target).name == old.name:

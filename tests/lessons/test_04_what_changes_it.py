@@ -189,3 +189,15 @@ def test_checkpoint_packs_saved_tensors(lab):
         # float32 through 4 layers against float64: a bound relative to the gradient's size
         scale = oracle.grad.abs().max()
         assert (mine.grad.double() - oracle.grad).abs().max() <= 1e-4 * scale
+
+
+def test_the_checkpointed_blocks_slots_are_8_distinct_tensors(lab):
+    """The lesson's "8 distinct tensors": 3 of the 4 mm inputs are the tanh results saved beside
+    them, read from torch's own _saved_* attributes of the plain block."""
+    seen = lab.run(lesson.checkpoint_packs_saved_tensors)
+    h = seen.names["rows"]
+    for weight in seen.names["weights"]:
+        h = torch.tanh(h @ weight)
+    slots = [t for node in walk(h.sum()) for t in saved_tensors(node)]
+    storages = {t.untyped_storage().data_ptr() for t in slots}
+    assert (len(slots), len(storages)) == (11, 8)
