@@ -114,7 +114,7 @@ lab.run(eval_still_records)
 # the derivative needs. Here x**2 saved x, and an update x.mul_(2), inside no_grad as an
 # optimizer step is, bumps x from version 0 to 1.
 def in_place_bumps_the_version(lab: Lab) -> None:
-    """y = (x**2).sum(), then x.mul_(2) under no_grad, before y.backward()"""
+    """y = (x**2).sum(), then x doubled in place under no_grad, before y.backward()"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     y = (x**2).sum()
     before = read_graph(y, names={"x": x})
