@@ -202,11 +202,14 @@ def test_the_index_links_every_page_in_teaching_order_and_each_leads_back(book, 
     assert ROOT / "README.ko.md" in outside
     assert all(target.is_relative_to(ROOT) and target.exists() for target in outside), outside
     for href in inside:
-        page.goto((book / "index.html").as_uri())
-        page.click(f"a[href='{href}']")
+        # Each click's page loads whole before the next click (a navigation cut short by the
+        # next one would show as a failed request).
+        with page.expect_navigation(wait_until="load"):
+            page.click(f"a[href='{href}']")
         assert page.url == (book / href).as_uri()
         assert page.locator("h1").count() >= 1 and page.title(), href
-        page.click("nav.book-nav-top a.book-contents")
+        with page.expect_navigation(wait_until="load"):
+            page.click("nav.book-nav-top a.book-contents")
         assert page.url == (book / "index.html").as_uri(), href
     assert page.errors == []
 
