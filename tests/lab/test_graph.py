@@ -67,6 +67,38 @@ BLIND_MUTANTS = [
     ("tensor_features/lab/graph.py", "    target = edge.target and pairs.get(edge.target, f\"unmatched {edge.target}\")", "    target = edge.target and pairs.get(edge.target, edge.target)"),
     # list slot lookup exact only: freed "indices" no longer matches "indices[0]", its change is dropped from the diff
     ("tensor_features/lab/graph.py", "        if saved.slot in (slot, slot.split(\"[\")[0]):", "        if saved.slot == slot:"),
+    # -- written later, from graph.py's _packed and _step_past and lesson 04 what changes it
+    # [15] graph.py: PACKED state renamed "packed": checkpointed saved tensors read as "packed",
+    #      [7]'s change is (held, packed), not (held, packed by a hook)
+    ("tensor_features/lab/graph.py",
+     'HELD, FREED, MODIFIED, PACKED = "held", "freed", "modified in place", "packed by a hook"',
+     'HELD, FREED, MODIFIED, PACKED = "held", "freed", "modified in place", "packed"'),
+    # [16] graph.py _packed: a slot packed by a hook read as "freed": [7]'s changes are
+    #      (held, freed), not (held, packed by a hook); the lens says checkpointing freed them
+    ("tensor_features/lab/graph.py",
+     "        found.append(Saved(name, PACKED, tensor))",
+     "        found.append(Saved(name, FREED, tensor))"),
+    # [17] graph.py _packed: [] instead of None when no hook is set: every ordinary saved tensor
+    #      is skipped, nodes show no saved slots, [4] sees no "modified in place", saved_bytes 0
+    ("tensor_features/lab/graph.py",
+     "    if not any(getattr(item, \"unpack_hook\", None) is not None for _, item in items):\n        return None",
+     "    if not any(getattr(item, \"unpack_hook\", None) is not None for _, item in items):\n        return []"),
+    # [18] graph.py _packed: a tuple of raw saved tensors (a custom Function's saved_tensors) not
+    #      split: under hooks it is read through saved_tensors, calling the unpack hook, and shows
+    #      as held saved_tensors[i] instead of packed
+    ("tensor_features/lab/graph.py",
+     "    items = list(enumerate(raw)) if isinstance(raw, (list, tuple)) else [(None, raw)]",
+     "    items = list(enumerate(raw)) if isinstance(raw, list) else [(None, raw)]"),
+    # [19] graph.py _step_past: an inserted node (CopySlices) is not stepped past: [5]'s diff
+    #      removes Mul and adds CopySlices and Mul, instead of adding CopySlices only
+    ("tensor_features/lab/graph.py",
+     "    for target in new.inputs:\n        if target is not None and after.node(target).name == old.name:\n            return [(old.id, target)]\n",
+     ""),
+    # [20] graph.py _step_past: a removed node (dropout in eval) is not stepped past: [3]'s diff
+    #      removes and adds every node under it, not dropout's Mul alone
+    ("tensor_features/lab/graph.py",
+     "    for target in old.inputs:\n        if target is not None and before.node(target).name == new.name:\n            return [(target, new.id)]\n",
+     ""),
 ]
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -774,3 +806,28 @@ def test_a_checkpointed_block_is_read_without_running_its_forward_again():
         ("MmBackward0", [("self", "packed by a hook")]), ("AccumulateGrad", [])]
     out.backward()
     assert len(forwards) == 2  # the one rerun backward() makes
+
+
+def test_a_custom_functions_saved_tensors_under_a_hook_are_read_packed_without_unpacking():
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, grad):
+            (a,) = ctx.saved_tensors
+            return 2 * a * grad
+
+    unpacks = []
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t * 10,
+                                                  lambda p: unpacks.append(p) or p / 10):
+        y = Square.apply(x).sum()
+    saved = read_graph(y).nodes[1].saved
+    assert [(s.slot, s.state, s.tensor.values) for s in saved] == [
+        ("tensors[0]", "packed by a hook", (10.0, 20.0))]
+    assert unpacks == []
+    y.backward()
+    assert len(unpacks) == 1 and x.grad.tolist() == [2.0, 4.0]

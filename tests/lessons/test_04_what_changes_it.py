@@ -39,6 +39,63 @@ MUTANTS = [
      "rows, use_reentrant=True).sum()"),
 ]
 
+# Written by a tester who had not read these tests, from the lesson and graph.py alone
+# (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
+BLIND_MUTANTS = [
+    # [1] x at 2 instead of 3 in the detach observation: x.grad becomes 4, not 6 (and x's leaf value 2)
+    ("04_computation_graph_what_changes_it.py",
+     "    x = torch.tensor(3.0, requires_grad=True)\n    before = read_graph(x**2 + 2 * x, names={\"x\": x})\n    y = x**2 + 2 * x.detach()",
+     "    x = torch.tensor(2.0, requires_grad=True)\n    before = read_graph(x**2 + 2 * x, names={\"x\": x})\n    y = x**2 + 2 * x.detach()"),
+    # [2] detach forgotten: nothing removed, Add keeps two edges, x.grad is 8 not 6
+    ("04_computation_graph_what_changes_it.py",
+     "    y = x**2 + 2 * x.detach()", "    y = x**2 + 2 * x"),
+    # [3] enable_grad in place of no_grad in [2]: y keeps its graph, diff removes 0 nodes, not 4
+    ("04_computation_graph_what_changes_it.py",
+     "    with torch.no_grad():\n        y = x**2 + 2 * x",
+     "    with torch.enable_grad():\n        y = x**2 + 2 * x"),
+    # [4] no_grad in place of inference_mode: y.is_inference() False, x * y raises no error
+    ("04_computation_graph_what_changes_it.py",
+     "    with torch.inference_mode():", "    with torch.no_grad():"),
+    # [5] model 3 -> 8 -> 1 instead of 3 -> 4 -> 1: eval frees 256 + 64 bytes, not 128 + 32
+    ("04_computation_graph_what_changes_it.py",
+     "nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5),\n                              nn.Linear(4, 1))",
+     "nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5),\n                              nn.Linear(8, 1))"),
+    # [6] model.train() in place of model.eval(): the diff is empty, dropout's Mul not removed, bytes drop 0
+    ("04_computation_graph_what_changes_it.py",
+     "    model.eval()\n", "    model.train()\n"),
+    # [7] seed 1 instead of 0 in [3]: other weights, rows and dropout mask, so the model's output
+    #     (the readings' output value) differs; the lesson's own checks (structure, bytes) agree
+    ("04_computation_graph_what_changes_it.py",
+     "        torch.manual_seed(0)  # the same weights and rows on every run",
+     "        torch.manual_seed(1)  # the same weights and rows on every run"),
+    # [8] y = (x * 2).sum() instead of (x**2).sum(): Mul by a number saves no x, so the in-place
+    #      write modifies no saved tensor and backward() succeeds (x.grad = 2, no error)
+    ("04_computation_graph_what_changes_it.py",
+     "    y = (x**2).sum()\n", "    y = (x * 2).sum()\n"),
+    # [9] two in-place writes (x.mul_(2).mul_(2)): x's version goes 0 -> 2, not 0 -> 1, x is [4, 8, 12]
+    ("04_computation_graph_what_changes_it.py",
+     "        x.mul_(2)  # in place", "        x.mul_(2).mul_(2)  # in place"),
+    # [10] h[1] = 0.0 instead of h[0]: x.grad is [2, 0, 2], not [0, 2, 2]; h's value [2, 0, 6]
+    ("04_computation_graph_what_changes_it.py",
+     "    h[0] = 0.0", "    h[1] = 0.0"),
+    # [11] retain_grad() dropped in [6]: h.grad stays None instead of [4, 8, 12]
+    ("04_computation_graph_what_changes_it.py",
+     "    h.retain_grad()\n", "    h.detach()\n"),
+    # [12] rows requiring grad in [7]: the first mm keeps W0 too and rows gets an AccumulateGrad:
+    #      14 nodes, 12 saved tensors, 131072 bytes, not 13 / 11 / 114688
+    ("04_computation_graph_what_changes_it.py",
+     "    rows = torch.randn(32, 64)", "    rows = torch.randn(32, 64, requires_grad=True)"),
+    # [13] relu in place of tanh in [7]: nodes are ReluBackward0, not TanhBackward0, and W.grad differs
+    #      from the tanh block's (the lesson only compares plain vs checkpointed, both relu: it agrees)
+    ("04_computation_graph_what_changes_it.py",
+     "            h = torch.tanh(h @ weight)", "            h = torch.relu(h @ weight)"),
+    # [14] saved_bytes counts elements, not bytes (numel without element_size): the eval drop is
+    #      40, not 160, and [7]'s plain reading holds 28672, not 114688
+    ("04_computation_graph_what_changes_it.py",
+     "    return sum(saved.tensor.nbytes for node in graph.nodes",
+     "    return sum(torch.Size(saved.tensor.shape).numel() for node in graph.nodes"),
+]
+
 FLOAT32 = 4  # bytes per element, by hand
 
 
@@ -123,6 +180,13 @@ def test_eval_still_records(lab):
     norm = next(n for n in walk(evaluated) if n.name() == "NativeBatchNormBackward0")
     assert norm._saved_result1.numel() == 0 and norm._saved_result2.numel() == 0
     assert all(p.device.type == "cpu" for p in seen.names["model"].parameters())
+    # The lesson's model and rows are torch's seed 0 draws, as rebuilt here (same ops, same order).
+    for (name, mine), (_, theirs) in zip(seen.names["model"].named_parameters(),
+                                         model.named_parameters()):
+        assert torch.equal(mine.detach(), theirs.detach()), name
+    torch.manual_seed(0)
+    nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 1))
+    assert torch.equal(seen.names["rows"], torch.randn(8, 3))
 
 
 def test_in_place_bumps_the_version(lab):
