@@ -45,7 +45,6 @@ ASSETS = Path(__file__).resolve().parent / "book_assets"
 TEMPLATE = "book"  # book_assets/templates/book: nbconvert's lab template, with the book's links
 CELL_TIMEOUT = 600  # seconds one cell may run (lesson 09 starts a two-process world)
 FAILED_COUNT = re.compile(r"^\d+/\d+ checks match; these do not:", re.M)
-LAB_RUN_LAST = re.compile(r"^lab\.run\([^\n]*\)\s*\Z", re.M)  # a cell ending in lab.run(...)
 GOOD_COUNT = re.compile(r"^(\d+)/\1 checks match across \d+ observations?\.", re.M)
 # The kernel runs a lesson as a learner would: LAB_FORCE_AGREE (make mutate's) would make every
 # check agree, and LAB_SUMMARY would make it append to someone's summary file.
@@ -175,11 +174,6 @@ def build_lesson_page(path: Path, page: Page, folder: Path) -> str:
         raise PageFailed(f"{path.name}: cannot be read as a notebook ({error})") from None
     # From the clone's root, as the notebook test runs a lesson (its source and assets are found).
     _execute(notebook, ROOT, path.name)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and LAB_RUN_LAST.search(cell.source):
-            # lab.run returns what the checks saw (a Seen, for the tests); a notebook echoes a
-            # cell's last value, which here is that record again, in a form no reader needs.
-            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "execute_result"]
     printed = _stdout(notebook)
     failed = FAILED_COUNT.search(printed)
     if failed:

@@ -601,6 +601,8 @@ class Lab:
         run; the next observation removes them first, so it cannot use them by accident. A name
         the module already has (an import, a helper, ``lab``, a value the learner bound) is left
         alone, and so is a published name the learner has since bound to something else.
+        It then returns None (lab.seen holds what the checks saw), so that a notebook cell ending
+        in lab.run(...) shows the observation, not that record echoed after it.
         """
         if not self.live:
             return None
@@ -632,7 +634,7 @@ class Lab:
             self._cursor = None
             if self.publish:
                 self._publish(getattr(function, "__globals__", {}), self.seen.names)
-        return self.seen
+        return None if self.publish else self.seen
 
     def on_device(self) -> contextlib.AbstractContextManager:
         """The lab's device as the default for new tensors (torch.device as a context manager).

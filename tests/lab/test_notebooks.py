@@ -54,6 +54,7 @@ class Kernel:
         """(printed text, error names) of one cell."""
         msg_id = self.client.execute(code)
         text, errors = [], []
+        self.results = []  # the values the cell echoed (its last expression's, when not None)
         while True:
             message = self.client.get_iopub_msg(timeout=timeout)
             if message["parent_header"].get("msg_id") != msg_id:
@@ -61,6 +62,8 @@ class Kernel:
             kind, content = message["msg_type"], message["content"]
             if kind == "stream":
                 text.append(content["text"])
+            elif kind == "execute_result":
+                self.results.append(content["data"].get("text/plain", ""))
             elif kind == "error":
                 errors.append(f"{content['ename']}: {content['evalue']}")
             elif kind == "status" and content["execution_state"] == "idle":
@@ -121,6 +124,7 @@ def test_each_cell_shows_its_observation_and_leaves_its_tensors(kernel, path):
             seen += 1
             assert re.search(rf"^\[{seen}\] ", text, re.M), f"cell {seen} printed no observation:\n{text}"
             assert re.search(r"^  ok  ", text, re.M), text
+            assert kernel.results == [], f"cell {seen} echoed a value after its output"
             probe, errors = kernel.run(PROBE)
             assert not errors, errors
             left = json.loads(probe.split("PROBE", 1)[1])
