@@ -36,7 +36,7 @@ class Promise:
 
 
 # Lessons whose every run starts a process group of their own (09 starts two ranks): their runs
-# beyond the one terminal run (each Try, the notebook) are marked `processes` (pytest.ini), so that
+# (the terminal run, each Try, the notebook) are marked `processes` (pytest.ini), so that
 # make test-processes runs them and make test stays under its 3 minutes.
 STARTS_PROCESSES = ("09_distributed_gradients_ddp.py",)
 

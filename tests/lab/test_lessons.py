@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.support import ROOT, run_in_process, terminal_run
+from tests.support import ROOT, lesson_param, run_in_process, terminal_run
 from tensor_features.lab.lessons import LESSONS, lesson_paths, main as run_all, short_name
 
 
@@ -22,7 +22,8 @@ def test_the_teaching_order_lists_every_lesson_file_once():
     assert chapter_05 == ["05 backward", "05 accumulation", "05 retain_graph", "05 detach", "05 vjp"]
 
 
-@pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: short_name(p.name))
+@pytest.mark.parametrize("path", [lesson_param(p, p) for p in lesson_paths()],
+                         ids=lambda p: short_name(p.name))
 def test_runs_in_a_terminal_and_every_check_matches(path, shared_folder):
     """One process per lesson, as `python LESSON --device cpu` from another folder (the run
     tests/lab/test_tries.py compares each Try with: tests/support.py, terminal_run)."""

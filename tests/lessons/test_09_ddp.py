@@ -98,6 +98,10 @@ def by_hand(rows: slice, reduction: str = "mean") -> torch.Tensor:
 
 HALVES = [slice(0, 4), slice(4, 8)]  # rank 0, rank 1
 
+# Every test here shares the world below (two worker processes), or starts processes of its own:
+# they run in make test-processes (pytest.ini), which keeps make test under its 3 minutes.
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture(scope="module", autouse=True)
 def world():
