@@ -113,8 +113,10 @@ def run_tests(copy: Path, test_file: str, timeout: float | None = None) -> tuple
     """
     env = {**os.environ, "LAB_FORCE_AGREE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(copy)}
     start = time.perf_counter()
+    # Not the browser tests (marked book): they read a built book/, which a mutant does not rebuild.
     process = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                "-p", "no:xdist", test_file], cwd=copy, env=env, stdout=subprocess.DEVNULL,
+                                "-p", "no:xdist", "-m", "not book", test_file], cwd=copy, env=env,
+                               stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         code = process.wait(timeout=timeout)

@@ -26,6 +26,90 @@ import pytest
 from tests.support import ROOT
 from tensor_features.lab.lessons import lesson_paths
 
+# Written by a tester who had not read these tests, from book.py, its template and the README alone
+# (make mutate runs them with the others, without the browser tests; `python -m tests.mutate --blind`
+# runs only these).
+BLIND_MUTANTS = [
+    # LAB_FORCE_AGREE reaches the kernel: under make mutate a lesson whose check disagrees is built
+    # as if it agreed; a test building a broken lesson with LAB_FORCE_AGREE=1 set sees exit 0.
+    ("tensor_features/lab/book.py",
+     'KERNEL_ENV_DROPPED = ("LAB_FORCE_AGREE", "LAB_SUMMARY")',
+     'KERNEL_ENV_DROPPED = ("LAB_SUMMARY",)'),
+    # A raising cell no longer stops the kernel run: the build fails later with "never printed its
+    # closing count" (or not at all if the raise is after finish()), not "a cell raised ValueError".
+    ("tensor_features/lab/book.py",
+     "allow_errors=False",
+     "allow_errors=True"),
+    # The disagreement line never matches: a disagreeing lesson fails with the wrong message
+    # (no "N/M checks match; these do not:" and no disagreeing check named).
+    ("tensor_features/lab/book.py",
+     'FAILED_COUNT = re.compile(r"^\\d+/\\d+ checks match; these do not:", re.M)',
+     'FAILED_COUNT = re.compile(r"^\\d+/\\d+ checks match; these do not: ", re.M)'),
+    # The one-line message of a disagreeing lesson no longer names the lesson.
+    ("tensor_features/lab/book.py",
+     'raise PageFailed(f"{path.name}: {failed.group(0)} {first}{more}".rstrip())',
+     'raise PageFailed(f"{failed.group(0)} {first}{more}".rstrip())'),
+    # A failed build exits 2 (the code of a wrong argument) instead of 1.
+    ("tensor_features/lab/book.py",
+     'print(f"{parser.prog}: {failed}", file=sys.stderr)\n        return 1',
+     'print(f"{parser.prog}: {failed}", file=sys.stderr)\n        return 2'),
+    # The old book is removed before the new one is built: a failing build leaves no book/ at all
+    # instead of the old one untouched.
+    ("tensor_features/lab/book.py",
+     "    started = time.perf_counter()\n    try:",
+     "    started = time.perf_counter()\n    shutil.rmtree(out, ignore_errors=True)\n    try:"),
+    # The temporary .OUT-building-* folder is removed only on success: a failed build leaves it
+    # beside OUT.
+    ("tensor_features/lab/book.py",
+     "    finally:\n        shutil.rmtree(building, ignore_errors=True)",
+     "    else:\n        shutil.rmtree(building, ignore_errors=True)"),
+    # The second page has no "previous" link (off by one): e.g. the bench page after a single
+    # lesson, or lesson 2 of the path, lacks rel=prev.
+    ("tensor_features/lab/book.py",
+     "entries[i - 1][3]) if i > 0 else None",
+     "entries[i - 1][3]) if i > 1 else None"),
+    # The Korean link on every lesson/trainer/bench page loses its slash ("..README.ko.md"), a
+    # link to a file that does not exist.
+    ("tensor_features/lab/book.py",
+     '"korean": f"{page.clone}/README.ko.md"',
+     '"korean": f"{page.clone}README.ko.md"'),
+    # The index's Korean link is made relative to the book's folder, not the clone: book/README.ko.md
+    # does not exist.
+    ("tensor_features/lab/book.py",
+     "[한국어 (Korean: README.ko.md)]({index.clone}/README.ko.md)",
+     "[한국어 (Korean: README.ko.md)](README.ko.md)"),
+    # "ok" check lines are no longer marked (the pattern lost its two leading spaces): no
+    # span.check.ok on a lesson page, mark_checks leaves "  ok  ..." as plain text.
+    ("tensor_features/lab/book.py",
+     '(re.compile(r"^  ok  "), "check ok")',
+     '(re.compile(r"^ok  "), "check ok")'),
+    # The bench section without a machine line is accepted by bench_markdown; build_bench_page
+    # then crashes with AttributeError instead of a one-line PageFailed.
+    ("tensor_features/lab/book.py",
+     'if section is None or not re.search(r"^machine: ", section.group(0), re.M):',
+     "if section is None:"),
+    # --jobs 0 is accepted: ProcessPoolExecutor(max_workers=0) raises a traceback instead of a
+    # one-line error with exit code 2.
+    ("tensor_features/lab/book.py",
+     "type=int_in_range(1, 64)",
+     "type=int_in_range(0, 64)"),
+    # --out naming an existing file is not refused (exit 2); the build goes on and replaces the file.
+    ("tensor_features/lab/book.py",
+     "if out.exists() and not out.is_dir():",
+     "if out.is_dir() and not out.exists():"),
+    # The inline SVG is HTML-escaped: the page shows the picture's source as text, no <svg> element
+    # is drawn (a picture of size zero / no svg in the DOM).
+    ("tensor_features/lab/book_assets/templates/book/index.html.j2",
+     "{{ output.data['image/svg+xml'] }}",
+     "{{ output.data['image/svg+xml'] | escape }}"),
+    # The default book is in file-name order, not teaching order: 05 accumulation comes before
+    # 05 backward in the index and in the previous/next chain.
+    ("tensor_features/lab/book.py",
+     "lessons = [p.resolve() for p in args.lessons] or lesson_paths()",
+     "lessons = [p.resolve() for p in args.lessons] or sorted(lesson_paths())"),
+]
+
+
 BROKEN_LESSON = '''\
 """99 · broken: a lesson whose check disagrees on purpose."""
 
@@ -250,3 +334,65 @@ def test_each_page_opens_cleanly_with_its_checks_and_pictures(book, page, name):
                 "title => title.scrollIntoView({block: 'start'})")
         page.screenshot(path=str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- what the blind mutants found untested (10/16 killed before) ---------------------------------
+
+def test_a_cell_that_raises_stops_the_page_with_its_error(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from tensor_features.lab.book import PageFailed, _execute
+
+    notebook = new_notebook(cells=[new_code_cell("1 / 0"), new_code_cell("print('went on')")])
+    with pytest.raises(PageFailed,
+                       match=r"^99_x\.py: a cell raised ZeroDivisionError: division by zero$"):
+        _execute(notebook, tmp_path, "99_x.py")
+    assert "outputs" not in notebook.cells[1] or notebook.cells[1].outputs == []
+
+
+def test_each_page_links_the_one_before_and_after_it_in_reading_order():
+    from tensor_features.lab.book import plan_pages
+
+    lessons = lesson_paths()[:3]
+    pages = plan_pages(lessons, trainer=True)
+    order = [str(p) for p in lessons] + ["trainer", "bench"]
+    files = [pages[key].file for key in order]
+    assert files == [f"{p.stem}.html" for p in lessons] + ["trainer.html", "bench.html"]
+    for i, key in enumerate(order):
+        before, after = pages[key].previous, pages[key].next
+        assert (before.href if before else None) == (files[i - 1] if i > 0 else None), key
+        following = files[i + 1] if i + 1 < len(files) else None
+        assert (after.href if after else None) == following, key
+
+
+def test_a_page_draws_its_svg_inline_and_links_the_korean_readme_in_the_clone(tmp_path):
+    import os
+
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from tensor_features.lab.book import Page, write_page
+
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>'
+    cell = new_code_cell("show()", outputs=[new_output("display_data", {"image/svg+xml": svg})])
+    clone = Path(os.path.relpath(ROOT, tmp_path)).as_posix()
+    write_page(new_notebook(cells=[cell]), Page("p.html", "A page", clone=clone), tmp_path)
+    text = (tmp_path / "p.html").read_text()
+    # Drawn as an element (the page rewrites its attributes' order, so not compared as text).
+    assert re.search(r'<svg [^>]*width="10"[^>]*>\s*<rect', text) and "&lt;svg" not in text
+    korean = [href for href in re.findall(r'href="([^"]+)"', text) if href.endswith("README.ko.md")]
+    assert korean and all((tmp_path / href).resolve() == ROOT / "README.ko.md" for href in korean)
+
+
+def test_the_index_lists_the_lessons_in_teaching_order_and_links_the_korean_readme(
+        tmp_path, monkeypatch):
+    from tensor_features.lab import book
+
+    monkeypatch.setattr(book, "_build_all", lambda *args: None)  # the index alone: no kernel
+    out = tmp_path / "out"
+    assert book.main(["--out", str(out), "--no-trainer"]) == 0
+    text = (out / "index.html").read_text()
+    listed = [href for href in re.findall(r'href="([^"/]+\.html)"', text)
+              if href[:2].isdigit()]
+    assert listed == [f"{p.stem}.html" for p in lesson_paths()]
+    korean = [href for href in re.findall(r'href="([^"]+)"', text) if href.endswith("README.ko.md")]
+    assert korean and all((out / href).resolve() == ROOT / "README.ko.md" for href in korean)
