@@ -31,9 +31,13 @@ def trainer_start(lab: Lab) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 # %% [1] The original example, as a graph
-# y = x**2 + 2x is Add(Pow(x), Mul(x, 2)). Each node keeps what its derivative needs: pow keeps
-# its base x (d/dx x² = 2x), mul keeps the other factor, the 2. The 2 needs no gradient, so mul's
-# second input is a None edge; x is one leaf, reached from both terms.
+# y = x**2 + 2x is Add(Pow(x), Mul(x, 2)). x is a leaf: made, not computed, with
+# requires_grad=True. backward() ends at its AccumulateGrad node, which adds the gradient into
+# x.grad (a tensor that needs no gradient counts as a leaf too, but gets no such node). Each node
+# saves what its derivative needs, under the name of the op's argument (self, other; mm's self and
+# mat2; result for an op's own output): pow keeps its base x (d/dx x² = 2x), mul keeps the other
+# factor, the 2, which torch wraps as an int64 tensor. The 2 needs no gradient, so mul's second
+# input is a None edge; x is one leaf, reached from both terms.
 def original_graph(lab: Lab) -> None:
     """y = x**2 + 2x at x = 3: Add(Pow(x), Mul(x, 2))"""
     x = torch.tensor(3.0, requires_grad=True)
@@ -84,8 +88,9 @@ lab.run(trainer_loss_graph)
 # %% [3] A two-layer MLP: one leaf per parameter
 # On a 2-D input (a batch of rows), nn.Linear computes x·Wᵀ + b as one addmm node; its weight goes
 # through a transpose (T) first. Every parameter is a leaf with its own AccumulateGrad, named here
-# by the module's own parameter names; the input x needs no gradient, so it is no leaf, only a
-# tensor addmm keeps.
+# by the module's own parameter names; each shows version 1, because nn.Linear fills it in place
+# once when it is made (kaiming_uniform_, uniform_). The input x needs no gradient, so it gets no
+# AccumulateGrad: it is only a tensor addmm keeps.
 def mlp_graph(lab: Lab) -> None:
     """nn.Sequential(Linear(1, 4), Tanh(), Linear(4, 1)) on 5 points: 4 parameter leaves"""
     torch.manual_seed(0)  # the same initial weights on every run

@@ -2,10 +2,11 @@
 and checkpointing, each seen as a change in the real graph.
 
 04 pictured read the graph autograd records. Here one computation is read twice, as written and
-with one thing changed, and the lens (tensor_features/lab/graph.py) says what the change did to
-the graph: nodes and edges added or removed, saved tensors modified in place or packed away, leaf
-versions bumped, or nothing at all. Each is checked against node counts, saved bytes and versions
-read from the real graph; chapter 05 shows the same tools from the side of the gradients.
+with one thing changed, and the lab's graph lens (tensor_features/lab/graph.py, the reader 04
+pictured uses) says what the change did to the graph: nodes and edges added or removed, saved
+tensors modified in place, resized or packed away, leaf versions bumped, or nothing at all. Each
+is checked against node counts, saved bytes and versions read from the real graph; chapter 05
+shows the same tools from the side of the gradients.
 """
 
 # %% Setup
@@ -112,7 +113,8 @@ lab.run(eval_still_records)
 # which each in-place op bumps. A node that saves a tensor remembers the version it saw, and
 # backward() refuses a saved tensor whose version moved: its values may no longer be the ones
 # the derivative needs. Here x**2 saved x, and an update x.mul_(2), inside no_grad as an
-# optimizer step is, bumps x from version 0 to 1.
+# optimizer step is (outside it, torch refuses an in-place op on a leaf that requires grad), bumps
+# x from version 0 to 1.
 def in_place_bumps_the_version(lab: Lab) -> None:
     """y = (x**2).sum(), then x doubled in place under no_grad, before y.backward()"""
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -177,12 +179,15 @@ lab.run(retain_grad_changes_nothing)
 
 
 # %% [7] Checkpointing: the same nodes, their tensors packed away
-# checkpoint(block, rows) runs the block without keeping what its nodes would save: each saved
-# tensor is replaced by a placeholder that checkpoint's pack hook returns, and backward() calls
-# the block again to recompute them (stopping, by default, once the last one is recomputed).
-# The graph has the same 13 nodes; their 11 saved slots, 112 KiB counted slot by slot (8
-# distinct tensors: 3 mm inputs are the tanh results saved beside them), are packed away, and
-# the block is entered a second time in backward. The gradients are the same. This is
+# checkpoint(block, rows) runs the block without keeping what its nodes would save. It sets a
+# pack hook (torch.autograd.graph.saved_tensors_hooks: a function given each tensor as it is
+# saved, which returns what to keep instead): each saved tensor is replaced by a placeholder, and
+# backward() calls the block again to recompute them (stopping, by default, once the last one is
+# recomputed). The graph has the same 13 nodes; their 11 saved slots, 112 KiB counted slot by
+# slot (8 distinct tensors: 3 mm inputs are the tanh results saved beside them), are packed
+# away. What that frees is the 4 tanh results, 32 KiB: the weights and rows stay alive anyway,
+# as parameters and as the block's input. The price is the block's forward, run again in
+# backward; the gradients are the same. This is
 # use_reentrant=False, the variant torch's docs recommend; the older use_reentrant=True records
 # the whole block as one CheckpointFunctionBackward node, and nothing at all when no input of the
 # block requires grad.

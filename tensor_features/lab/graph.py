@@ -35,7 +35,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +193,33 @@ class VersionBump:
 
 
 @dataclass(frozen=True)
+class SavedResize:
+    """A saved slot whose tensor has another shape or dtype in the same state (batch norm's
+    batch statistics, empty in eval mode), or that exists in one reading only (None there)."""
+
+    node: str
+    name: str
+    slot: str
+    before: TensorInfo | None
+    after: TensorInfo | None
+
+
+@dataclass(frozen=True)
+class GradChange:
+    """A leaf whose .grad changed (None -> a gradient after backward(), or other values)."""
+
+    node: str
+    name: str | None
+    before: TensorInfo | None
+    after: TensorInfo | None
+
+
+@dataclass(frozen=True)
 class GraphDiff:
     """What changed between two readings. Removed nodes and edges carry the ids of the reading
-    before, added ones the ids of the reading after; saved and version changes the ids before."""
+    before, added ones the ids of the reading after; the changes of matched nodes (saved tensors,
+    versions, grads) the ids before. `before` and `after` are the two readings (their names for
+    the ids in text())."""
 
     removed: tuple[Node, ...] = ()
     added: tuple[Node, ...] = ()
@@ -203,24 +227,34 @@ class GraphDiff:
     edges_added: tuple[Edge, ...] = ()
     saved: tuple[SavedChange, ...] = ()
     versions: tuple[VersionBump, ...] = ()
+    resized: tuple[SavedResize, ...] = ()
+    grads: tuple[GradChange, ...] = ()
+    before: Graph | None = field(default=None, repr=False, compare=False)
+    after: Graph | None = field(default=None, repr=False, compare=False)
 
     @property
     def empty(self) -> bool:
-        """True when nothing changed: same nodes, same edges, same saved tensors, same versions."""
+        """True when nothing changed: same nodes and edges, same saved tensors (state, shape,
+        dtype), same leaf versions and grads."""
         return not (self.removed or self.added or self.edges_removed or self.edges_added
-                    or self.saved or self.versions)
+                    or self.saved or self.versions or self.resized or self.grads)
 
     def text(self) -> str:
         """One line per change, or one line saying nothing changed."""
         if self.empty:
-            return "no change: same nodes, same edges, saved tensors and leaf versions as before"
+            return ("no change: same nodes, same edges, saved tensors, leaf versions and grads "
+                    "as before")
         lines = [f"removed {n.id} {n.name}" for n in self.removed]
         lines += [f"added {n.id} {n.name}" for n in self.added]
-        lines += [f"removed edge {_edge_text(e)}" for e in self.edges_removed]
-        lines += [f"added edge {_edge_text(e)}" for e in self.edges_added]
+        lines += [f"removed edge {_edge_text(e, self.before)}" for e in self.edges_removed]
+        lines += [f"added edge {_edge_text(e, self.after)}" for e in self.edges_added]
         lines += [f"{c.node} {c.name} saved {c.slot}: {c.before} -> {c.after}" for c in self.saved]
+        lines += [f"{r.node} {r.name} saved {r.slot}: {_size_text(r.before)} -> "
+                  f"{_size_text(r.after)}" for r in self.resized]
         lines += [f"{v.node} leaf {v.name + ' ' if v.name else ''}version {v.before} -> {v.after}"
                   for v in self.versions]
+        lines += [f"{g.node} leaf {g.name + ' ' if g.name else ''}grad {_grad_text(g.before)} -> "
+                  f"{_grad_text(g.after)}" for g in self.grads]
         return "\n".join(lines)
 
 
@@ -248,23 +282,27 @@ def diff(before: Graph, after: Graph) -> GraphDiff:
     matched_after = set(pairs.values())
     kept = {_carried(e, pairs) for e in before.edges() if e.source in pairs}
     after_edges = {(e.source, e.slot, e.target) for e in after.edges()}
-    saved, versions = [], []
+    saved, versions, resized, grads = [], [], [], []
     for old_id, new_id in pairs.items():
         old, new = before.node(old_id), after.node(new_id)
         for item in old.saved:
             state = _state_of(new, item.slot)
             if state is not None and state != item.state:
                 saved.append(SavedChange(old_id, old.name, item.slot, item.state, state))
+        resized += _resized(old, new)
         if old.leaf and new.leaf and new.leaf.version != old.leaf.version:
             versions.append(VersionBump(old_id, old.leaf.tensor.name, old.leaf.version,
                                         new.leaf.version))
+        if old.leaf and new.leaf and _grad_text(old.leaf.grad) != _grad_text(new.leaf.grad):
+            grads.append(GradChange(old_id, old.leaf.tensor.name, old.leaf.grad, new.leaf.grad))
     return GraphDiff(
         removed=tuple(n for n in before.nodes if n.id not in pairs),
         added=tuple(n for n in after.nodes if n.id not in matched_after),
         edges_removed=tuple(e for e in before.edges()
                             if e.source not in pairs or _carried(e, pairs) not in after_edges),
         edges_added=tuple(e for e in after.edges() if (e.source, e.slot, e.target) not in kept),
-        saved=tuple(saved), versions=tuple(versions))
+        saved=tuple(saved), versions=tuple(versions), resized=tuple(resized), grads=tuple(grads),
+        before=before, after=after)
 
 
 def diff_dot(before: Graph, after: Graph) -> str:
@@ -505,8 +543,21 @@ def _saved_text(saved: Saved) -> str:
     return f"{saved.slot}{name} ({state}{_about(saved.tensor)})"
 
 
-def _edge_text(edge: Edge) -> str:
-    return f"{edge.source} -> {edge.target if edge.target else 'None'} (input {edge.slot})"
+def _edge_text(edge: Edge, graph: Graph | None = None) -> str:
+    """n1 AddmmBackward0 -> n3 MulBackward0 (input 1): ids with the reading's names, where known
+    (ids are walk positions, so one id may name another node in the other reading)."""
+    def named(node_id: str | None) -> str:
+        if node_id is None:
+            return "None"
+        try:
+            return f"{node_id} {graph.node(node_id).name}" if graph is not None else node_id
+        except KeyError:
+            return node_id
+    return f"{named(edge.source)} -> {named(edge.target)} (input {edge.slot})"
+
+
+def _size_text(info: TensorInfo | None) -> str:
+    return "none" if info is None else f"shape {info.shape} {info.dtype}, {info.nbytes} bytes"
 
 
 _NODE_FONT = '  node [fontname="Helvetica" fontsize=11];'
@@ -674,6 +725,24 @@ def _carried(edge: Edge, pairs: dict[str, str]) -> tuple[str, int, str | None]:
     """An edge of the reading before, in the ids after; a target with no match stays unmatchable."""
     target = edge.target and pairs.get(edge.target, f"unmatched {edge.target}")
     return pairs[edge.source], edge.slot, target
+
+
+def _resized(old: Node, new: Node) -> list[SavedResize]:
+    """Saved slots of two matched nodes that are held in both with another shape or dtype, or
+    that one of the two has not (a slot whose state changed is a SavedChange instead)."""
+    before = {s.slot: s for s in old.saved}
+    after = {s.slot: s for s in new.saved}
+    found = []
+    for slot in list(before) + [s for s in after if s not in before]:
+        was, now = before.get(slot), after.get(slot)
+        if was is not None and now is not None:
+            if (was.state == now.state == HELD and
+                    (was.tensor.shape, was.tensor.dtype) != (now.tensor.shape, now.tensor.dtype)):
+                found.append(SavedResize(old.id, old.name, slot, was.tensor, now.tensor))
+        elif (was or now).state == HELD and _state_of(new if now is None else old, slot) is None:
+            found.append(SavedResize(old.id, old.name, slot, was and was.tensor,
+                                     now and now.tensor))
+    return found
 
 
 def _state_of(node: Node, slot: str) -> str | None:

@@ -16,9 +16,9 @@ from torch import nn
 
 from tests.support import ROOT, load_lesson, run_in_process
 
-from tensor_features.lab.graph import (Edge, Graph, Leaf, Node, RendererMissing, Saved, SavedChange,
-                                       TensorInfo, VersionBump, diff, diff_dot, diff_svg,
-                                       read_engine, read_graph, renderer)
+from tensor_features.lab.graph import (Edge, GradChange, Graph, Leaf, Node, RendererMissing, Saved,
+                                       SavedChange, SavedResize, TensorInfo, VersionBump, diff,
+                                       diff_dot, diff_svg, read_engine, read_graph, renderer)
 
 # Written by a tester who had not read these tests, from graph.py alone
 # (make mutate runs them with the others; `python -m tests.mutate --blind` runs only these).
@@ -209,7 +209,9 @@ def test_after_backward_the_saved_tensors_read_as_freed_and_the_leaf_has_its_gra
     assert change.removed == change.added == change.edges_removed == change.edges_added == ()
     assert not change.empty
     assert change.text() == ("n1 PowBackward0 saved self: held -> freed\n"
-                             "n3 MulBackward0 saved other: held -> freed")
+                             "n3 MulBackward0 saved other: held -> freed\n"
+                             "n2 leaf x grad None -> 8.0")  # 2x + 2 at 3
+    assert change.grads == (GradChange("n2", "x", None, TensorInfo((), "float32", 4, None, (8.0,))),)
 
 
 # ---------------------------------------------------------------- ((Φw − t)**2).mean(): saved bytes
@@ -327,9 +329,9 @@ def test_a_detach_cuts_the_branch_and_the_diff_shows_it_removed():
     assert change.edges_added == (Edge("n0", 0, None),)  # Add's first input now needs no gradient
     assert change.text() == "\n".join([
         "removed n1 PowBackward0",
-        "removed edge n0 -> n1 (input 0)",
-        "removed edge n1 -> n2 (input 0)",
-        "added edge n0 -> None (input 0)",
+        "removed edge n0 AddBackward0 -> n1 PowBackward0 (input 0)",
+        "removed edge n1 PowBackward0 -> n2 AccumulateGrad (input 0)",
+        "added edge n0 AddBackward0 -> None (input 0)",
     ])
 
 
@@ -503,9 +505,9 @@ def test_a_branch_put_in_front_of_a_named_leaf_keeps_the_leaf_paired_by_its_name
     # Removed items are named by the first reading's ids, added ones by the second's.
     assert diff(before, after).text().splitlines() == [
         "added n1 SinBackward0",
-        "removed edge n0 -> n1 (input 0)",  # Mul -> u's leaf
-        "added edge n0 -> n1 (input 0)",  # Mul -> Sin
-        "added edge n1 -> n2 (input 0)",  # Sin -> u's leaf
+        "removed edge n0 MulBackward0 -> n1 AccumulateGrad (input 0)",  # Mul -> u's leaf
+        "added edge n0 MulBackward0 -> n1 SinBackward0 (input 0)",
+        "added edge n1 SinBackward0 -> n2 AccumulateGrad (input 0)",
     ]
 
 
@@ -515,8 +517,10 @@ def test_an_op_replaced_by_another_is_removed_and_added_with_its_edges():
     after = read_graph(x.cos() * 2, names={"x": x})
     assert diff(before, after).text().splitlines() == [
         "removed n1 SinBackward0", "added n1 CosBackward0",
-        "removed edge n0 -> n1 (input 0)", "removed edge n1 -> n2 (input 0)",
-        "added edge n0 -> n1 (input 0)", "added edge n1 -> n2 (input 0)",
+        "removed edge n0 MulBackward0 -> n1 SinBackward0 (input 0)",
+        "removed edge n1 SinBackward0 -> n2 AccumulateGrad (input 0)",
+        "added edge n0 MulBackward0 -> n1 CosBackward0 (input 0)",
+        "added edge n1 CosBackward0 -> n2 AccumulateGrad (input 0)",
     ]
 
 
@@ -730,9 +734,9 @@ def test_diff_of_engine_readings_pairs_the_same_ops_and_finds_a_replaced_one():
     changed = Scalar(15.0, "+", (y.parents[0], Scalar(0.9, "tanh", (x,), 1.0)), 1.0)
     assert diff(read_engine(y), read_engine(changed)).text().splitlines() == [
         "removed n3 *", "removed n4 input", "added n3 tanh",
-        "removed edge n0 -> n3 (input 1)", "removed edge n3 -> n2 (input 0)",
-        "removed edge n3 -> n4 (input 1)",
-        "added edge n0 -> n3 (input 1)", "added edge n3 -> n2 (input 0)",
+        "removed edge n0 + -> n3 * (input 1)", "removed edge n3 * -> n2 input (input 0)",
+        "removed edge n3 * -> n4 input (input 1)",
+        "added edge n0 + -> n3 tanh (input 1)", "added edge n3 tanh -> n2 input (input 0)",
     ]
 
 
@@ -752,7 +756,8 @@ def test_a_node_put_in_front_of_the_old_output_node_is_the_only_node_added():
     change = diff(before, read_graph(h, names={"x": x}))
     # By hand: before n0 Mul, n1 x; after n0 CopySlices, n1 Mul, n2 x.
     assert change.text().splitlines() == [
-        "added n0 CopySlices", "added edge n0 -> n1 (input 0)", "added edge n0 -> None (input 1)"]
+        "added n0 CopySlices", "added edge n0 CopySlices -> n1 MulBackward0 (input 0)",
+        "added edge n0 CopySlices -> None (input 1)"]
 
 
 def test_a_node_cut_out_of_a_chain_is_the_only_node_removed():
@@ -762,8 +767,10 @@ def test_a_node_cut_out_of_a_chain_is_the_only_node_removed():
     # By hand: before n0 Sum, n1 Mul, n2 Tanh, n3 x; after n0 Sum, n1 Tanh, n2 x.
     assert diff(before, after).text().splitlines() == [
         "removed n1 MulBackward0",
-        "removed edge n0 -> n1 (input 0)", "removed edge n1 -> n2 (input 0)",
-        "removed edge n1 -> None (input 1)", "added edge n0 -> n1 (input 0)"]
+        "removed edge n0 SumBackward0 -> n1 MulBackward0 (input 0)",
+        "removed edge n1 MulBackward0 -> n2 TanhBackward0 (input 0)",
+        "removed edge n1 MulBackward0 -> None (input 1)",
+        "added edge n0 SumBackward0 -> n1 TanhBackward0 (input 0)"]
 
 
 def test_a_tensor_packed_by_a_hook_is_read_without_calling_the_unpack_hook():
@@ -831,3 +838,33 @@ def test_a_custom_functions_saved_tensors_under_a_hook_are_read_packed_without_u
     assert unpacks == []
     y.backward()
     assert len(unpacks) == 1 and x.grad.tolist() == [2.0, 4.0]
+
+
+def test_batch_norm_in_eval_mode_keeps_its_batch_statistics_empty_and_the_diff_says_so():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(2)
+    rows = torch.randn(4, 2)
+    before = read_graph(norm(rows).sum())
+    norm.eval()
+    change = diff(before, read_graph(norm(rows).sum()))
+    # By hand: the same nodes; result1 and result2 (the batch's mean and 1/sqrt(var + eps), one
+    # float32 per feature) are saved empty in eval mode.
+    two, empty = ((2,), "float32", 8), ((0,), "float32", 0)
+    assert [(r.slot, (r.before.shape, r.before.dtype, r.before.nbytes),
+             (r.after.shape, r.after.dtype, r.after.nbytes)) for r in change.resized] == [
+        ("result1", two, empty), ("result2", two, empty)]
+    assert change.removed == change.added == change.saved == () and not change.empty
+    assert change.text().splitlines()[0] == (
+        "n1 NativeBatchNormBackward0 saved result1: shape (2,) float32, 8 bytes -> "
+        "shape (0,) float32, 0 bytes")
+
+
+def test_a_saved_slot_that_only_one_reading_has_is_reported_with_none_on_the_other_side():
+    w = torch.ones(3, 1, requires_grad=True)
+    phi = torch.ones(5, 3)
+    before = read_graph(phi @ w, names={"w": w, "phi": phi})
+    phi.requires_grad_()  # now mm also keeps w, for phi's gradient
+    change = diff(before, read_graph(phi @ w, names={"w": w, "phi": phi}))
+    assert change.resized == (SavedResize("n0", "MmBackward0", "mat2", None,
+                                          TensorInfo((3, 1), "float32", 12, "w", (1.0, 1.0, 1.0))),)
+    assert "n0 MmBackward0 saved mat2: none -> shape (3, 1) float32, 12 bytes" in change.text()

@@ -576,8 +576,10 @@ def detached_square(lab: Lab) -> None:
 
 # What the detach cuts, by hand: Add(Pow(x), Mul(x, 2)) loses Pow (n1) and its two edges; Add's
 # first input becomes a None edge.
-DETACHED_CHANGES = ["removed n1 PowBackward0", "removed edge n0 -> n1 (input 0)",
-                    "removed edge n1 -> n2 (input 0)", "added edge n0 -> None (input 0)"]
+DETACHED_CHANGES = ["removed n1 PowBackward0",
+                    "removed edge n0 AddBackward0 -> n1 PowBackward0 (input 0)",
+                    "removed edge n1 PowBackward0 -> n2 AccumulateGrad (input 0)",
+                    "added edge n0 AddBackward0 -> None (input 0)"]
 
 
 def test_graph_diff_prints_one_line_per_change_and_returns_the_diff():
