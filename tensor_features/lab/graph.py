@@ -310,8 +310,10 @@ def diff_dot(before: Graph, after: Graph) -> str:
     each drawn as Graph.dot draws it, its ids prefixed b_ and a_. What diff() found is marked:
     a removed node has a red border and a "removed" line (in "before"), an added one a green
     border and an "added" line (in "after"), removed and added edges are red and green, a saved
-    tensor whose state changed keeps its new state's look and says what it was, and a leaf whose
-    version moved says "version A -> B". When nothing changed the picture says "no change"."""
+    tensor whose state changed keeps its new state's look and says what it was, as does one
+    resized ("was shape ..."; a slot gone is red in "before"), a leaf whose version moved says
+    "version A -> B", and one whose grad changed "grad was G". When nothing changed the picture
+    says "no change"."""
     changes = diff(before, after)
     pairs = _match(before, after)
     before_marks = {node.id: _Mark(("removed",), _REMOVED) for node in changes.removed}
@@ -322,7 +324,17 @@ def diff_dot(before: Graph, after: Graph) -> str:
             if saved.slot in (change.slot, change.slot.split("[")[0]):
                 after_marks[f"{new.id}_{_dot_safe(saved.slot)}"] = _Mark((f"was {change.before}",))
     for bump in changes.versions:
-        after_marks[pairs[bump.node]] = _Mark(version=f"version {bump.before} -> {bump.after}")
+        _add_mark(after_marks, pairs[bump.node],
+                  _Mark(version=f"version {bump.before} -> {bump.after}"))
+    for grad in changes.grads:
+        _add_mark(after_marks, pairs[grad.node], _Mark((f"grad was {_grad_text(grad.before)}",)))
+    for resize in changes.resized:
+        if resize.after is not None:
+            _add_mark(after_marks, f"{pairs[resize.node]}_{_dot_safe(resize.slot)}",
+                      _Mark((f"was {_size_text(resize.before)}",)))
+        else:
+            _add_mark(before_marks, f"{resize.node}_{_dot_safe(resize.slot)}",
+                      _Mark(("gone",), _REMOVED))
     lines = ["digraph autograd_diff {", _NODE_FONT]
     for title, graph, marks, edges, look in (
             ("before", before, before_marks, changes.edges_removed, _REMOVED_EDGE),
@@ -574,6 +586,14 @@ class _Mark:
     lines: tuple[str, ...] = ()
     look: str = ""
     version: str | None = None
+
+
+def _add_mark(marks: dict[str, _Mark], node_id: str, mark: _Mark) -> None:
+    """Put mark on node_id, keeping what is already marked there (a leaf whose version and grad
+    both moved)."""
+    old = marks.get(node_id, _Mark())
+    marks[node_id] = _Mark(old.lines + mark.lines, old.look + mark.look,
+                           mark.version if mark.version is not None else old.version)
 
 
 def _dot_body(graph: Graph, prefix: str = "", indent: str = "  ",

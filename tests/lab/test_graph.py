@@ -160,6 +160,46 @@ BLIND_MUTANTS = [
     ("tensor_features/lab/graph.py",
      "_grad_text(old.leaf.grad) != _grad_text(new.leaf.grad)",
      "(old.leaf.grad is None) != (new.leaf.grad is None)"),
+    # -- and from diff_dot's marks for grads, resized or gone slots, merged marks
+    # grad mark shows the new grad instead of the old one: after x**2+2x backward, the leaf says
+    # "grad was [4.0, 6.0]" instead of "grad was None"; a test reading the after-cluster leaf sees it.
+    ("tensor_features/lab/graph.py",
+     '_Mark((f"grad was {_grad_text(grad.before)}",))',
+     '_Mark((f"grad was {_grad_text(grad.after)}",))'),
+    # resized-slot mark shows the new size: BatchNorm1d(2) train -> eval, saved result1 says
+    # "was shape (0,) float32, 0 bytes" instead of "was shape (2,) float32, 8 bytes".
+    ("tensor_features/lab/graph.py",
+     '_Mark((f"was {_size_text(resize.before)}",))',
+     '_Mark((f"was {_size_text(resize.after)}",))'),
+    # a slot gone is still marked "gone" but no longer red: phi @ w with phi then without grad,
+    # b_n1_mat2 loses "color=red penwidth=2".
+    ("tensor_features/lab/graph.py",
+     '_Mark(("gone",), _REMOVED))',
+     '_Mark(("gone",)))'),
+    # the "gone" mark is put in the after cluster's marks, under an id that is drawn only in
+    # "before": the mark vanishes entirely (no "gone" anywhere in phi @ w's diff picture).
+    ("tensor_features/lab/graph.py",
+     '_add_mark(before_marks, f"{resize.node}_{_dot_safe(resize.slot)}",',
+     '_add_mark(after_marks, f"{resize.node}_{_dot_safe(resize.slot)}",'),
+    # merging drops the kept version when the new mark has none: x.mul_(2) under no_grad then a
+    # backward, the leaf shows "version 1" (its own line) instead of "version 0 -> 1" beside "grad was None".
+    ("tensor_features/lab/graph.py",
+     'mark.version if mark.version is not None else old.version',
+     'mark.version'),
+    # merging keeps only the first mark's lines when something was already there: with the
+    # version and the grad both moved, "grad was None" is lost (a lone grad change still shows it).
+    ("tensor_features/lab/graph.py",
+     'old.lines + mark.lines, old.look + mark.look',
+     'mark.lines if old == _Mark() else old.lines, old.look + mark.look'),
+    # version mark reversed: after x.mul_(2) the leaf says "version 1 -> 0" instead of "version 0 -> 1".
+    ("tensor_features/lab/graph.py",
+     'f"version {bump.before} -> {bump.after}"',
+     'f"version {bump.after} -> {bump.before}"'),
+    # a diff's version line no longer replaces the leaf's own: after x.mul_(2) the leaf shows
+    # both "version 0 -> 1" and "version 1" (an unchanged leaf at version 1 still shows one line).
+    ("tensor_features/lab/graph.py",
+     '        label.append(version)\n    elif leaf.version:',
+     '        label.append(version)\n    if leaf.version:'),
 ]
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -658,8 +698,8 @@ def test_a_diff_picture_after_backward_keeps_the_freed_look_and_says_what_was_he
     drawn = cluster(dot, "after")
     assert f'    a_n1_self [label="saved self\\nfreed\\nwas held" {freed}];' in drawn
     assert f'    a_n3_other [label="saved other\\nfreed\\nwas held" {freed}];' in drawn
-    assert ('    a_n2 [label="n2 AccumulateGrad\\nleaf x\\nshape () float32\\nvalue 3.0\\ngrad 8.0"'
-            " shape=box style=filled fillcolor=lightblue];") in drawn  # d/dx = 2x + 2 = 8
+    assert ('    a_n2 [label="n2 AccumulateGrad\\nleaf x\\nshape () float32\\nvalue 3.0\\ngrad 8.0'
+            '\\ngrad was None" shape=box style=filled fillcolor=lightblue];') in drawn  # 2x + 2
     assert "removed" not in dot and "added" not in dot and "no change" not in dot
 
 
@@ -985,3 +1025,42 @@ def test_a_custom_functions_saved_list_freed_by_backward_is_a_state_change_not_a
     # Held as tensors[0] before, freed as one list slot, tensors, after: one change of state.
     assert [(c.slot, c.before, c.after) for c in change.saved] == [("tensors[0]", "held", "freed")]
     assert change.resized == ()
+
+
+def dot_label(dot: str, node_id: str) -> str:
+    """The label of one node of a DOT text, its \\n line breaks kept."""
+    found = re.search(rf'^\s*{node_id} \[label="((?:[^"\\]|\\.)*)"([^\n]*)$', dot, re.M)
+    assert found, node_id
+    return found.group(1) + "|" + found.group(2)
+
+
+def test_a_diff_picture_says_what_a_grad_and_a_resized_or_gone_slot_were():
+    x = torch.tensor(3.0, requires_grad=True)
+    y = x**2 + 2 * x
+    before = read_graph(y, names={"x": x})
+    y.backward()
+    # By hand: x's leaf is n2 in both readings; its grad was None, now 8.
+    assert "grad 8.0\\ngrad was None" in dot_label(diff_dot(before, read_graph(y, names={"x": x})),
+                                                      "a_n2")
+    torch.manual_seed(0)
+    norm, rows = nn.BatchNorm1d(2), torch.randn(4, 2)
+    trained = read_graph(norm(rows).sum())
+    norm.eval()
+    dot = diff_dot(trained, read_graph(norm(rows).sum()))
+    assert "0 bytes\\nvalue []\\nwas shape (2,) float32, 8 bytes" in dot_label(dot, "a_n1_result1")
+    w, phi = torch.ones(3, 1, requires_grad=True), torch.ones(5, 3, requires_grad=True)
+    both = read_graph(phi @ w)  # mm keeps w (mat2) for phi's gradient
+    phi.requires_grad_(False)
+    gone = dot_label(diff_dot(both, read_graph(phi @ w)), "b_n0_mat2")
+    assert gone.split("|")[0].endswith("\\ngone") and "color=red" in gone
+
+
+def test_a_leaf_whose_version_and_grad_both_moved_says_both_in_the_picture():
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = (x**2).sum()
+    before = read_graph(y, names={"x": x})
+    y.backward()  # x.grad = 2x = [2, 4, 6]
+    with torch.no_grad():
+        x.mul_(2)  # version 0 -> 1
+    label = dot_label(diff_dot(before, read_graph(y, names={"x": x})), "a_n2")
+    assert label.split("|")[0].endswith("grad [2.0, 4.0, 6.0]\\nversion 0 -> 1\\ngrad was None")
