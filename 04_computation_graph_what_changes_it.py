@@ -227,7 +227,9 @@ def checkpoint_packs_saved_tensors(lab: Lab) -> None:
     lab.check(forwards, 3,
               "entered by the plain forward, the checkpointed one, and the rerun in backward")
     lab.check(torch.stack([w.grad for w in weights]), torch.stack(plain_grads),
-              "the same gradients: the rerun computes the same tensors", rtol=1e-6, atol=0)
+              "the same gradients: the rerun computes the same tensors (a bound, not bit for bit: "
+              "oneMKL, for one, may round otherwise for memory aligned otherwise: its notes on "
+              "conditional numerical reproducibility)", rtol=1e-5, atol=1e-4)
 
 
 lab.run(checkpoint_packs_saved_tensors)

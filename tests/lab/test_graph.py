@@ -220,6 +220,20 @@ def square_plus_twice(x: torch.Tensor) -> torch.Tensor:
     return x**2 + 2 * x
 
 
+class Square(torch.autograd.Function):
+    """x², a custom Function that keeps its input with save_for_backward (read as `tensors`)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
 def x_graph() -> tuple[Graph, torch.Tensor, torch.Tensor]:
     x = torch.tensor(3.0, requires_grad=True)
     y = square_plus_twice(x)
@@ -479,17 +493,6 @@ def test_an_output_without_grad_fn_says_why_there_is_no_graph():
 
 
 def test_a_custom_function_saved_tensors_are_read_and_freed():
-    class Square(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
-        @staticmethod
-        def backward(ctx, grad):
-            (x,) = ctx.saved_tensors
-            return 2 * x * grad
-
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     y = Square.apply(x).sum()
     before = read_graph(y, names={"x": x})
@@ -917,17 +920,6 @@ def test_a_checkpointed_block_is_read_without_running_its_forward_again():
 
 
 def test_a_custom_functions_saved_tensors_under_a_hook_are_read_packed_without_unpacking():
-    class Square(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a):
-            ctx.save_for_backward(a)
-            return a * a
-
-        @staticmethod
-        def backward(ctx, grad):
-            (a,) = ctx.saved_tensors
-            return 2 * a * grad
-
     unpacks = []
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t * 10,
@@ -1007,18 +999,8 @@ def test_a_saved_tensor_of_another_dtype_but_the_same_shape_is_resized():
 
 
 def test_a_custom_functions_saved_list_freed_by_backward_is_a_state_change_not_a_resize():
-    class Double(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a):
-            ctx.save_for_backward(a)
-            return a * 2
-
-        @staticmethod
-        def backward(ctx, grad):
-            return grad * 2
-
     x = torch.tensor([1.0, 2.0], requires_grad=True)
-    y = Double.apply(x).sum()
+    y = Square.apply(x).sum()
     before = read_graph(y, names={"x": x})
     y.backward()
     change = diff(before, read_graph(y, names={"x": x}))
